@@ -1,0 +1,1 @@
+"""Annotation step: hierarchical prediction with subtype masking, novelty flags and evaluation."""

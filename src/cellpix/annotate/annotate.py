@@ -1,0 +1,221 @@
+"""Annotate a query with one model or an ensemble, in memory or streaming from disk.
+
+Streaming mode reads the query h5ad in chunks (backed), predicts each chunk
+and writes its probability rows straight into the output file, so memory is
+bounded by the chunk size. The output is the input AnnData plus cellpix's
+columns, written to a temporary file and renamed only when complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+from anndata.io import write_elem
+from tqdm.auto import tqdm
+
+from cellpix import __version__
+from cellpix.annotate.novelty import flag_calibrated, flag_percentile
+from cellpix.annotate.predict import LabelSpace, Predictions, predict_matrix
+from cellpix.errors import CellpixError
+from cellpix.integrate.genes import DEFAULT_MIN_COVERAGE
+from cellpix.integrate.panel import PanelReader, open_on_panel
+from cellpix.io import atomic_path, read_h5ad
+from cellpix.trained import TrainedModel
+
+NOVELTY_RULES = ("calibrated", "percentile")
+PREFIX = "cellpix_"
+
+
+@dataclass
+class AnnotateOptions:
+    gene_column: str | None = None
+    layer: str | None = None
+    use_raw: bool | None = None
+    min_gene_coverage: float = DEFAULT_MIN_COVERAGE
+    restrict_to: list[str] | None = None
+    novelty_rule: str = "calibrated"
+    chunk_size: int = 8192
+    batch_size: int = 512
+    device: str = "cpu"
+    progress: bool = True
+
+
+@dataclass
+class Annotation:
+    """Per-cell results of a whole query (obs columns) plus run metadata."""
+
+    obs: pd.DataFrame
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def load_models(paths: list[str | Path], device: str = "cpu") -> list[TrainedModel]:
+    """Load bundles; an ensemble must share one hierarchy (same labels in the same order)."""
+    if not paths:
+        raise CellpixError("give at least one --model bundle")
+    models = [TrainedModel.load(p, device=device) for p in paths]
+    labels = models[0].hierarchy.labels
+    for path, m in zip(paths[1:], models[1:], strict=True):
+        if m.hierarchy.labels != labels:
+            raise CellpixError(f"{path}: its hierarchy differs from the first model's; "
+                               "an ensemble needs models trained on the same labels")
+    return models
+
+
+def _readers(adata: ad.AnnData, models: list[TrainedModel], options: AnnotateOptions) -> list[PanelReader]:
+    return [open_on_panel(adata, m.layout.genes, m.layout.symbols, options.gene_column, options.layer,
+                          options.use_raw, options.min_gene_coverage) for m in models]
+
+
+def _stream(models: list[TrainedModel], readers: list[PanelReader], options: AnnotateOptions
+            ) -> Iterator[tuple[int, int, Predictions]]:
+    space = models[0].space
+    pairs = [(m.model, m.renderer) for m in models]
+    source = readers[0].source
+    bar = tqdm(total=source.n_obs, desc="annotating", unit="cell", disable=not options.progress)
+    for start, stop, raw in source.chunks(options.chunk_size):
+        blocks = [reader.align(raw) for reader in readers]
+        pred = predict_matrix(pairs, blocks, space, options.batch_size, options.device, options.restrict_to)
+        bar.update(stop - start)
+        yield start, stop, pred
+    bar.close()
+
+
+def _flags(pred: Predictions, space: LabelSpace, models: list[TrainedModel], rule: str) -> np.ndarray:
+    if rule == "percentile":
+        return flag_percentile(pred, space)
+    calibration = models[0].novelty
+    if not calibration:
+        raise CellpixError("the model has no novelty calibration (trained without a validation split); "
+                           "use --novelty-rule percentile")
+    return flag_calibrated(pred, space, calibration)
+
+
+def _obs_frame(pred: Predictions, flags: np.ndarray, space: LabelSpace, models: list[TrainedModel],
+               index: pd.Index) -> pd.DataFrame:
+    ids = models[0].hierarchy.ontology_ids()
+    base = pd.Categorical.from_codes(pred.base_index, categories=space.bases)
+    label = pd.Categorical.from_codes(pred.label_index, categories=space.labels)
+    frame = pd.DataFrame(
+        {
+            f"{PREFIX}base": base,
+            f"{PREFIX}subtype": label,
+            f"{PREFIX}base_probability": pred.base_confidence,
+            f"{PREFIX}subtype_probability": pred.subtype_confidence,
+            f"{PREFIX}novelty_score": pred.novelty_score,
+            f"{PREFIX}is_novel": flags,
+            f"{PREFIX}uncertainty": pred.uncertainty,
+        },
+        index=index,
+    )
+    if ids:
+        frame[f"{PREFIX}base_ontology_id"] = pd.Categorical([ids.get(b, "") for b in base.astype(str)])
+        frame[f"{PREFIX}subtype_ontology_id"] = pd.Categorical([ids.get(s, "") for s in label.astype(str)])
+    return frame
+
+
+def _run_metadata(models: list[TrainedModel], readers: list[PanelReader], options: AnnotateOptions,
+                  n_obs: int) -> dict[str, Any]:
+    return {
+        "cellpix_version": __version__,
+        "models": {f"model_{i}": {"checksum_sha256": m.checksum, "backbone": m.model.config.backbone,
+                                  "trained_with": m.metadata.get("cellpix_version", "")}
+                   for i, m in enumerate(models)},
+        "gene_matching": {f"model_{i}": r.report() for i, r in enumerate(readers)},
+        "novelty_rule": options.novelty_rule,
+        "novelty_thresholds": models[0].novelty if options.novelty_rule == "calibrated" else
+        {"base_quantile": 0.6, "subtype_quantile": 0.1},
+        "restrict_to": ",".join(options.restrict_to or []),
+        "base_types": models[0].space.bases,
+        "subtypes": models[0].space.labels,
+        "n_cells": n_obs,
+        "ensemble_size": len(models),
+    }
+
+
+def annotate_adata(adata: ad.AnnData, models: list[TrainedModel], options: AnnotateOptions | None = None
+                   ) -> ad.AnnData:
+    """Annotate an in-memory AnnData; returns a copy with cellpix's obs, obsm and uns entries."""
+    options = options or AnnotateOptions()
+    _check_rule(options)
+    readers = _readers(adata, models, options)
+    parts = list(_stream(models, readers, options))
+    pred = _concat([p for _, _, p in parts])
+    space = models[0].space
+    flags = _flags(pred, space, models, options.novelty_rule)
+    out = adata.copy()
+    for column, values in _obs_frame(pred, flags, space, models, out.obs_names).items():
+        out.obs[column] = values
+    out.obsm[f"{PREFIX}base_proba"] = pred.base_proba
+    out.obsm[f"{PREFIX}subtype_proba"] = pred.subtype_proba
+    out.uns["cellpix"] = _run_metadata(models, readers, options, adata.n_obs)
+    return out
+
+
+def annotate_file(query: str | Path, output: str | Path, models: list[TrainedModel],
+                  options: AnnotateOptions | None = None) -> Annotation:
+    """Stream a query h5ad through the model(s) and write the annotated h5ad atomically."""
+    options = options or AnnotateOptions()
+    _check_rule(options)
+    adata = read_h5ad(query, backed=True)
+    try:
+        readers = _readers(adata, models, options)
+        space = models[0].space
+        n = adata.n_obs
+        with atomic_path(output) as tmp:
+            shutil.copyfile(query, tmp)
+            scalars: list[Predictions] = []
+            with h5py.File(tmp, "r+") as f:
+                base_ds = _new_matrix(f, f"obsm/{PREFIX}base_proba", (n, len(space.bases)))
+                sub_ds = _new_matrix(f, f"obsm/{PREFIX}subtype_proba", (n, len(space.labels)))
+                for start, stop, pred in _stream(models, readers, options):
+                    base_ds[start:stop] = pred.base_proba
+                    sub_ds[start:stop] = pred.subtype_proba
+                    pred.base_proba = pred.subtype_proba = np.empty((0, 0), np.float32)  # keep only per-cell scalars
+                    scalars.append(pred)
+                pred = _concat(scalars)
+                flags = _flags(pred, space, models, options.novelty_rule)
+                obs = adata.obs.copy()
+                new = _obs_frame(pred, flags, space, models, obs.index)
+                for column, values in new.items():
+                    obs[column] = values
+                del f["obs"]
+                write_elem(f, "obs", obs)
+                meta = _run_metadata(models, readers, options, n)
+                if "uns" not in f:
+                    write_elem(f, "uns", {})
+                if "cellpix" in f["uns"]:
+                    del f["uns/cellpix"]
+                write_elem(f["uns"], "cellpix", meta)
+    finally:
+        adata.file.close()
+    return Annotation(obs=new, metadata=meta)
+
+
+def _new_matrix(f: h5py.File, name: str, shape: tuple[int, int]) -> h5py.Dataset:
+    if name in f:
+        del f[name]
+    if "obsm" not in f:
+        write_elem(f, "obsm", {})
+    ds = f.create_dataset(name, shape=shape, dtype="float32", chunks=(min(shape[0], 4096), shape[1]),
+                          compression="gzip")
+    ds.attrs["encoding-type"] = "array"
+    ds.attrs["encoding-version"] = "0.2.0"
+    return ds
+
+
+def _concat(parts: list[Predictions]) -> Predictions:
+    fields = Predictions.__dataclass_fields__
+    return Predictions(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in fields})
+
+
+def _check_rule(options: AnnotateOptions) -> None:
+    if options.novelty_rule not in NOVELTY_RULES:
+        raise CellpixError(f"unknown novelty rule {options.novelty_rule!r}; choose from {', '.join(NOVELTY_RULES)}")

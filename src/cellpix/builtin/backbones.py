@@ -1,0 +1,18 @@
+"""Built-in named backbones: documented timm presets (any other timm name works too)."""
+
+from __future__ import annotations
+
+from cellpix.hookspecs import hookimpl
+from cellpix.train.backbones import timm_preset
+
+
+@hookimpl
+def cellpix_backbones():
+    return {
+        "resnet18": timm_preset("resnet18", "ResNet-18: the CPU default; fast and accurate on small gene images", 71),
+        "efficientnet_b0": timm_preset("efficientnet_b0", "EfficientNet-B0: lighter cousin of the paper's B5", 71),
+        "efficientnet_b5": timm_preset("efficientnet_b5", "EfficientNet-B5: the paper's backbone (use --preset "
+                                       "paper, 224 px, 3 channels; GPU recommended)", 224),
+        "mobilenetv3_small_100": timm_preset("mobilenetv3_small_100", "MobileNetV3-small: fastest, least accurate",
+                                             71),
+    }

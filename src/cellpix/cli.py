@@ -1,0 +1,384 @@
+"""The ``cellpix`` command line: one subcommand per step, each a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from cellpix import __version__, plugins
+from cellpix.errors import CellpixError
+
+H5AD = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+class CellpixGroup(click.Group):
+    """Turns user errors into one clear line and exit status 1, without a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CellpixError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=CellpixGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cellpix")
+def cli() -> None:
+    """Hierarchical cell-type annotation of single-cell RNA-seq through gene images.
+
+    Steps: integrate → image → train (reference), then annotate → evaluate
+    (query). `cellpix run` chains them; `cellpix demo` shows them on bundled
+    data with no network.
+    """
+
+
+# -- integrate -------------------------------------------------------------------
+@cli.command()
+@click.argument("reference", type=H5AD)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output h5ad: log1p(CP10k) on the highly variable panel, ready for `image` and `train`.")
+@click.option("--min-genes", default=200, show_default=True, help="Drop cells with fewer detected genes.")
+@click.option("--min-cells", default=3, show_default=True, help="Drop genes detected in fewer cells.")
+@click.option("--max-mito", default=0.2, show_default=True, help="Drop cells above this mitochondrial fraction.")
+@click.option("--n-top-genes", default=5000, show_default=True, help="Size of the highly variable gene panel.")
+@click.option("--batch-key", default=None, help="obs column of batches, for batch-aware gene selection.")
+@click.option("--layer", default=None, help="Read expression from this layer instead of X.")
+@click.option("--use-raw", is_flag=True, default=None, help="Read expression from .raw.")
+def integrate(reference: Path, output: Path, min_genes: int, min_cells: int, max_mito: float, n_top_genes: int,
+              batch_key: str | None, layer: str | None, use_raw: bool | None) -> None:
+    """QC, normalise and select the gene panel of a labelled REFERENCE (h5ad).
+
+    Accepts raw counts or log-normalised values (scaled data is refused unless
+    .raw or a counts layer holds the unscaled values). Writes OUTPUT and
+    records what was filtered in uns['cellpix_integrate'].
+    """
+    from cellpix.integrate.reference import QCOptions, prepare_reference
+    from cellpix.io import read_h5ad, write_h5ad_atomic
+
+    adata = read_h5ad(reference)
+    options = QCOptions(min_genes, min_cells, max_mito, n_top_genes, batch_key)
+    out = prepare_reference(adata, options, layer=layer, use_raw=use_raw)
+    write_h5ad_atomic(out, output)
+    report = out.uns["cellpix_integrate"]
+    click.echo(f"{report['n_cells_out']} cells × {report['n_genes_out']} genes → {output} "
+               f"({report['n_cells_removed']} cells, {report['n_genes_removed']} genes removed by QC)")
+
+
+# -- image -----------------------------------------------------------------------
+@cli.command()
+@click.argument("reference", type=H5AD)
+@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for layout.json, layout.png and layout_collisions.json.")
+@click.option("--method", default="tsne", show_default=True, help="Gene manifold: tsne, umap, pca, kpca or a plugin's.")
+@click.option("--perplexity", default=30.0, show_default=True, help="t-SNE perplexity (the paper tunes it).")
+@click.option("--pixels", type=int, default=None,
+              help="Grid side. Default: smallest square holding every gene (71 for 5,000); 224 = the paper.")
+@click.option("--discretization", default="lsa", show_default=True,
+              type=click.Choice(["lsa", "bin", "qtb", "sla", "ags"]), help="Gene → pixel assignment.")
+@click.option("--max-cells", default=2000, show_default=True, help="Cells (stratified) used to fit the manifold.")
+@click.option("--groupby", default=None, help="obs column to stratify the cell subsample by.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--write-images", default=0, show_default=True, help="Also export this many images (npz) to look at.")
+def image(reference: Path, outdir: Path, method: str, perplexity: float, pixels: int | None, discretization: str,
+          max_cells: int, groupby: str | None, seed: int, write_images: int) -> None:
+    """Fit the gene → pixel layout (DeepInsight) on an integrated REFERENCE.
+
+    Images themselves are never stored: training and annotation render them
+    per batch from this layout. Compute grows with pixels² while the
+    information (one pixel per gene) does not, so the default grid is the
+    smallest that holds the panel.
+    """
+    from cellpix.imaging.step import image_step
+    from cellpix.io import read_h5ad
+
+    params = {"perplexity": perplexity} if method == "tsne" else {}
+    layout = image_step(read_h5ad(reference), outdir, pixels=pixels, method=method, discretization=discretization,
+                        max_cells=max_cells, groupby=groupby, random_state=seed, write_images=write_images,
+                        **params)
+    report = layout.collision_report()
+    click.echo(f"{layout.n_genes} genes on {layout.size}×{layout.size}, {report['genes_sharing_a_pixel']} sharing a "
+               f"pixel; fitted in {layout.fit_info['fit_seconds']} s → {outdir}/layout.json")
+
+
+# -- train -----------------------------------------------------------------------
+@cli.command("train")
+@click.argument("reference", type=H5AD)
+@click.option("--layout", "layout_path", required=True, type=H5AD.__class__(exists=True, dir_okay=False),
+              help="layout.json from `cellpix image`.")
+@click.option("--labels", "label_key", required=True, help="obs column with the subtype (final) labels.")
+@click.option("--hierarchy", default=None, help="Registered hierarchy name or a YAML file.")
+@click.option("--hierarchy-from-obs", default=None, metavar="BASE_COL:SUBTYPE_COL",
+              help="Derive the hierarchy from two obs columns instead.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Model bundle to write (.cellpix: safetensors + metadata).")
+@click.option("--preset", default="cpu", show_default=True, type=click.Choice(["cpu", "paper"]),
+              help="cpu: resnet18, 1 channel. paper: efficientnet_b5, 224 px, 3 channels.")
+@click.option("--backbone", default=None, help="Any timm model name or a plugin backbone (see `cellpix backbones`).")
+@click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="Image channels.")
+@click.option("--pretrained", default=None, help="Local checkpoint file, or 'hub' to download (needs network).")
+@click.option("--epochs", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("--loss", type=click.Choice(["ahfl", "focal", "ce"]), default=None,
+              help="ahfl (adaptive α, default), focal (static α) or ce (cross-entropy).")
+@click.option("--class-weights/--no-class-weights", default=None, help="scTab class weights.")
+@click.option("--mask-fraction", type=float, default=None, help="Share of gene pixels zeroed per training image.")
+@click.option("--val-fraction", type=float, default=None, help="Validation share (stratified).")
+@click.option("--val-key", default=None, help="Split validation by this obs column (donor/batch) instead.")
+@click.option("--donor-key", default=None, help="obs column of donors: enables scTab donor augmentation.")
+@click.option("--patience", type=int, default=None, help="Early stopping on validation subtype macro-F1.")
+@click.option("--seed", type=int, default=None)
+@click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:1…")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to checkpoint each epoch (default: OUTPUT.ckpt/).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --checkpoint-dir.")
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write metrics.csv and training_curve.png (default: OUTPUT.report/).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: str | None,
+                  hierarchy_from_obs: str | None, output: Path, preset: str, backbone: str | None,
+                  channels: str | None, pretrained: str | None, epochs: int | None, batch_size: int | None,
+                  lr: float | None, loss: str | None, class_weights: bool | None, mask_fraction: float | None,
+                  val_fraction: float | None, val_key: str | None, donor_key: str | None, patience: int | None,
+                  seed: int | None, device: str | None, checkpoint_dir: Path | None, resume: bool,
+                  report_dir: Path | None, quiet: bool) -> None:
+    """Train a hierarchical classifier on an integrated, labelled REFERENCE and write a model bundle.
+
+    Works under `torchrun --nproc_per_node N` for multi-GPU (or CPU gloo) DDP.
+    """
+    from cellpix.hierarchy import Hierarchy
+    from cellpix.imaging.layout import GeneLayout
+    from cellpix.io import read_h5ad
+    from cellpix.pipeline import resolve_hierarchy
+    from cellpix.train.trainer import TrainConfig, train
+
+    adata = read_h5ad(reference)
+    if bool(hierarchy) == bool(hierarchy_from_obs):
+        raise CellpixError("give exactly one of --hierarchy or --hierarchy-from-obs")
+    if hierarchy_from_obs:
+        base_col, _, sub_col = hierarchy_from_obs.partition(":")
+        tree = Hierarchy.from_obs(adata.obs, base_col, sub_col or label_key, name=f"{reference.stem}-obs")
+    else:
+        tree = resolve_hierarchy(hierarchy)
+    config = TrainConfig.from_preset(
+        preset, backbone=backbone, in_chans=int(channels) if channels else None, pretrained=pretrained,
+        epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, class_weights=class_weights,
+        mask_fraction=mask_fraction, val_fraction=val_fraction, val_key=val_key, donor_key=donor_key,
+        patience=patience, seed=seed, device=device)
+    checkpoint_dir = checkpoint_dir or output.with_name(output.name + ".ckpt")
+    report_dir = report_dir or output.with_name(output.name + ".report")
+    model = train(adata, GeneLayout.load(layout_path), tree, label_key, config, checkpoint_dir=checkpoint_dir,
+                  resume=resume, report_dir=report_dir, progress=not quiet, reference_name=reference.name)
+    from cellpix.train.trainer import _world
+
+    if _world()[0] == 0:
+        checksum = model.save(output)
+        metrics = model.metadata["training"]["validation_metrics"]
+        click.echo(f"model → {output} (sha256 {checksum[:12]}…); validation {json.dumps(metrics)}")
+
+
+# -- annotate --------------------------------------------------------------------
+@cli.command()
+@click.argument("query", type=H5AD)
+@click.option("-m", "--model", "models", required=True, multiple=True, type=H5AD,
+              help="Model bundle; repeat for an ensemble (probabilities are averaged).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Annotated h5ad (the input plus cellpix_* obs/obsm/uns).")
+@click.option("--table", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write a CSV.")
+@click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for UMAP, novelty map and confidence plots.")
+@click.option("--gene-column", default=None, help="var column holding the gene names to match (auto by default).")
+@click.option("--layer", default=None, help="Read expression from this layer.")
+@click.option("--use-raw", is_flag=True, default=None, help="Read expression from .raw.")
+@click.option("--min-gene-coverage", default=0.5, show_default=True,
+              help="Stop when less than this share of the model's genes is found.")
+@click.option("--restrict-to", default=None, help="Comma-separated base types or subtypes allowed as answers.")
+@click.option("--novelty-rule", default="calibrated", show_default=True,
+              type=click.Choice(["calibrated", "percentile"]))
+@click.option("--chunk-size", default=8192, show_default=True, help="Cells read and predicted at a time.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--quiet", is_flag=True)
+def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | None, plots: Path | None,
+             gene_column: str | None, layer: str | None, use_raw: bool | None, min_gene_coverage: float,
+             restrict_to: str | None, novelty_rule: str, chunk_size: int, device: str, quiet: bool) -> None:
+    """Annotate QUERY (h5ad) with base types, subtypes, probabilities and novelty flags.
+
+    The query is streamed in chunks, so memory does not grow with its size.
+    Genes are matched by Ensembl ID or symbol (var_names or a var column).
+    """
+    from cellpix.annotate.annotate import AnnotateOptions, annotate_file, load_models
+    from cellpix.io import read_h5ad, write_text_atomic
+    from cellpix.pipeline import annotation_table
+
+    options = AnnotateOptions(gene_column, layer, use_raw, min_gene_coverage,
+                              [s.strip() for s in restrict_to.split(",")] if restrict_to else None, novelty_rule,
+                              chunk_size, device=device, progress=not quiet)
+    result = annotate_file(query, output, load_models(list(models), device), options)
+    coverage = result.metadata["gene_matching"]["model_0"]
+    click.echo(f"{result.metadata['n_cells']} cells annotated → {output}; gene coverage "
+               f"{coverage['coverage']:.1%} ({coverage['matched_genes']}/{coverage['panel_genes']}); "
+               f"{int(result.obs['cellpix_is_novel'].sum())} flagged novel/rare")
+    if table or plots:
+        annotated = read_h5ad(output)
+        if table:
+            write_text_atomic(table, annotation_table(annotated))
+        if plots:
+            from cellpix.annotate.plots import plot_annotation
+
+            plot_annotation(annotated, plots)
+
+
+# -- evaluate --------------------------------------------------------------------
+@cli.command("evaluate")
+@click.argument("annotated", type=H5AD)
+@click.option("-m", "--model", required=True, type=H5AD, help="The bundle that made the annotation (its hierarchy).")
+@click.option("--truth-subtype", default=None, help="obs column with true subtype labels.")
+@click.option("--truth-base", default=None, help="obs column with true base labels.")
+@click.option("--mapping", type=H5AD, default=None, help="Two-column CSV/TSV: truth label → model label.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Metrics JSON (printed when omitted).")
+@click.option("--confusion", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Confusion-matrix PNG.")
+def evaluate_command(annotated: Path, model: Path, truth_subtype: str | None, truth_base: str | None,
+                     mapping: Path | None, output: Path | None, confusion: Path | None) -> None:
+    """Score an ANNOTATED h5ad against truth columns (accuracy, precision, macro-F1, AUPRC)."""
+    from cellpix.annotate.evaluate import apply_mapping, confusion_frame, evaluate, read_mapping
+    from cellpix.annotate.plots import plot_confusion
+    from cellpix.bundle import read_metadata
+    from cellpix.hierarchy import Hierarchy
+    from cellpix.io import read_h5ad, write_text_atomic
+
+    adata = read_h5ad(annotated)
+    tree = Hierarchy.from_dict(read_metadata(model)["hierarchy"])
+    table = read_mapping(mapping) if mapping else None
+    metrics = evaluate(adata, tree, truth_subtype, truth_base, table)
+    text = json.dumps(metrics, indent=2)
+    if output:
+        write_text_atomic(output, text)
+    else:
+        click.echo(text)
+    if confusion:
+        key, column = (truth_subtype, "cellpix_subtype") if truth_subtype else (truth_base, "cellpix_base")
+        truth = apply_mapping(adata.obs[key], table)
+        plot_confusion(confusion_frame(truth, adata.obs[column].astype(str).to_numpy()), confusion, key)
+
+
+# -- run and demo ----------------------------------------------------------------
+@cli.command()
+@click.argument("reference", type=H5AD)
+@click.argument("query", type=H5AD)
+@click.option("--labels", "label_key", required=True, help="Reference obs column with subtype labels.")
+@click.option("--hierarchy", required=True, help="Registered hierarchy name or YAML file.")
+@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--truth", default=None, help="Query obs column to evaluate against, if known.")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--use-raw", is_flag=True, default=None, help="Read both datasets from .raw.")
+def run(reference: Path, query: Path, label_key: str, hierarchy: str, outdir: Path, truth: str | None, epochs: int,
+        use_raw: bool | None) -> None:
+    """All steps: integrate, image and train on REFERENCE, then annotate (and evaluate) QUERY."""
+    from cellpix.io import read_h5ad
+    from cellpix.pipeline import resolve_hierarchy, run_pipeline
+    from cellpix.train.trainer import TrainConfig
+
+    result = run_pipeline(read_h5ad(reference), read_h5ad(query), label_key, resolve_hierarchy(hierarchy), outdir,
+                          config=TrainConfig(epochs=epochs), use_raw=use_raw, truth_key=truth)
+    click.echo(json.dumps(result.metrics, indent=2, default=float))
+
+
+@cli.command()
+@click.option("-o", "--outdir", default="cellpix-demo", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path))
+@click.option("--epochs", default=25, show_default=True)
+@click.option("--quiet", is_flag=True)
+def demo(outdir: Path, epochs: int, quiet: bool) -> None:
+    """Train on 80 % of scanpy's bundled pbmc68k_reduced and annotate the rest (offline, a few minutes)."""
+    from cellpix.pipeline import run_demo
+
+    result = run_demo(outdir, epochs=epochs, progress=not quiet)
+    m = result.metrics
+    click.echo(f"\ncellpix demo: {m['n_reference_cells']} reference cells, {m['n_query_cells']} held-out query "
+               f"cells, {m['n_genes']} genes on {m['image_size']}×{m['image_size']} images")
+    click.echo(f"  subtype accuracy {m['subtype']['accuracy']:.3f}, macro-F1 {m['subtype']['macro_f1']:.3f}; "
+               f"base accuracy {m['base']['accuracy']:.3f}, macro-F1 {m['base']['macro_f1']:.3f}")
+    click.echo(f"  timings: {m['timings']}")
+    click.echo(f"  outputs in {outdir}/: model.cellpix, annotated.h5ad, annotations.csv, summary.json, plots/")
+
+
+# -- registry views --------------------------------------------------------------
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins_command(as_json: bool) -> None:
+    """List loaded plugins with name, version and hooks (built-ins included)."""
+    rows = plugins.plugin_summaries()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        kind = "built-in" if row["builtin"] else "plugin"
+        click.echo(f"{row['name']} {row['version']} ({kind}, {row['module']}): {', '.join(row['hooks'])}")
+
+
+@cli.group()
+def hierarchies() -> None:
+    """List, show and validate cell-type hierarchies."""
+
+
+@hierarchies.command("list")
+def hierarchies_list() -> None:
+    """Registered hierarchies with their size."""
+    for name, value in sorted(plugins.registered("hierarchies").items()):
+        tree = plugins.resolve_lazy(value)
+        click.echo(f"{name}: {len(tree.bases)} base types, {tree.n_subtypes()} subtypes"
+                   + (f" — {tree.description.splitlines()[0][:80]}" if tree.description else ""))
+
+
+@hierarchies.command("show")
+@click.argument("name")
+def hierarchies_show(name: str) -> None:
+    """Print a registered hierarchy (or a YAML file) as YAML."""
+    from cellpix.pipeline import resolve_hierarchy
+
+    click.echo(resolve_hierarchy(name).to_yaml(), nl=False)
+
+
+@hierarchies.command("validate")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--ontology/--no-ontology", default=True, show_default=True,
+              help="Also check Cell Ontology IDs offline (cellxgene-ontology-guide).")
+def hierarchies_validate(path: Path, ontology: bool) -> None:
+    """Validate a hierarchy YAML: structure, duplicates, orphans, cycles and CL IDs."""
+    from cellpix.hierarchy import Hierarchy, check_ontology
+
+    tree = Hierarchy.from_yaml(path)
+    problems = check_ontology(tree) if ontology else []
+    if problems:
+        raise CellpixError(f"{path}: " + "; ".join(problems))
+    click.echo(f"{path}: valid ({len(tree.bases)} base types, {tree.n_subtypes()} subtypes, "
+               f"{len(tree.ontology_ids())} with Cell Ontology IDs)")
+
+
+@cli.command()
+def backbones() -> None:
+    """Named backbones from the registry (any timm model name works as well)."""
+    for name, spec in sorted(plugins.registered("backbones").items()):
+        click.echo(f"{name}: {spec.description}")
+    click.echo("…or any timm architecture, e.g. --backbone convnext_atto (see timm.list_models()).")
+
+
+def _register_plugin_commands() -> None:
+    try:
+        plugins.get_plugin_manager().hook.cellpix_register_commands(cli=cli)
+    except CellpixError as exc:  # a broken plugin must not stop the CLI from explaining itself
+        click.echo(f"warning: {exc}", err=True)
+
+
+def main() -> None:
+    _register_plugin_commands()
+    cli(prog_name="cellpix")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

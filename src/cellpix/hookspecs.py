@@ -1,0 +1,61 @@
+"""The hooks a cellpix plugin can implement.
+
+This file is the whole plugin contract. A plugin is a module (or object) with
+functions decorated by :data:`hookimpl` and named like the specs below; it is
+found through the ``cellpix`` entry-point group. Each hook returns a mapping
+of *name → thing*, and cellpix merges the mappings of all plugins; a later
+plugin may not silently replace an earlier name (that raises an error).
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT_NAME = "cellpix"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def cellpix_hierarchies():
+    """Return ``{name: Hierarchy or zero-argument callable returning one}`` of cell-type hierarchies.
+
+    Use a callable when building the hierarchy is costly (e.g. reading YAML):
+    it is only called when a user asks for that hierarchy.
+    """
+
+
+@hookspec
+def cellpix_backbones():
+    """Return ``{name: BackboneSpec}`` of CNN feature extractors.
+
+    A ``BackboneSpec`` (``cellpix.train.backbones``) holds a builder
+    ``build(in_chans, pretrained) -> torch.nn.Module`` whose module maps a
+    ``(batch, in_chans, H, W)`` image to ``(batch, num_features)`` and exposes
+    ``num_features``. Any timm model name works without a plugin.
+    """
+
+
+@hookspec
+def cellpix_integration_methods():
+    """Return ``{name: IntegrationMethod}`` of batch-correction methods.
+
+    An ``IntegrationMethod`` (``cellpix.integrate.methods``) corrects
+    log-normalised expression and must return expression, not an embedding,
+    because images are made from expression.
+    """
+
+
+@hookspec
+def cellpix_layout_methods():
+    """Return ``{name: callable(random_state, **params) -> estimator}`` of gene-layout manifolds.
+
+    The estimator has scikit-learn's ``fit_transform`` and returns 2-D
+    coordinates; pyDeepInsight's ``ImageTransformer`` uses it to place genes.
+    """
+
+
+@hookspec
+def cellpix_register_commands(cli):
+    """Add click commands to the ``cellpix`` group passed as ``cli``."""

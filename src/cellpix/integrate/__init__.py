@@ -1,0 +1,1 @@
+"""Integration step: QC, normalisation, gene panel, and query-to-reference batch correction."""

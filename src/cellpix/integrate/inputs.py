@@ -1,0 +1,164 @@
+"""Check and normalise expression input the same way for every step.
+
+The model works on log1p of counts scaled to 10,000 per cell (the paper's
+and scTab's normalisation). Raw counts are brought there; log-normalised
+values are used as they are; scaled values (z-scores, with negatives) cannot
+be brought back, so cellpix looks for ``.raw`` or a counts layer and
+otherwise refuses with a message that says what to pass instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from cellpix.errors import InputDataError
+
+TARGET_SUM = 1e4
+LOG_MAX = 30.0  # log1p(CP10k) tops out near 9; log2(TPM+1) near 20
+COUNT_LAYER_NAMES = ("counts", "raw_counts", "count", "umi", "X_counts")
+SAMPLE_ROWS = 2000
+
+
+@dataclass
+class MatrixSource:
+    """Rows of one expression matrix of an AnnData (X, a layer or .raw), in memory or backed on disk."""
+
+    matrix: Any
+    var: pd.DataFrame
+    name: str
+
+    @property
+    def n_obs(self) -> int:
+        return int(self.matrix.shape[0])
+
+    def rows(self, start: int, stop: int) -> sp.csr_matrix:
+        """Rows ``start:stop`` as float32 CSR (reads only those rows from a backed file)."""
+        block = self.matrix[start:stop]
+        block = sp.csr_matrix(block) if not sp.issparse(block) else block.tocsr()
+        return block.astype(np.float32, copy=False)
+
+    def take(self, indices: np.ndarray) -> sp.csr_matrix:
+        """Arbitrary rows (sorted internally, returned in the order asked)."""
+        order = np.argsort(indices)
+        sorted_rows = np.asarray(indices)[order]
+        block = self.matrix[sorted_rows]
+        block = sp.csr_matrix(block) if not sp.issparse(block) else block.tocsr()
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return block[inverse].astype(np.float32, copy=False)
+
+    def chunks(self, chunk_size: int) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+        for start in range(0, self.n_obs, chunk_size):
+            stop = min(start + chunk_size, self.n_obs)
+            yield start, stop, self.rows(start, stop)
+
+
+def _sample(source: MatrixSource) -> sp.csr_matrix:
+    """A few blocks of rows spread over the file: enough to judge the values, cheap on backed data."""
+    n = source.n_obs
+    if n <= SAMPLE_ROWS:
+        return source.rows(0, n)
+    block = SAMPLE_ROWS // 4
+    starts = np.linspace(0, n - block, 4).astype(int)
+    return sp.vstack([source.rows(s, s + block) for s in starts]).tocsr()
+
+
+def value_kind(source: MatrixSource) -> str:
+    """Classify values as 'counts', 'log' (log-normalised), 'scaled' or 'linear' (normalised, not logged).
+
+    Raises for empty data and for NaN or infinite values.
+    """
+    if source.n_obs == 0 or source.var.shape[0] == 0:
+        raise InputDataError(f"{source.name} is empty ({source.n_obs} cells × {source.var.shape[0]} genes)")
+    sample = _sample(source)
+    data = sample.data
+    if data.size == 0:
+        raise InputDataError(f"{source.name} holds only zeros: no expression to annotate")
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise InputDataError(f"{source.name} contains {bad} NaN or infinite values in the rows checked; "
+                             "fix or drop those cells/genes first")
+    if (data < 0).any():
+        return "scaled"
+    if np.all(np.mod(data, 1) == 0):
+        return "counts"
+    if data.max() <= LOG_MAX:
+        return "log"
+    return "linear"
+
+
+def choose_source(adata: ad.AnnData, layer: str | None = None, use_raw: bool | None = None) -> tuple[MatrixSource, str]:
+    """Pick the matrix to read and say what its values are.
+
+    Order: an explicit ``layer``; ``.raw`` when asked; otherwise X, falling
+    back to a counts layer or ``.raw`` when X is scaled or not log-transformed.
+    """
+    if layer is not None:
+        if layer not in adata.layers:
+            raise InputDataError(f"no layer {layer!r}; layers: {', '.join(adata.layers) or '(none)'}")
+        source = MatrixSource(adata.layers[layer], adata.var, f"layer {layer!r}")
+        return source, _usable_kind(source)
+    if use_raw:
+        if adata.raw is None:
+            raise InputDataError("--use-raw was given but the AnnData has no .raw")
+        source = MatrixSource(adata.raw.X, adata.raw.var, ".raw")
+        return source, _usable_kind(source)
+    source = MatrixSource(adata.X, adata.var, "X")
+    kind = value_kind(source)
+    if kind in ("counts", "log"):
+        return source, kind
+    for name in COUNT_LAYER_NAMES:
+        if name in adata.layers:
+            fallback = MatrixSource(adata.layers[name], adata.var, f"layer {name!r}")
+            return fallback, _usable_kind(fallback)
+    if use_raw is None and adata.raw is not None:
+        fallback = MatrixSource(adata.raw.X, adata.raw.var, ".raw")
+        return fallback, _usable_kind(fallback)
+    raise InputDataError(_refusal(kind, "X"))
+
+
+def _usable_kind(source: MatrixSource) -> str:
+    kind = value_kind(source)
+    if kind not in ("counts", "log"):
+        raise InputDataError(_refusal(kind, source.name))
+    return kind
+
+
+def _refusal(kind: str, where: str) -> str:
+    if kind == "scaled":
+        what = f"{where} holds scaled values (negative numbers, e.g. after sc.pp.scale)"
+    else:
+        what = f"{where} holds normalised values that are not log-transformed (values above {LOG_MAX:g})"
+    return (f"{what}, which cannot be brought back to the model's log1p(counts per 10,000). Pass raw counts or "
+            "log1p-normalised data: keep them in .raw, in a layer named 'counts' (or pick one with --layer), or in X.")
+
+
+def normalise_rows(block: sp.csr_matrix, kind: str) -> sp.csr_matrix:
+    """Bring a block of cells (all genes) to log1p(counts per 10,000); log data passes through."""
+    if kind == "log":
+        return block
+    if kind != "counts":
+        raise InputDataError(_refusal(kind, "the data"))
+    totals = np.asarray(block.sum(axis=1)).ravel()
+    scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals, dtype=np.float64), where=totals > 0)
+    out = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ block)
+    out.data = np.log1p(out.data)
+    return out
+
+
+def check_cells(adata: ad.AnnData) -> None:
+    """Refuse duplicate or empty cell names, which would make results impossible to join back."""
+    names = pd.Index(adata.obs_names)
+    if (names.astype(str) == "").any():
+        raise InputDataError("some cells have empty names (obs_names)")
+    if names.has_duplicates:
+        dup = names[names.duplicated()].unique()[:5].tolist()
+        raise InputDataError(f"duplicate cell names (obs_names), e.g. {dup}; make them unique first, "
+                             "e.g. adata.obs_names_make_unique()")

@@ -1,0 +1,112 @@
+"""Reference mode: QC, log-normalisation and highly variable gene panel.
+
+The output AnnData is what ``image`` and ``train`` expect: X holds
+log1p(counts per 10,000) on the selected panel (CSR, float32), ``var`` keeps
+gene symbols when the reference has them, and ``uns['cellpix_integrate']``
+records what was filtered and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import scipy.sparse as sp
+
+from cellpix.errors import InputDataError
+from cellpix.integrate.genes import id_type
+from cellpix.integrate.inputs import check_cells, choose_source, normalise_rows
+
+SYMBOL_COLUMNS = ("gene_symbol", "gene_symbols", "symbol", "symbols", "gene_name", "gene_names", "feature_name",
+                  "gene_ids_symbol")
+
+
+@dataclass
+class QCOptions:
+    """Reference QC and panel options; the defaults are common scanpy practice."""
+
+    min_genes: int = 200
+    min_cells: int = 3
+    max_mito_fraction: float = 0.2
+    n_top_genes: int = 5000
+    batch_key: str | None = None
+
+
+def find_symbol_column(var: pd.DataFrame) -> str | None:
+    """The var column holding gene symbols, when var_names are Ensembl IDs."""
+    if id_type(var.index) != "ensembl":
+        return None
+    for name in SYMBOL_COLUMNS:
+        if name in var.columns:
+            return name
+    for name in var.columns:
+        if var[name].dtype == object and id_type(var[name]) == "symbol":
+            return str(name)
+    return None
+
+
+def _symbols(var: pd.DataFrame) -> pd.Series:
+    column = find_symbol_column(var)
+    return (var[column] if column else pd.Series(var.index, index=var.index)).astype(str)
+
+
+def prepare_reference(adata: ad.AnnData, options: QCOptions | None = None, layer: str | None = None,
+                      use_raw: bool | None = None) -> ad.AnnData:
+    """QC-filter cells and genes, log-normalise, and keep the highly variable panel."""
+    options = options or QCOptions()
+    check_cells(adata)
+    source, kind = choose_source(adata, layer=layer, use_raw=use_raw)
+    matrix = source.rows(0, source.n_obs)
+    var = source.var.copy()
+    if var.index.has_duplicates:
+        keep = ~var.index.duplicated()
+        matrix, var = matrix[:, np.flatnonzero(keep)], var[keep]
+    symbols = _symbols(var)
+    report: dict[str, Any] = {"input_values": kind, "source": source.name, "n_cells_in": int(adata.n_obs),
+                              "n_genes_in": int(var.shape[0]), "options": asdict(options)}
+
+    genes_per_cell = np.diff(matrix.indptr)
+    keep_cells = genes_per_cell >= options.min_genes
+    mito = symbols.str.upper().str.startswith("MT-").to_numpy()
+    if kind == "counts" and mito.any():
+        totals = np.asarray(matrix.sum(axis=1)).ravel()
+        mito_frac = np.asarray(matrix[:, np.flatnonzero(mito)].sum(axis=1)).ravel() / np.maximum(totals, 1)
+        keep_cells &= mito_frac <= options.max_mito_fraction
+        report["mito_genes"] = int(mito.sum())
+    else:
+        mito_frac = np.full(matrix.shape[0], np.nan)
+        report["mito_genes"] = int(mito.sum())
+        report["mito_filter"] = "skipped (needs raw counts and MT- genes)"
+    if not keep_cells.any():
+        raise InputDataError(f"no cell passes QC (min {options.min_genes} genes per cell, mito ≤ "
+                             f"{options.max_mito_fraction:.0%}); lower --min-genes or check the input")
+    cells_per_gene = np.bincount(matrix[keep_cells].indices, minlength=matrix.shape[1])
+    keep_genes = cells_per_gene >= options.min_cells
+    report.update({"n_cells_removed": int((~keep_cells).sum()), "n_genes_removed": int((~keep_genes).sum())})
+
+    matrix = matrix[np.flatnonzero(keep_cells)][:, np.flatnonzero(keep_genes)]
+    log = normalise_rows(matrix, kind) if kind == "counts" else matrix
+    obs = adata.obs.iloc[np.flatnonzero(keep_cells)].copy()
+    obs["cellpix_n_genes"] = genes_per_cell[keep_cells]
+    obs["cellpix_mito_fraction"] = mito_frac[keep_cells]
+    var = var.iloc[np.flatnonzero(keep_genes)].copy()
+    var["gene_symbol"] = symbols.iloc[np.flatnonzero(keep_genes)].to_numpy()
+    out = ad.AnnData(X=sp.csr_matrix(log, dtype=np.float32), obs=obs, var=var)
+
+    if options.batch_key and options.batch_key not in out.obs.columns:
+        raise InputDataError(f"--batch-key {options.batch_key!r} is not an obs column")
+    if out.n_vars > options.n_top_genes:
+        sc.pp.highly_variable_genes(out, n_top_genes=options.n_top_genes, batch_key=options.batch_key,
+                                    flavor="seurat")
+        out = out[:, out.var["highly_variable"].to_numpy()].copy()
+    report.update({"n_cells_out": int(out.n_obs), "n_genes_out": int(out.n_vars)})
+    out.uns["cellpix_integrate"] = {"mode": "reference", **_jsonable(report)}
+    return out
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v if v is not None else "none") for k, v in d.items()}

@@ -1,0 +1,78 @@
+"""File helpers shared by every step: atomic writes and safe AnnData reading.
+
+Outputs are written to a temporary file beside the target and renamed into
+place, so an interrupted or failed run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import anndata as ad
+
+from cellpix.errors import InputDataError
+
+H5AD_SUFFIXES = (".h5ad",)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it into place on success.
+
+    The temporary file lives in the same directory so the final ``os.replace``
+    is atomic on POSIX file systems. On any exception it is removed.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_text_atomic(target: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+
+
+def write_h5ad_atomic(adata: ad.AnnData, target: str | os.PathLike) -> None:
+    """Write an AnnData atomically (compressed, as single-cell files usually are)."""
+    with atomic_path(target) as tmp:
+        adata.write_h5ad(tmp, compression="gzip")
+
+
+def check_h5ad_path(path: str | os.PathLike) -> Path:
+    """Fail early and clearly when a path is missing or is not an HDF5/h5ad file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputDataError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputDataError(f"{path}: is a directory, expected an .h5ad file")
+    with path.open("rb") as fh:
+        magic = fh.read(8)
+    if magic != b"\x89HDF\r\n\x1a\n":
+        hint = ""
+        if path.suffix.lower() in {".csv", ".tsv", ".txt", ".mtx", ".loom", ".rds", ".h5seurat"}:
+            hint = " Convert it to AnnData first (e.g. scanpy.read_* then .write_h5ad)."
+        raise InputDataError(f"{path}: not an h5ad (HDF5) file.{hint}")
+    return path
+
+
+def read_h5ad(path: str | os.PathLike, backed: bool = False) -> ad.AnnData:
+    """Read an h5ad after checking it really is one; ``backed`` keeps X on disk."""
+    path = check_h5ad_path(path)
+    try:
+        return ad.read_h5ad(path, backed="r" if backed else None)
+    except Exception as exc:  # h5py/anndata raise many types for broken files
+        raise InputDataError(f"{path}: cannot be read as AnnData ({exc})") from exc

@@ -1,0 +1,1 @@
+"""Training step: timm backbone, hierarchical heads, adaptive hierarchical focal loss."""

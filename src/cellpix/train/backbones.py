@@ -1,0 +1,80 @@
+"""CNN feature extractors: any timm model, plus named backbones from plugins.
+
+A backbone maps ``(batch, in_chans, H, W)`` images to ``(batch,
+num_features)`` vectors; the hierarchical heads sit on top. Pretrained
+weights come from a local file (timm or safetensors checkpoint) or, only
+when asked for and online, from the timm hub. The default never touches the
+network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+from torch import nn
+
+from cellpix import plugins
+from cellpix.errors import CellpixError, UnknownNameError
+
+HUB = "hub"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one named backbone, with advice for users."""
+
+    name: str
+    build: Callable[[int, str | None], nn.Module]
+    description: str = ""
+    recommended_pixels: int | None = None
+
+    def create(self, in_chans: int, pretrained: str | None = None) -> nn.Module:
+        module = self.build(in_chans, pretrained)
+        if not hasattr(module, "num_features"):
+            raise CellpixError(f"backbone {self.name!r} does not expose num_features")
+        return module
+
+
+def create_timm_backbone(model_name: str, in_chans: int, pretrained: str | None = None) -> nn.Module:
+    """A timm model without classifier (global average pooled features).
+
+    ``pretrained`` is ``None`` (random init), a local checkpoint path
+    (``.safetensors``, ``.pth``, ``.bin``; timm adapts the first conv to
+    ``in_chans`` and drops the classifier), or ``"hub"`` to download.
+    """
+    kwargs = {"num_classes": 0, "in_chans": in_chans}
+    if pretrained is None:
+        return timm.create_model(model_name, pretrained=False, **kwargs)
+    if pretrained == HUB:
+        try:
+            return timm.create_model(model_name, pretrained=True, **kwargs)
+        except Exception as exc:  # network errors vary by transport
+            raise CellpixError(f"could not download pretrained {model_name!r} weights from the hub ({exc}); "
+                               "pass a local checkpoint with --pretrained PATH or train from scratch") from exc
+    path = Path(pretrained)
+    if not path.is_file():
+        raise CellpixError(f"--pretrained {pretrained}: no such checkpoint file")
+    return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+
+
+def _timm_spec(name: str) -> BackboneSpec:
+    return BackboneSpec(name=name, build=lambda c, p: create_timm_backbone(name, c, p), description="timm model")
+
+
+def resolve_backbone(name: str) -> BackboneSpec:
+    """A registered backbone by name, else any timm architecture name."""
+    registered = plugins.registered("backbones")
+    if name in registered:
+        return registered[name]
+    if timm.is_model(name):
+        return _timm_spec(name)
+    raise UnknownNameError("backbone", name, [*registered, "(or any name from timm.list_models())"])
+
+
+def timm_preset(name: str, description: str, recommended_pixels: int | None = None) -> BackboneSpec:
+    """A named, documented timm backbone (used by the built-in backbone plugin)."""
+    return BackboneSpec(name=name, build=lambda c, p: create_timm_backbone(name, c, p),
+                        description=description, recommended_pixels=recommended_pixels)

@@ -1,0 +1,459 @@
+"""Train a hierarchical classifier on a labelled reference and write a model bundle.
+
+Streaming: cells are read from the (possibly backed) reference chunk by
+chunk, rendered per mini-batch and never stored as images. Each epoch ends
+with a checkpoint (weights, optimiser state, AHFL α and history, as
+safetensors + JSON), so a killed run resumes where it stopped. Under
+``torchrun`` the same code trains with DDP (gloo on CPU, NCCL on GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import accuracy_score, f1_score
+from tqdm.auto import tqdm
+
+from cellpix import __version__
+from cellpix.annotate.novelty import DEFAULT_FPR, calibrate
+from cellpix.annotate.predict import LabelSpace, predict_matrix
+from cellpix.errors import CellpixError
+from cellpix.hierarchy import Hierarchy
+from cellpix.imaging.layout import GeneLayout
+from cellpix.imaging.render import ImageRenderer
+from cellpix.integrate.panel import open_on_panel
+from cellpix.io import atomic_path, write_text_atomic
+from cellpix.train.data import (
+    ReferenceData,
+    batches_in,
+    donor_differences,
+    encode_labels,
+    epoch_chunks,
+    iterate_batches,
+    stratified_split,
+)
+from cellpix.train.loss import AdaptiveHierarchicalFocalLoss, balanced_class_weights
+from cellpix.train.model import HierarchicalClassifier, ModelConfig
+from cellpix.trained import TrainedModel
+
+LOSSES = ("ahfl", "focal", "ce")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Chosen from measurements on 2 CPU cores (see docs/training.md): resnet18 on the
+    # smallest collision-free grid, one channel.
+    "cpu": {"backbone": "resnet18", "in_chans": 1},
+    # The published configuration: EfficientNet-B5 on 224 × 224 × 3 images.
+    "paper": {"backbone": "efficientnet_b5", "in_chans": 3, "pixels": 224},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Training options; the defaults are the CPU preset."""
+
+    backbone: str = "resnet18"
+    in_chans: int = 1
+    pixels: int | None = None  # required layout size (the paper preset needs a 224-px layout)
+    hidden: int = 256
+    dropout: float = 0.3
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    loss: str = "ahfl"
+    gamma: float = 2.0
+    alpha: float = 0.5
+    beta: float = 0.9
+    class_weights: bool = False
+    mask_fraction: float = 0.1
+    val_fraction: float = 0.1
+    val_key: str | None = None
+    patience: int = 6
+    min_epochs: int = 3
+    seed: int = 0
+    chunk_size: int = 4096
+    donor_key: str | None = None
+    donor_aug_prob: float = 0.5
+    pretrained: str | None = None
+    device: str = "auto"
+    novelty_fpr: float = DEFAULT_FPR
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise CellpixError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
+        if self.in_chans not in (1, 3):
+            raise CellpixError("--channels must be 1 or 3")
+        if not 0 <= self.mask_fraction < 1:
+            raise CellpixError("--mask-fraction must be in [0, 1)")
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides: Any) -> TrainConfig:
+        if preset not in PRESETS:
+            raise CellpixError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+        return cls(**values)
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint needs beyond the weights: progress, early stopping and history."""
+
+    epoch: int = 0
+    step: int = 0
+    best_score: float = -1.0
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    finished: bool = False
+
+
+# -- distributed helpers ---------------------------------------------------------
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _init_distributed(device: torch.device) -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        return True
+    return False
+
+
+def _mean_across_ranks(values: list[float]) -> list[float]:
+    _, world = _world()
+    if world == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return (tensor / world).tolist()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            return torch.device(f"cuda:{local}")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+# -- checkpoints -------------------------------------------------------------------
+def _save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     loss_fn: AdaptiveHierarchicalFocalLoss, state: TrainState) -> None:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for pid, pstate in opt["state"].items():
+        for key, value in pstate.items():
+            tensors[f"opt.{pid}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors["loss.alpha"] = loss_fn.alpha.detach().cpu().reshape(1)
+    meta = {"state": asdict(state), "param_groups": opt["param_groups"]}
+    with atomic_path(path / "last.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"cellpix_checkpoint": json.dumps(meta)})
+
+
+def _load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     loss_fn: AdaptiveHierarchicalFocalLoss) -> TrainState:
+    from safetensors import safe_open
+
+    file = path / "last.safetensors"
+    with safe_open(str(file), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["cellpix_checkpoint"])
+    tensors = load_file(str(file))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            opt_state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+    loss_fn.alpha.copy_(tensors["loss.alpha"].reshape(()))
+    return TrainState(**meta["state"])
+
+
+# -- the training run -------------------------------------------------------------
+def prepare_reference(adata: ad.AnnData, layout: GeneLayout, space: LabelSpace, label_key: str,
+                      config: TrainConfig) -> ReferenceData:
+    if label_key not in adata.obs.columns:
+        raise CellpixError(f"reference obs has no label column {label_key!r}; columns: "
+                           f"{', '.join(map(str, adata.obs.columns))}")
+    reader = open_on_panel(adata, layout.genes, layout.symbols, min_coverage=0.9)
+    label_index, base_index, within_index = encode_labels(space, adata.obs[label_key])
+    groups = None
+    if config.val_key:
+        if config.val_key not in adata.obs.columns:
+            raise CellpixError(f"--val-key {config.val_key!r} is not an obs column")
+        groups = adata.obs[config.val_key].astype(str).to_numpy()
+    train_idx, val_idx = stratified_split(label_index, config.val_fraction, config.seed, groups)
+    donors = adata.obs[config.donor_key].astype(str).to_numpy() if config.donor_key else None
+    return ReferenceData(reader, label_index, base_index, within_index, train_idx, val_idx, donors)
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _evaluate(model: HierarchicalClassifier, renderer: ImageRenderer, data: ReferenceData, space: LabelSpace,
+              device: torch.device):
+    if len(data.val_idx) == 0:
+        return None, {}
+    pred = predict_matrix([(model, renderer)], [data.reader.take(data.val_idx)], space, device=device)
+    truth_label, truth_base = data.label_index[data.val_idx], data.base_index[data.val_idx]
+    metrics = {
+        "val_base_f1": f1_score(truth_base, pred.base_index, average="macro"),
+        "val_subtype_f1": f1_score(truth_label, pred.label_index, average="macro"),
+        "val_subtype_accuracy": accuracy_score(truth_label, pred.label_index),
+    }
+    return pred, metrics
+
+
+def train(
+    adata: ad.AnnData,
+    layout: GeneLayout,
+    hierarchy: Hierarchy,
+    label_key: str,
+    config: TrainConfig | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    report_dir: str | Path | None = None,
+    progress: bool = True,
+    reference_name: str = "",
+) -> TrainedModel:
+    """Train and return the model; checkpoints and per-epoch metrics go to the given folders."""
+    config = config or TrainConfig()
+    if config.pixels and config.pixels != layout.size:
+        raise CellpixError(f"this configuration needs {config.pixels}-px images but the layout is "
+                           f"{layout.size}×{layout.size}; refit it with `cellpix image --pixels {config.pixels}`")
+    labels_present = adata.obs[label_key].dropna().astype(str).unique() if label_key in adata.obs else []
+    hierarchy = hierarchy.restricted_to(labels_present)
+    space = LabelSpace(hierarchy)
+    device = pick_device(config.device)
+    distributed = _init_distributed(device)
+    rank, world = _world()
+    torch.manual_seed(config.seed + rank)
+    data = prepare_reference(adata, layout, space, label_key, config)
+
+    model_config = ModelConfig(config.backbone, config.in_chans, layout.size, config.hidden, config.dropout)
+    model = HierarchicalClassifier(hierarchy, model_config, pretrained=config.pretrained).to(device)
+    renderer = ImageRenderer(layout, channels=config.in_chans).to(device)
+    loss_fn = _make_loss(config, space, data).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    net: torch.nn.Module = model
+    if distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    state = TrainState()
+    if resume and ckpt and (ckpt / "last.safetensors").exists():
+        state = _load_checkpoint(ckpt, model, optimizer, loss_fn)
+        if rank == 0:
+            print(f"resuming from {ckpt} after epoch {state.epoch}")
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if ckpt and (ckpt / "best.safetensors").exists() and state.epoch > 0:
+        best_state = load_file(str(ckpt / "best.safetensors"))
+
+    donor_vectors = donor_differences(data, len(space.labels), seed=config.seed) if config.donor_key else None
+    steps_per_epoch = _steps_per_rank(data, config, world, epoch=0)
+    total_steps = steps_per_epoch * config.epochs
+    warmup = max(1, int(config.warmup_epochs * steps_per_epoch))
+
+    while state.epoch < config.epochs and not state.finished:
+        epoch = state.epoch
+        started = time.perf_counter()
+        net.train()
+        chunks = epoch_chunks(data.train_idx, config.chunk_size, seed=config.seed * 1000 + epoch)
+        n_steps = _steps_per_rank(data, config, world, epoch)
+        mine = chunks[rank::world]
+        gen = torch.Generator().manual_seed(config.seed * 7919 + epoch * 31 + rank)
+        sums = np.zeros(3)
+        bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress or rank != 0,
+                   leave=False, unit="batch")
+        done = 0
+        for rows, matrix in iterate_batches(data, mine, config.batch_size, seed=config.seed + epoch * 13 + rank):
+            if done >= n_steps:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * _lr_factor(state.step, warmup, total_steps)
+            images = _render_training_batch(renderer, matrix, rows, data, config, donor_vectors, gen, device)
+            base_t = torch.as_tensor(data.base_index[rows], device=device)
+            within_t = torch.as_tensor(data.within_index[rows], device=device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                base_logits, sub_logits = net(images)
+            loss, l_base, l_sub = loss_fn(base_logits, sub_logits, base_t, within_t)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            l_base_v, l_sub_v = _mean_across_ranks([float(l_base.detach()), float(l_sub.detach())])
+            loss_fn.update_alpha(l_base_v, l_sub_v)
+            sums += [float(loss.detach()), l_base_v, l_sub_v]
+            state.step += 1
+            done += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", alpha=f"{float(loss_fn.alpha):.2f}")
+        bar.close()
+        _, metrics = _evaluate(model, renderer, data, space, device)
+        state.seconds += time.perf_counter() - started
+        row = {"epoch": epoch + 1, "train_loss": sums[0] / max(1, done), "loss_base": sums[1] / max(1, done),
+               "loss_subtype": sums[2] / max(1, done), "alpha": float(loss_fn.alpha),
+               "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 2), **metrics}
+        state.history.append(row)
+        score = metrics.get("val_subtype_f1", -row["train_loss"])
+        if score > state.best_score:
+            state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if ckpt and rank == 0:
+                ckpt.mkdir(parents=True, exist_ok=True)
+                with atomic_path(ckpt / "best.safetensors") as tmp:
+                    save_file({k: v.cpu().contiguous() for k, v in best_state.items()}, str(tmp))
+        else:
+            state.bad_epochs += 1
+        state.epoch = epoch + 1
+        if state.bad_epochs >= config.patience and state.epoch >= config.min_epochs:
+            state.finished = True
+        if rank == 0 and progress:
+            print(_epoch_line(row))
+        if ckpt and rank == 0:
+            ckpt.mkdir(parents=True, exist_ok=True)
+            _save_checkpoint(ckpt, model, optimizer, loss_fn, state)
+        if distributed:
+            dist.barrier()
+
+    model.load_state_dict(best_state)
+    model.eval()
+    val_pred, val_metrics = _evaluate(model, renderer, data, space, device)
+    novelty = calibrate(val_pred, space, config.novelty_fpr) if val_pred is not None else {}
+    metadata = _bundle_metadata(hierarchy, layout, model_config, config, state, val_metrics, novelty,
+                                float(loss_fn.alpha), label_key, data, reference_name)
+    trained = TrainedModel(model.cpu(), renderer.cpu(), layout, hierarchy, metadata)
+    if report_dir and rank == 0:
+        write_training_report(Path(report_dir), state.history)
+    if distributed:
+        dist.barrier()
+    return trained
+
+
+def _steps_per_rank(data: ReferenceData, config: TrainConfig, world: int, epoch: int) -> int:
+    """Every rank must take the same number of steps, or DDP waits forever; use the smallest share."""
+    chunks = epoch_chunks(data.train_idx, config.chunk_size, seed=config.seed * 1000 + epoch)
+    return min(batches_in(chunks[r::world], config.batch_size) for r in range(world)) if world > 1 else \
+        batches_in(chunks, config.batch_size)
+
+
+def _make_loss(config: TrainConfig, space: LabelSpace, data: ReferenceData) -> AdaptiveHierarchicalFocalLoss:
+    gamma = 0.0 if config.loss == "ce" else config.gamma
+    base_w = sub_w = None
+    if config.class_weights:
+        train_base = data.base_index[data.train_idx]
+        base_w = balanced_class_weights(torch.bincount(torch.as_tensor(train_base), minlength=len(space.bases)))
+        sub_w = []
+        for b in space.branching:
+            within = data.within_index[data.train_idx][train_base == b]
+            n_sub = len(space.base_columns[b])
+            sub_w.append(balanced_class_weights(torch.bincount(torch.as_tensor(within), minlength=n_sub)))
+    return AdaptiveHierarchicalFocalLoss(space.branching, gamma=gamma, alpha=config.alpha, beta=config.beta,
+                                         adaptive=config.loss == "ahfl", base_weight=base_w, subtype_weights=sub_w)
+
+
+def _render_training_batch(renderer: ImageRenderer, matrix, rows: np.ndarray, data: ReferenceData,
+                           config: TrainConfig, donor_vectors, gen: torch.Generator, device: torch.device):
+    if donor_vectors is None:
+        return renderer.render_csr(matrix, mask_fraction=config.mask_fraction, generator=gen, device=device)
+    dense = torch.as_tensor(matrix.toarray())
+    labels = data.label_index[rows]
+    for i, lab in enumerate(labels):
+        vecs = donor_vectors[lab]
+        if len(vecs) and torch.rand(1, generator=gen).item() < config.donor_aug_prob:
+            pick = int(torch.randint(len(vecs), (1,), generator=gen))
+            sign = 1.0 if torch.rand(1, generator=gen).item() < 0.5 else -1.0
+            dense[i] = (dense[i] + sign * torch.as_tensor(vecs[pick])).clamp(0.0, 9.0)
+    mask = renderer.random_gene_mask(len(rows), config.mask_fraction, gen) if config.mask_fraction else None
+    return renderer(dense.to(device), None if mask is None else mask.to(device))
+
+
+def _epoch_line(row: dict[str, Any]) -> str:
+    val = f" val subtype F1 {row['val_subtype_f1']:.3f} acc {row['val_subtype_accuracy']:.3f}" \
+        if "val_subtype_f1" in row else ""
+    return f"epoch {row['epoch']}: loss {row['train_loss']:.4f} α {row['alpha']:.3f}{val} ({row['seconds']:.1f} s)"
+
+
+def _bundle_metadata(hierarchy, layout, model_config, config, state, val_metrics, novelty, alpha, label_key, data,
+                     reference_name) -> dict[str, Any]:
+    import timm
+
+    return {
+        "cellpix_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "hierarchy": hierarchy.to_dict(),
+        "layout": layout.to_dict(),
+        "model": model_config.to_dict(),
+        "normalisation": {"target_sum": 1e4, "log1p": True, "scaling": "per-gene min-max on the reference, "
+                          "clipped to [0, 1]"},
+        "novelty": novelty,
+        "training": {
+            "reference": reference_name,
+            "label_key": label_key,
+            "n_cells": int(data.reader.n_obs),
+            "n_train": len(data.train_idx),
+            "n_validation": len(data.val_idx),
+            "config": asdict(replace(config)),
+            "epochs_run": state.epoch,
+            "best_epoch": state.best_epoch,
+            "seconds": round(state.seconds, 1),
+            "alpha_final": alpha,
+            "validation_metrics": {k: round(float(v), 4) for k, v in val_metrics.items()},
+            "history": state.history,
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def write_training_report(folder: Path, history: list[dict[str, Any]]) -> None:
+    """Per-epoch metrics as CSV and a training-curve PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(history)
+    write_text_atomic(folder / "metrics.csv", frame.to_csv(index=False))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].plot(frame["epoch"], frame["loss_base"], label="base focal loss")
+    axes[0].plot(frame["epoch"], frame["loss_subtype"], label="subtype focal loss")
+    axes[0].plot(frame["epoch"], frame["alpha"], "--", label="AHFL α")
+    axes[0].set_xlabel("epoch")
+    axes[0].legend()
+    if "val_subtype_f1" in frame:
+        axes[1].plot(frame["epoch"], frame["val_base_f1"], label="validation base macro-F1")
+        axes[1].plot(frame["epoch"], frame["val_subtype_f1"], label="validation subtype macro-F1")
+        axes[1].plot(frame["epoch"], frame["val_subtype_accuracy"], label="validation subtype accuracy")
+        axes[1].set_ylim(0, 1.02)
+        axes[1].legend(loc="lower right")
+    axes[1].set_xlabel("epoch")
+    fig.tight_layout()
+    with atomic_path(folder / "training_curve.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

@@ -1,0 +1,70 @@
+"""A trained model in memory: network, renderer, label space and the bundle metadata they came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cellpix.annotate.predict import LabelSpace
+from cellpix.bundle import ModelBundle
+from cellpix.errors import BundleError
+from cellpix.hierarchy import Hierarchy
+from cellpix.imaging.layout import GeneLayout
+from cellpix.imaging.render import ImageRenderer
+from cellpix.train.model import HierarchicalClassifier, ModelConfig
+
+
+@dataclass
+class TrainedModel:
+    """Everything annotate and explain need, rebuilt from (or ready to become) a bundle."""
+
+    model: HierarchicalClassifier
+    renderer: ImageRenderer
+    layout: GeneLayout
+    hierarchy: Hierarchy
+    metadata: dict[str, Any] = field(default_factory=dict)
+    checksum: str = ""
+
+    @property
+    def space(self) -> LabelSpace:
+        return LabelSpace(self.hierarchy)
+
+    @property
+    def novelty(self) -> dict[str, Any]:
+        return self.metadata.get("novelty", {})
+
+    def to(self, device: str | torch.device) -> TrainedModel:
+        self.model.to(device)
+        self.renderer.to(device)
+        return self
+
+    def to_bundle(self) -> ModelBundle:
+        state = {k: v for k, v in self.model.state_dict().items()}
+        return ModelBundle(tensors=state, metadata=self.metadata)
+
+    def save(self, path: str | Path) -> str:
+        self.checksum = self.to_bundle().save(path)
+        return self.checksum
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+        bundle = ModelBundle.load(path)
+        meta = bundle.metadata
+        try:
+            hierarchy = Hierarchy.from_dict(meta["hierarchy"])
+            layout = GeneLayout.from_dict(meta["layout"])
+            config = ModelConfig(**meta["model"])
+        except KeyError as exc:
+            raise BundleError(f"{path}: bundle metadata lacks {exc}") from exc
+        model = HierarchicalClassifier(hierarchy, config)
+        missing, unexpected = model.load_state_dict(bundle.tensors, strict=False)
+        if missing or unexpected:
+            raise BundleError(f"{path}: weights do not fit the {config.backbone} network described in the bundle "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        model.eval()
+        renderer = ImageRenderer(layout, channels=config.in_chans)
+        trained = cls(model, renderer, layout, hierarchy, meta, bundle.checksum)
+        return trained.to(device)

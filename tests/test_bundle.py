@@ -1,0 +1,62 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cellpix.bundle import ModelBundle
+from cellpix.errors import BundleError
+
+
+def make_bundle():
+    return ModelBundle(tensors={"w": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+                                "n": torch.tensor(7, dtype=torch.long)},
+                       metadata={"hierarchy": {"name": "x"}, "genes": ["CD3D", "MS4A1"]})
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "m.cellpix"
+    checksum = make_bundle().save(path)
+    loaded = ModelBundle.load(path)
+    assert loaded.checksum == checksum
+    assert loaded.metadata["genes"] == ["CD3D", "MS4A1"]
+    assert torch.equal(loaded.tensors["w"], make_bundle().tensors["w"])
+    assert not list(tmp_path.glob(".*tmp")), "no temporary file left behind"
+
+
+def test_flipped_byte_is_detected(tmp_path):
+    path = tmp_path / "m.cellpix"
+    make_bundle().save(path)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # inside the tensor data
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        ModelBundle.load(path)
+
+
+def test_edited_metadata_is_detected(tmp_path):
+    path = tmp_path / "m.cellpix"
+    make_bundle().save(path)
+    raw = path.read_bytes()
+    tampered = raw.replace(b"MS4A1", b"MS4A2")
+    path.write_bytes(tampered)
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        ModelBundle.load(path)
+
+
+def test_truncated_foreign_and_wrong_type(tmp_path):
+    path = tmp_path / "m.cellpix"
+    make_bundle().save(path)
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(BundleError, match="unreadable safetensors"):
+        ModelBundle.load(path)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"x": torch.zeros(2)}, str(foreign))
+    with pytest.raises(BundleError, match="not a cellpix model bundle"):
+        ModelBundle.load(foreign)
+    text = tmp_path / "model.json"
+    text.write_text(json.dumps({"a": 1}))
+    with pytest.raises(BundleError):
+        ModelBundle.load(text)
+    with pytest.raises(BundleError, match="no such model bundle"):
+        ModelBundle.load(tmp_path / "missing.cellpix")

@@ -1,0 +1,60 @@
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from cellpix.imaging.layout import GeneLayout
+from cellpix.imaging.render import ImageRenderer
+
+
+def test_lsa_gives_every_gene_its_own_pixel(zheng_layout):
+    report = zheng_layout.collision_report()
+    assert report["n_genes"] == 2000 and report["genes_sharing_a_pixel"] == 0
+    assert zheng_layout.size == 45  # smallest square holding 2,000 genes
+    assert len(np.unique(zheng_layout.pixel_index)) == 2000
+
+
+def test_render_inverse_returns_scaled_vector(zheng_ref, zheng_layout):
+    renderer = ImageRenderer(zheng_layout)
+    block = zheng_ref.X[:200]
+    images = renderer.render_csr(block)
+    assert images.shape == (200, 1, 45, 45)
+    scaled = renderer.scale(torch.as_tensor(block.toarray()))
+    assert torch.equal(renderer.inverse(images), scaled)
+    dense_images = renderer(torch.as_tensor(block.toarray()))
+    assert torch.equal(dense_images, images)  # CSR and dense paths agree
+    three = ImageRenderer(zheng_layout, channels=3).render_csr(block)
+    assert three.shape[1] == 3 and torch.equal(three[:, 1], images[:, 0])
+    assert torch.allclose(ImageRenderer(zheng_layout, channels=3).inverse(three, "sum"), 3 * scaled)
+
+
+def test_layout_file_round_trip_renders_identically(tmp_path, zheng_ref, zheng_layout):
+    path = tmp_path / "layout.json"
+    zheng_layout.save(path)
+    again = GeneLayout.load(path)
+    block = zheng_ref.X[:64]
+    assert torch.equal(ImageRenderer(again).render_csr(block), ImageRenderer(zheng_layout).render_csr(block))
+    assert again.symbols == zheng_layout.symbols
+
+
+def test_correlated_markers_sit_closer_than_random_pairs(zheng_layout):
+    names = zheng_layout.display_names
+    where = {n: (zheng_layout.rows[i], zheng_layout.cols[i]) for i, n in enumerate(names)}
+    pairs = [p for p in [("CD79A", "CD79B"), ("CD3D", "CD3E"), ("NKG7", "GNLY"), ("S100A8", "S100A9")]
+             if p[0] in where and p[1] in where]
+    assert len(pairs) >= 3
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(names), size=(5000, 2))
+    coords = np.stack([zheng_layout.rows, zheng_layout.cols], axis=1)
+    random_dist = np.median(np.linalg.norm(coords[idx[:, 0]] - coords[idx[:, 1]], axis=1))
+    marker_dist = np.median([np.hypot(where[a][0] - where[b][0], where[a][1] - where[b][1]) for a, b in pairs])
+    assert marker_dist < random_dist / 3
+
+
+def test_masking_drops_the_requested_share(zheng_ref, zheng_layout):
+    renderer = ImageRenderer(zheng_layout)
+    block = sp.csr_matrix(zheng_ref.X[:300])
+    gen = torch.Generator().manual_seed(0)
+    full = renderer.render_csr(block)
+    masked = renderer.render_csr(block, mask_fraction=0.3, generator=gen)
+    kept = (masked > 0).sum() / (full > 0).sum()
+    assert 0.65 < float(kept) < 0.75

@@ -1,0 +1,143 @@
+"""Real training and annotation on the Zheng sorted PBMC data."""
+
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+
+from cellpix.annotate.annotate import AnnotateOptions, annotate_adata, annotate_file, load_models
+from cellpix.errors import GeneMatchError, InputDataError
+from cellpix.trained import TrainedModel
+
+
+@pytest.fixture(scope="module")
+def query(zheng_raw):
+    """Raw-count Zheng cells (Ensembl var_names, symbols in var.gene_symbol) as a query."""
+    rng = np.random.default_rng(3)
+    rows = np.sort(rng.choice(zheng_raw.n_obs, 600, replace=False))
+    return zheng_raw[rows].copy()
+
+
+def test_short_training_learns_well_above_chance(zheng_model):
+    model = TrainedModel.load(zheng_model)
+    metrics = model.metadata["training"]["validation_metrics"]
+    assert metrics["val_base_f1"] > 0.8  # 5 lineages: chance is 0.2
+    assert metrics["val_subtype_accuracy"] > 0.5  # 10 populations: chance is ~0.2 for the largest
+    assert model.novelty["method"] == "validation-quantile"
+
+
+def test_saved_bundle_predicts_identically(zheng_model, zheng_ref, zheng_layout, query):
+    a = annotate_adata(query, load_models([zheng_model]), AnnotateOptions(progress=False))
+    b = annotate_adata(query, load_models([zheng_model]), AnnotateOptions(progress=False))
+    assert np.array_equal(a.obsm["cellpix_subtype_proba"], b.obsm["cellpix_subtype_proba"])
+    accuracy = (a.obs["cellpix_subtype"].astype(str) == query.obs["cell_type"].astype(str)).mean()
+    assert accuracy > 0.5
+
+
+def test_outputs_and_subtype_within_base(zheng_model, query):
+    models = load_models([zheng_model])
+    out = annotate_adata(query, models, AnnotateOptions(progress=False))
+    space = models[0].space
+    for column in ["cellpix_base", "cellpix_subtype", "cellpix_base_probability", "cellpix_subtype_probability",
+                   "cellpix_novelty_score", "cellpix_is_novel", "cellpix_subtype_ontology_id"]:
+        assert column in out.obs
+    assert out.obsm["cellpix_base_proba"].shape == (query.n_obs, len(space.bases))
+    assert out.obsm["cellpix_subtype_proba"].shape == (query.n_obs, len(space.labels))
+    l2b = models[0].hierarchy.label_to_base
+    assert all(l2b[s] == b for s, b in zip(out.obs["cellpix_subtype"].astype(str),
+                                           out.obs["cellpix_base"].astype(str), strict=True))
+    assert np.allclose(out.obsm["cellpix_base_proba"].sum(1), 1, atol=1e-5)
+    gm = out.uns["cellpix"]["gene_matching"]["model_0"]
+    assert gm["coverage"] == 1.0 and gm["query_key"] == "var_names" and gm["input_values"] == "counts"
+
+
+def test_streaming_equals_in_memory(zheng_model, query, tmp_path):
+    models = load_models([zheng_model])
+    path = tmp_path / "q.h5ad"
+    query.write_h5ad(path, compression="gzip")
+    memory = annotate_adata(query, models, AnnotateOptions(progress=False))
+    annotate_file(path, tmp_path / "out.h5ad", models, AnnotateOptions(chunk_size=128, progress=False))
+    streamed = ad.read_h5ad(tmp_path / "out.h5ad")
+    assert (streamed.obs["cellpix_subtype"].astype(str) == memory.obs["cellpix_subtype"].astype(str)).all()
+    assert np.allclose(streamed.obsm["cellpix_subtype_proba"], memory.obsm["cellpix_subtype_proba"], atol=1e-6)
+    assert streamed.obs["cell_type"].equals(query.obs["cell_type"])  # input columns kept
+
+
+def test_symbols_and_log_data_match_too(zheng_model, query):
+    import scanpy as sc
+
+    sym = query.copy()
+    sym.var_names = sym.var["gene_symbol"].astype(str).str.lower()  # symbols, wrong case
+    sym.var_names_make_unique()
+    sc.pp.normalize_total(sym, target_sum=1e4)
+    sc.pp.log1p(sym)
+    models = load_models([zheng_model])
+    out = annotate_adata(sym, models, AnnotateOptions(progress=False))
+    ref = annotate_adata(query, models, AnnotateOptions(progress=False))
+    gm = out.uns["cellpix"]["gene_matching"]["model_0"]
+    assert gm["input_values"] == "log" and gm["panel_key"] == "symbols" and gm["coverage"] > 0.99
+    agree = (out.obs["cellpix_subtype"].astype(str) == ref.obs["cellpix_subtype"].astype(str)).mean()
+    assert agree > 0.97
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "cellpix", *map(str, args)], capture_output=True, text=True)
+
+
+def test_bad_inputs_fail_clearly_and_write_nothing(zheng_model, query, tmp_path):
+    out = tmp_path / "out.h5ad"
+    cases = []
+    scaled = query.copy()
+    scaled.X = scaled.X.toarray() - 1.0
+    cases.append((scaled, "scaled values"))
+    nan = query.copy()
+    nan.X = nan.X.toarray()
+    nan.X[0, :5] = np.nan
+    cases.append((nan, "NaN"))
+    renamed = query.copy()
+    renamed.var_names = [f"gene{i}" for i in range(renamed.n_vars)]
+    renamed.var = renamed.var.drop(columns="gene_symbol")
+    cases.append((renamed, "were found in the query"))
+    dup = query.copy()
+    dup.obs_names = ["cell"] * dup.n_obs
+    cases.append((dup, "duplicate cell names"))
+    empty = query[:0].copy()
+    cases.append((empty, "empty"))
+    for i, (adata, message) in enumerate(cases):
+        path = tmp_path / f"bad{i}.h5ad"
+        adata.write_h5ad(path)
+        result = cli("annotate", path, "--model", zheng_model, "-o", out, "--quiet")
+        assert result.returncode == 1, (message, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert not out.exists() and not list(tmp_path.glob(".out.h5ad*"))
+    text = tmp_path / "cells.csv"
+    text.write_text("a,b\n1,2\n")
+    result = cli("annotate", text, "--model", zheng_model, "-o", out)
+    assert result.returncode == 1 and "not an h5ad" in result.stderr and not out.exists()
+    result = cli("annotate", tmp_path / "bad0.h5ad", "--model", text, "-o", out)
+    assert result.returncode == 1 and "not a cellpix model bundle" in result.stderr
+
+
+def test_low_coverage_refused_in_api(zheng_model, query):
+    part = query[:, :1500].copy()
+    with pytest.raises(GeneMatchError, match="required"):
+        annotate_adata(part, load_models([zheng_model]), AnnotateOptions(progress=False, min_gene_coverage=0.95))
+    with pytest.raises(InputDataError):
+        annotate_adata(query, load_models([zheng_model]), AnnotateOptions(progress=False, layer="nope"))
+
+
+def test_restrict_to_limits_answers(zheng_model, query):
+    out = annotate_adata(query, load_models([zheng_model]),
+                         AnnotateOptions(progress=False, restrict_to=["B cell", "NK cell"]))
+    assert set(out.obs["cellpix_base"].astype(str)) <= {"B cell", "NK cell"}
+
+
+def test_ensemble_averages(zheng_model, query):
+    single = annotate_adata(query, load_models([zheng_model]), AnnotateOptions(progress=False))
+    double = annotate_adata(query, load_models([zheng_model, zheng_model]), AnnotateOptions(progress=False))
+    assert np.allclose(single.obsm["cellpix_base_proba"], double.obsm["cellpix_base_proba"], atol=1e-6)
+    assert double.uns["cellpix"]["ensemble_size"] == 2
+    assert torch.get_num_threads() >= 1
