@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -172,9 +173,7 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
     report_dir = report_dir or output.with_name(output.name + ".report")
     model = train(adata, GeneLayout.load(layout_path), tree, label_key, config, checkpoint_dir=checkpoint_dir,
                   resume=resume, report_dir=report_dir, progress=not quiet, reference_name=reference.name)
-    from cellpix.train.trainer import _world
-
-    if _world()[0] == 0:
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only the first process writes
         checksum = model.save(output)
         metrics = model.metadata["training"]["validation_metrics"]
         click.echo(f"model → {output} (sha256 {checksum[:12]}…); validation {json.dumps(metrics)}")

@@ -282,7 +282,7 @@ def train(
         epoch = state.epoch
         started = time.perf_counter()
         net.train()
-        chunks = epoch_chunks(data.train_idx, config.chunk_size, seed=config.seed * 1000 + epoch)
+        chunks = _rank_chunks(data, config, world, epoch)
         n_steps = _steps_per_rank(data, config, world, epoch)
         mine = chunks[rank::world]
         gen = torch.Generator().manual_seed(config.seed * 7919 + epoch * 31 + rank)
@@ -350,12 +350,19 @@ def train(
         write_training_report(Path(report_dir), state.history)
     if distributed:
         dist.barrier()
+        dist.destroy_process_group()
     return trained
+
+
+def _rank_chunks(data: ReferenceData, config: TrainConfig, world: int, epoch: int) -> list[np.ndarray]:
+    """This epoch's chunks; under DDP they are made small enough that every rank gets several."""
+    size = config.chunk_size if world == 1 else min(config.chunk_size, max(64, len(data.train_idx) // (world * 4)))
+    return epoch_chunks(data.train_idx, size, seed=config.seed * 1000 + epoch)
 
 
 def _steps_per_rank(data: ReferenceData, config: TrainConfig, world: int, epoch: int) -> int:
     """Every rank must take the same number of steps, or DDP waits forever; use the smallest share."""
-    chunks = epoch_chunks(data.train_idx, config.chunk_size, seed=config.seed * 1000 + epoch)
+    chunks = _rank_chunks(data, config, world, epoch)
     return min(batches_in(chunks[r::world], config.batch_size) for r in range(world)) if world > 1 else \
         batches_in(chunks, config.batch_size)
 
