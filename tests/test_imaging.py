@@ -8,16 +8,16 @@ from cellpix.imaging.render import ImageRenderer
 
 def test_lsa_gives_every_gene_its_own_pixel(zheng_layout):
     report = zheng_layout.collision_report()
-    assert report["n_genes"] == 2000 and report["genes_sharing_a_pixel"] == 0
-    assert zheng_layout.size == 45  # smallest square holding 2,000 genes
-    assert len(np.unique(zheng_layout.pixel_index)) == 2000
+    assert report["n_genes"] == 3000 and report["genes_sharing_a_pixel"] == 0
+    assert zheng_layout.size == 55  # smallest square holding 3,000 genes
+    assert len(np.unique(zheng_layout.pixel_index)) == 3000
 
 
 def test_render_inverse_returns_scaled_vector(zheng_ref, zheng_layout):
     renderer = ImageRenderer(zheng_layout)
     block = zheng_ref.X[:200]
     images = renderer.render_csr(block)
-    assert images.shape == (200, 1, 45, 45)
+    assert images.shape == (200, 1, zheng_layout.size, zheng_layout.size)
     scaled = renderer.scale(torch.as_tensor(block.toarray()))
     assert torch.equal(renderer.inverse(images), scaled)
     dense_images = renderer(torch.as_tensor(block.toarray()))

@@ -46,10 +46,13 @@ def cli() -> None:
 @click.option("--max-mito", default=0.2, show_default=True, help="Drop cells above this mitochondrial fraction.")
 @click.option("--n-top-genes", default=5000, show_default=True, help="Size of the highly variable gene panel.")
 @click.option("--batch-key", default=None, help="obs column of batches, for batch-aware gene selection.")
+@click.option("--hvg-flavor", default="seurat", show_default=True,
+              type=click.Choice(["seurat", "cell_ranger", "pearson_residuals"]),
+              help="Gene ranking; pearson_residuals (raw counts) keeps sparse lineage markers.")
 @click.option("--layer", default=None, help="Read expression from this layer instead of X.")
 @click.option("--use-raw", is_flag=True, default=None, help="Read expression from .raw.")
 def integrate(reference: Path, output: Path, min_genes: int, min_cells: int, max_mito: float, n_top_genes: int,
-              batch_key: str | None, layer: str | None, use_raw: bool | None) -> None:
+              batch_key: str | None, hvg_flavor: str, layer: str | None, use_raw: bool | None) -> None:
     """QC, normalise and select the gene panel of a labelled REFERENCE (h5ad).
 
     Accepts raw counts or log-normalised values (scaled data is refused unless
@@ -60,7 +63,7 @@ def integrate(reference: Path, output: Path, min_genes: int, min_cells: int, max
     from cellpix.io import read_h5ad, write_h5ad_atomic
 
     adata = read_h5ad(reference)
-    options = QCOptions(min_genes, min_cells, max_mito, n_top_genes, batch_key)
+    options = QCOptions(min_genes, min_cells, max_mito, n_top_genes, batch_key, hvg_flavor)
     out = prepare_reference(adata, options, layer=layer, use_raw=use_raw)
     write_h5ad_atomic(out, output)
     report = out.uns["cellpix_integrate"]
@@ -228,6 +231,84 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
             from cellpix.annotate.plots import plot_annotation
 
             plot_annotation(annotated, plots)
+
+
+# -- explain ---------------------------------------------------------------------
+@cli.command("explain")
+@click.argument("data", type=H5AD)
+@click.option("-m", "--model", required=True, type=H5AD, help="The model bundle to explain.")
+@click.option("-o", "--table", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="CSV ranking: level, class, gene, gene_symbol, mean_abs_shap, mean_shap, n_cells, rank.")
+@click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for per-class bar plots and per-level heat maps.")
+@click.option("--output-h5ad", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write DATA plus the table in uns['cellpix_explain'].")
+@click.option("--labels", "label_key", default=None,
+              help="obs column of true final labels; without it, cells are grouped by the model's prediction.")
+@click.option("--levels", default="base,subtype", show_default=True, help="Heads to explain: base, subtype or both.")
+@click.option("--background", type=click.Choice(["zeros", "data"]), default="zeros", show_default=True,
+              help="SHAP reference: an empty image (credit to expressed genes) or a label-stratified cell sample.")
+@click.option("--background-size", default=64, show_default=True, help="Cells in the SHAP background sample.")
+@click.option("--cells-per-class", default=40, show_default=True, help="Cells explained per class (caps runtime).")
+@click.option("--nsamples", default=32, show_default=True, help="Expected-gradients samples per cell.")
+@click.option("--top-n", default=20, show_default=True, help="Genes per bar plot.")
+@click.option("--gene-column", default=None, help="var column holding the gene names to match (auto by default).")
+@click.option("--layer", default=None, help="Read expression from this layer.")
+@click.option("--use-raw", is_flag=True, default=None, help="Read expression from .raw.")
+@click.option("--min-gene-coverage", default=0.5, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--quiet", is_flag=True)
+def explain_command(data: Path, model: Path, table: Path, plots: Path | None, output_h5ad: Path | None,
+                    label_key: str | None, levels: str, background: str, background_size: int,
+                    cells_per_class: int, nsamples: int, top_n: int, gene_column: str | None, layer: str | None,
+                    use_raw: bool | None, min_gene_coverage: float, seed: int, device: str, quiet: bool) -> None:
+    """SHAP gene importance per base type and subtype of MODEL, on the cells of DATA (h5ad).
+
+    Pixel attributions of a bounded, label-stratified sample of cells are
+    mapped back to genes through the layout; each class is explained on its
+    own cells for its own logit.
+    """
+    from cellpix.explain.shap_genes import ExplainOptions
+    from cellpix.explain.step import explain_file
+    from cellpix.trained import TrainedModel
+
+    options = ExplainOptions(label_key=label_key, levels=tuple(x.strip() for x in levels.split(",") if x.strip()),
+                             background=background, background_size=background_size,
+                             cells_per_class=cells_per_class, nsamples=nsamples, top_n=top_n, seed=seed,
+                             device=device, progress=not quiet)
+    result, outputs = explain_file(data, TrainedModel.load(model, device), table, options, plots, output_h5ad,
+                                   gene_column, layer, use_raw, min_gene_coverage)
+    classes = result.table[["level", "class"]].drop_duplicates()
+    click.echo(f"explained {len(classes)} classes ({result.metadata['labels_from']} labels) → {outputs.table}")
+    for level, name in classes.itertuples(index=False):
+        click.echo(f"  {level:7s} {name}: {', '.join(result.top(level, name, 8))}")
+
+
+# -- split / merge ---------------------------------------------------------------
+@cli.command("split")
+@click.argument("query", type=H5AD)
+@click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("-n", "--cells-per-shard", default=100_000, show_default=True, help="Cells per shard.")
+@click.option("--prefix", default="shard", show_default=True, help="Shard file names: PREFIX.00000.h5ad, …")
+@click.option("--quiet", is_flag=True)
+def split_command(query: Path, outdir: Path, cells_per_shard: int, prefix: str, quiet: bool) -> None:
+    """Split QUERY (h5ad) into shards of N cells, read backed, for parallel annotation."""
+    from cellpix.annotate.shards import split_h5ad
+
+    paths = split_h5ad(query, outdir, cells_per_shard, prefix, progress=not quiet)
+    click.echo(f"{len(paths)} shards of ≤ {cells_per_shard} cells → {outdir}")
+
+
+@cli.command("merge")
+@click.argument("shards", nargs=-1, required=True, type=H5AD)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def merge_command(shards: tuple[Path, ...], output: Path) -> None:
+    """Merge annotated SHARDS (from `cellpix split` + `cellpix annotate`) on disk, in shard order."""
+    from cellpix.annotate.shards import merge_h5ad
+
+    merge_h5ad(list(shards), output)
+    click.echo(f"{len(shards)} shards merged → {output}")
 
 
 # -- evaluate --------------------------------------------------------------------

@@ -9,18 +9,12 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from cellpix.io import atomic_path
+from cellpix.io import save_figure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 MAX_UMAP_CELLS = 20000
-
-
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
-    plt.close(fig)
 
 
 def embedding(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +60,7 @@ def plot_annotation(adata: ad.AnnData, folder: str | Path, prefix: str = "cellpi
     _categorical_scatter(axes[1], xy, obs["cellpix_subtype"], "cellpix subtype")
     fig.tight_layout()
     paths.append(folder / f"{prefix}_umap.png")
-    _save(fig, paths[-1])
+    save_figure(fig, paths[-1])
 
     fig, ax = plt.subplots(figsize=(7, 5.5))
     points = ax.scatter(xy[:, 0], xy[:, 1], c=obs["cellpix_novelty_score"], s=4, cmap="magma", vmin=0, vmax=1,
@@ -80,7 +74,7 @@ def plot_annotation(adata: ad.AnnData, folder: str | Path, prefix: str = "cellpi
     ax.set_yticks([])
     ax.legend(loc="upper right", fontsize=8)
     paths.append(folder / f"{prefix}_novelty.png")
-    _save(fig, paths[-1])
+    save_figure(fig, paths[-1])
 
     frame = adata.obs[["cellpix_subtype", "cellpix_base_probability", "cellpix_subtype_probability"]]
     order = frame.groupby("cellpix_subtype", observed=True)["cellpix_subtype_probability"].median().sort_values()
@@ -92,7 +86,7 @@ def plot_annotation(adata: ad.AnnData, folder: str | Path, prefix: str = "cellpi
     ax.set_xlim(0, 1.02)
     ax.set_title("confidence per predicted type")
     paths.append(folder / f"{prefix}_confidence.png")
-    _save(fig, paths[-1])
+    save_figure(fig, paths[-1])
     return paths
 
 
@@ -114,5 +108,5 @@ def plot_confusion(confusion: pd.DataFrame, path: str | Path, title: str = "") -
     ax.set_ylabel("true")
     ax.set_title(title)
     path = Path(path)
-    _save(fig, path)
+    save_figure(fig, path)
     return path

@@ -34,6 +34,10 @@ class QCOptions:
     max_mito_fraction: float = 0.2
     n_top_genes: int = 5000
     batch_key: str | None = None
+    hvg_flavor: str = "seurat"
+
+
+HVG_FLAVORS = ("seurat", "cell_ranger", "pearson_residuals")
 
 
 def find_symbol_column(var: pd.DataFrame) -> str | None:
@@ -100,12 +104,36 @@ def prepare_reference(adata: ad.AnnData, options: QCOptions | None = None, layer
     if options.batch_key and options.batch_key not in out.obs.columns:
         raise InputDataError(f"--batch-key {options.batch_key!r} is not an obs column")
     if out.n_vars > options.n_top_genes:
-        sc.pp.highly_variable_genes(out, n_top_genes=options.n_top_genes, batch_key=options.batch_key,
-                                    flavor="seurat")
-        out = out[:, out.var["highly_variable"].to_numpy()].copy()
+        counts = matrix if kind == "counts" else None
+        out = out[:, select_variable_genes(out, counts, options)].copy()
     report.update({"n_cells_out": int(out.n_obs), "n_genes_out": int(out.n_vars)})
     out.uns["cellpix_integrate"] = {"mode": "reference", **_jsonable(report)}
     return out
+
+
+def select_variable_genes(log: ad.AnnData, counts: sp.csr_matrix | None, options: QCOptions) -> np.ndarray:
+    """Boolean mask of the panel genes.
+
+    ``seurat`` and ``cell_ranger`` rank log-normalised dispersion;
+    ``pearson_residuals`` (Lause et al. 2021) ranks the residual variance of
+    raw UMI counts and keeps sparse lineage markers (CD3D, CD79A) that the
+    dispersion ranks push down on small references.
+    """
+    if options.hvg_flavor not in HVG_FLAVORS:
+        raise InputDataError(f"unknown HVG flavour {options.hvg_flavor!r}; choose from {', '.join(HVG_FLAVORS)}")
+    if options.hvg_flavor == "pearson_residuals":
+        if counts is None:
+            raise InputDataError("--hvg-flavor pearson_residuals needs raw counts (X, a counts layer or .raw)")
+        view = ad.AnnData(X=counts, obs=log.obs[[]], var=log.var[[]])
+        if options.batch_key:
+            view.obs[options.batch_key] = log.obs[options.batch_key].to_numpy()
+        table = sc.experimental.pp.highly_variable_genes(view, flavor="pearson_residuals", inplace=False,
+                                                         n_top_genes=options.n_top_genes,
+                                                         batch_key=options.batch_key)
+        return table["highly_variable"].to_numpy()
+    table = sc.pp.highly_variable_genes(log, n_top_genes=options.n_top_genes, batch_key=options.batch_key,
+                                        flavor=options.hvg_flavor, inplace=False)
+    return table["highly_variable"].to_numpy()
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

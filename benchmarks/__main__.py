@@ -1,0 +1,67 @@
+"""`python -m benchmarks {speed,accuracy,ablation,cross,report,all} [--quick] [--folds 0,1]`."""
+
+from __future__ import annotations
+
+import argparse
+
+from benchmarks import report
+
+
+def accuracy_contenders(quick: bool) -> dict:
+    from benchmarks import accuracy as acc
+
+    epochs = 8 if quick else 30
+    return {
+        "cellpix default (resnet18, 71 px, AHFL)": acc.cellpix_contender(epochs=epochs, min_epochs=min(epochs, 8)),
+        "logistic regression (balanced, all genes)": acc.logistic_regression,
+        "CellTypist 1.7 (retrained)": acc.celltypist_contender,
+        "scTab-style MLP (all genes)": acc.sctab_mlp,
+    }
+
+
+def ablation_contenders(quick: bool) -> dict:
+    from benchmarks import accuracy as acc
+
+    epochs = 8 if quick else 20
+    base = {"epochs": epochs, "min_epochs": min(epochs, 8)}
+    return {
+        "AHFL (default)": acc.cellpix_contender(**base),
+        "cross-entropy": acc.cellpix_contender(**base, loss="ce"),
+        "focal, static alpha": acc.cellpix_contender(**base, loss="focal"),
+        "no masking": acc.cellpix_contender(**base, mask_fraction=0.0),
+        "32 px (binned)": acc.cellpix_contender(**base, layout_pixels=32),
+        "48 px (binned)": acc.cellpix_contender(**base, layout_pixels=48),
+        "224 px": acc.cellpix_contender(**base, layout_pixels=224),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("what", choices=["speed", "accuracy", "ablation", "cross", "report", "all"])
+    parser.add_argument("--quick", action="store_true", help="fold 0 only, fewer epochs and cells (< 10 min)")
+    parser.add_argument("--folds", default=None, help="comma-separated folds to run (default: all 5)")
+    args = parser.parse_args()
+    only = [int(f) for f in args.folds.split(",")] if args.folds else ([0] if args.quick else None)
+    from benchmarks.common import write_csv
+
+    if args.what in ("speed", "all"):
+        from benchmarks import speed
+
+        write_csv(speed.run(args.quick), "speed.csv")
+    if args.what in ("accuracy", "all"):
+        from benchmarks.accuracy import run_cv
+
+        write_csv(run_cv(accuracy_contenders(args.quick), only_folds=only), "accuracy.csv")
+    if args.what in ("cross", "all"):
+        from benchmarks.accuracy import cross_dataset
+
+        write_csv(cross_dataset(epochs=8 if args.quick else 30), "cross_dataset.csv")
+    if args.what == "ablation":
+        from benchmarks.accuracy import run_cv
+
+        write_csv(run_cv(ablation_contenders(args.quick), only_folds=only), "ablation.csv")
+    report.write()
+
+
+if __name__ == "__main__":
+    main()

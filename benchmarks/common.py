@@ -1,0 +1,76 @@
+"""Shared helpers: data paths, synthetic cells of real sparsity, peak memory, subprocess probes."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CELLPIX_SHARED_DATA", ROOT.parent / "shared" / "data"))
+ZHENG = SHARED / "zheng2017_pbmc_sorted.h5ad"
+KANG = SHARED / "kang2018_pbmc_ifnb.h5ad"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        raise SystemExit(f"benchmark data missing: {path} (set CELLPIX_SHARED_DATA)")
+    return path
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def resample_rows(matrix: sp.csr_matrix, n: int, rng: np.random.Generator) -> sp.csr_matrix:
+    """``n`` cells drawn (with replacement) from real cells: the real per-cell sparsity and values."""
+    return sp.csr_matrix(matrix[rng.integers(0, matrix.shape[0], size=n)])
+
+
+def synthetic_query(source: ad.AnnData, n: int, path: Path, seed: int = 0) -> Path:
+    """Write an h5ad of ``n`` resampled raw-count cells with the source's genes (Ensembl IDs + symbols)."""
+    rng = np.random.default_rng(seed)
+    matrix = resample_rows(sp.csr_matrix(source.X), n, rng)
+    obs = pd.DataFrame({"cell_type": source.obs["cell_type"].to_numpy()[rng.integers(0, source.n_obs, n)]},
+                       index=[f"cell{i}" for i in range(n)])
+    ad.AnnData(X=matrix, obs=obs, var=source.var.copy()).write_h5ad(path)
+    return path
+
+
+def run_probe(task: str, **kwargs: Any) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter so its peak RSS is its own."""
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.probe", task, json.dumps(kwargs)],
+                          capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"probe {task} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_wall_s"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def write_csv(frame: pd.DataFrame, name: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    frame.to_csv(path, index=False)
+    print(f"wrote {path}")
+    return path

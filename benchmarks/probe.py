@@ -1,0 +1,134 @@
+"""Single measurements, each run in its own process by benchmarks.common.run_probe.
+
+``python -m benchmarks.probe TASK '{json kwargs}'`` prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from benchmarks.common import current_rss_mb, peak_rss_mb, resample_rows
+
+torch.set_num_threads(2)
+
+
+def _panel(reference: str, n_genes: int) -> tuple[Any, Any]:
+    """Reference prepared on ``n_genes`` HVG and a fast PCA+LSA layout (rendering cost ignores the manifold)."""
+    import anndata as ad
+
+    from cellpix.imaging.layout import fit_layout
+    from cellpix.integrate.reference import QCOptions, prepare_reference
+
+    ref = prepare_reference(ad.read_h5ad(reference), QCOptions(n_top_genes=n_genes))
+    return ref, fit_layout(ref, method="pca", max_cells=1000, symbol_column="gene_symbol")
+
+
+def render(reference: str, n_cells: int, n_genes: int, batch: int, pydeepinsight: bool) -> dict[str, Any]:
+    """cellpix's scatter renderer vs pyDeepInsight's transform on the same cells, genes and layout size."""
+    from cellpix.imaging.render import ImageRenderer
+
+    ref, layout = _panel(reference, n_genes)
+    cells = resample_rows(sp.csr_matrix(ref.X), n_cells, np.random.default_rng(0))
+    renderer = ImageRenderer(layout)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, n_cells, batch):
+            renderer.render_csr(cells[i : i + batch])
+    ours = time.perf_counter() - start
+    out = {"n_cells": n_cells, "n_genes": layout.n_genes, "pixels": layout.size,
+           "cellpix_s": ours, "cellpix_cells_per_s": n_cells / ours}
+    if pydeepinsight:
+        from pyDeepInsight import ImageTransformer
+        from sklearn.decomposition import PCA
+
+        it = ImageTransformer(feature_extractor=PCA(n_components=2), discretization="lsa",
+                              pixels=(layout.size, layout.size))
+        it.fit(ref.X[:1000].toarray(), plot=False)
+        dense = cells.toarray()
+        start = time.perf_counter()
+        it.transform(dense, img_format="scalar")
+        theirs = time.perf_counter() - start
+        out.update({"pydeepinsight_s": theirs, "pydeepinsight_cells_per_s": n_cells / theirs,
+                    "speedup": theirs / ours})
+    return out
+
+
+def render_memory(reference: str, n_cells: int, n_genes: int, batch: int) -> dict[str, Any]:
+    """Render ``n_cells`` synthetic cells batch by batch; RSS sampled along the way must stay flat."""
+    from cellpix.imaging.render import ImageRenderer
+
+    ref, layout = _panel(reference, n_genes)
+    pool = sp.csr_matrix(ref.X)
+    renderer = ImageRenderer(layout)
+    rng = np.random.default_rng(0)
+    marks, samples = {10_000, 100_000, n_cells // 2, n_cells}, {}
+    start = time.perf_counter()
+    done = 0
+    with torch.no_grad():
+        while done < n_cells:
+            size = min(batch, n_cells - done)
+            renderer.render_csr(resample_rows(pool, size, rng))
+            done += size
+            for mark in sorted(marks):
+                if done >= mark and str(mark) not in samples:
+                    samples[str(mark)] = round(current_rss_mb(), 1)
+    wall = time.perf_counter() - start
+    return {"n_cells": n_cells, "batch": batch, "pixels": layout.size, "wall_s": wall,
+            "cells_per_s": n_cells / wall, "rss_mb_at": samples}
+
+
+def annotate(bundle: str, query: str, chunk_size: int) -> dict[str, Any]:
+    """End to end: load bundle, stream the query h5ad from disk, write the annotated h5ad."""
+    import tempfile
+    from pathlib import Path
+
+    from cellpix.annotate.annotate import AnnotateOptions, annotate_file, load_models
+
+    start = time.perf_counter()
+    models = load_models([bundle])
+    with tempfile.TemporaryDirectory() as tmp:
+        result = annotate_file(query, Path(tmp) / "out.h5ad", models,
+                               AnnotateOptions(chunk_size=chunk_size, progress=False))
+    wall = time.perf_counter() - start
+    n = result.metadata["n_cells"]
+    return {"n_cells": n, "wall_s": wall, "cells_per_s": n / wall, "peak_rss_mb": peak_rss_mb(),
+            "backbone": models[0].model.config.backbone, "pixels": models[0].layout.size}
+
+
+def stream_predict(bundle: str, reference: str, n_cells: int, chunk_size: int) -> dict[str, Any]:
+    """Synthetic cells of real sparsity streamed through render + predict in chunks (no disk)."""
+    import anndata as ad
+
+    from cellpix.annotate.predict import predict_matrix
+    from cellpix.integrate.panel import open_on_panel
+    from cellpix.trained import TrainedModel
+
+    model = TrainedModel.load(bundle)
+    reader = open_on_panel(ad.read_h5ad(reference), model.layout.genes, model.layout.symbols)
+    pool = reader.rows(0, reader.n_obs)
+    rng = np.random.default_rng(0)
+    samples, done = {}, 0
+    start = time.perf_counter()
+    while done < n_cells:
+        size = min(chunk_size, n_cells - done)
+        predict_matrix([(model.model, model.renderer)], [resample_rows(pool, size, rng)], model.space, 512)
+        done += size
+        if done in (chunk_size, n_cells // 2, n_cells) or done % 100_000 == 0:
+            samples[str(done)] = round(current_rss_mb(), 1)
+    wall = time.perf_counter() - start
+    return {"n_cells": n_cells, "wall_s": wall, "cells_per_s": n_cells / wall, "peak_rss_mb": peak_rss_mb(),
+            "rss_mb_at": samples, "backbone": model.model.config.backbone, "pixels": model.layout.size}
+
+
+TASKS = {"render": render, "render_memory": render_memory, "annotate": annotate, "stream_predict": stream_predict}
+
+if __name__ == "__main__":
+    task, kwargs = sys.argv[1], json.loads(sys.argv[2])
+    print(json.dumps(TASKS[task](**kwargs)))

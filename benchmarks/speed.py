@@ -1,0 +1,96 @@
+"""Speed and memory: rendering, a training epoch, annotation of 10k/100k/1M cells, default vs paper config."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmarks.common import ZHENG, require, run_probe, synthetic_query
+
+
+def bundles(folder: Path, quick: bool) -> dict[str, tuple[Path, float]]:
+    """Models to time: the CPU default, a lighter backbone, and the paper configuration.
+
+    Weights come from one short epoch on Zheng: inference cost does not depend
+    on how well a network is trained, and the paper configuration cannot be
+    trained to convergence on 2 CPU cores. Returns (bundle, seconds per training epoch per 1,000 cells).
+    """
+    from cellpix.imaging.layout import fit_layout
+    from cellpix.integrate.reference import QCOptions, prepare_reference
+    from cellpix.pipeline import resolve_hierarchy
+    from cellpix.train.trainer import TrainConfig, train
+
+    torch.set_num_threads(2)
+    ref = prepare_reference(ad.read_h5ad(require(ZHENG)), QCOptions(n_top_genes=5000))
+    hierarchy = resolve_hierarchy("pbmc-sorted")
+    rng = np.random.default_rng(0)
+    out = {}
+    configs = {
+        "cellpix default (resnet18, 1 ch)": (TrainConfig(epochs=1, min_epochs=1, val_fraction=0.2), None, 2000),
+        "mobilenetv3_small_100 (1 ch)": (TrainConfig(backbone="mobilenetv3_small_100", epochs=1, min_epochs=1,
+                                                      val_fraction=0.2), None, 2000),
+        "paper (efficientnet_b5, 3 ch, 224 px)": (TrainConfig.from_preset("paper", epochs=1, min_epochs=1,
+                                                                           val_fraction=0.5, batch_size=16),
+                                                  224, 64 if quick else 160),
+    }
+    layouts: dict[int | None, Any] = {}
+    for name, (config, pixels, n_cells) in configs.items():
+        if pixels not in layouts:
+            layouts[pixels] = fit_layout(ref, method="pca", pixels=pixels, max_cells=1000, symbol_column="gene_symbol")
+        subset = ref[np.sort(rng.choice(ref.n_obs, n_cells, replace=False))].copy()
+        start = time.perf_counter()
+        model = train(subset, layouts[pixels], hierarchy, "cell_type", config, progress=False)
+        per_1000 = (time.perf_counter() - start) / n_cells * 1000
+        path = folder / f"{model.model.config.backbone}.cellpix"
+        model.save(path)
+        out[name] = (path, per_1000)
+    return out
+
+
+def run(quick: bool = False) -> pd.DataFrame:
+    """All speed rows: (measurement, configuration, figures)."""
+    rows: list[dict[str, Any]] = []
+    zheng = str(require(ZHENG))
+    render = run_probe("render", reference=zheng, n_cells=10_000, n_genes=5000, batch=512, pydeepinsight=True)
+    rows.append({"measurement": "render 10k cells, 5,000 genes", "configuration": f"{render['pixels']} px, 1 ch",
+                 "cells": render["n_cells"], "wall_s": render["cellpix_s"],
+                 "cells_per_s": render["cellpix_cells_per_s"],
+                 "pydeepinsight_s": render["pydeepinsight_s"], "speedup_vs_pydeepinsight": render["speedup"]})
+    n_render = 200_000 if quick else 1_000_000
+    memory = run_probe("render_memory", reference=zheng, n_cells=n_render, n_genes=5000, batch=1024)
+    rows.append({"measurement": f"render {n_render:,} synthetic cells", "configuration": "batch 1,024",
+                 "cells": n_render, "wall_s": memory["wall_s"], "cells_per_s": memory["cells_per_s"],
+                 "rss_mb_at": memory["rss_mb_at"]})
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        models = bundles(folder, quick)
+        source = ad.read_h5ad(zheng)
+        sizes = [10_000] if quick else [10_000, 100_000]
+        queries = {n: synthetic_query(source, n, folder / f"query_{n}.h5ad") for n in sizes}
+        small = synthetic_query(source, 100 if quick else 300, folder / "query_small.h5ad")
+        for name, (bundle, epoch_per_1000) in models.items():
+            rows.append({"measurement": "training epoch per 1,000 cells", "configuration": name,
+                         "wall_s": epoch_per_1000})
+            paper = name.startswith("paper")
+            for query in [small] if paper else queries.values():
+                result = run_probe("annotate", bundle=str(bundle), query=str(query), chunk_size=8192)
+                rows.append({"measurement": f"annotate {result['n_cells']:,} cells (h5ad → h5ad)",
+                             "configuration": name, "cells": result["n_cells"], "wall_s": result["wall_s"],
+                             "cells_per_s": result["cells_per_s"], "peak_rss_mb": result["peak_rss_mb"],
+                             "extrapolated_10k_s": 10_000 / result["cells_per_s"] if paper else np.nan})
+        default_bundle = next(iter(models.values()))[0]
+        n_stream = 100_000 if quick else 1_000_000
+        stream = run_probe("stream_predict", bundle=str(default_bundle), reference=zheng, n_cells=n_stream,
+                           chunk_size=8192)
+        rows.append({"measurement": f"stream {n_stream:,} synthetic cells (render + predict)",
+                     "configuration": "cellpix default (resnet18, 1 ch)", "cells": n_stream, "wall_s": stream["wall_s"],
+                     "cells_per_s": stream["cells_per_s"], "peak_rss_mb": stream["peak_rss_mb"],
+                     "rss_mb_at": stream["rss_mb_at"]})
+    return pd.DataFrame(rows)

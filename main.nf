@@ -1,0 +1,56 @@
+#!/usr/bin/env nextflow
+/*
+ * cellpix: hierarchical cell-type annotation through gene images.
+ *
+ *   reference: integrate -> image -> train            (skipped with --model)
+ *   query:     split -> annotate (in parallel) -> merge -> explain
+ *
+ * Every process only calls the cellpix CLI; see modules/local/cellpix/.
+ */
+nextflow.enable.dsl = 2
+
+include { CELLPIX_INTEGRATE } from './modules/local/cellpix/integrate/main'
+include { CELLPIX_IMAGE     } from './modules/local/cellpix/image/main'
+include { CELLPIX_TRAIN     } from './modules/local/cellpix/train/main'
+include { CELLPIX_SPLIT     } from './modules/local/cellpix/split/main'
+include { CELLPIX_ANNOTATE  } from './modules/local/cellpix/annotate/main'
+include { CELLPIX_MERGE     } from './modules/local/cellpix/merge/main'
+include { CELLPIX_EXPLAIN   } from './modules/local/cellpix/explain/main'
+
+workflow {
+    if (!params.query) {
+        error "Give --query QUERY.h5ad (and either --reference REF.h5ad or --model BUNDLE.cellpix)"
+    }
+    if (!params.model && !params.reference) {
+        error "Give --reference REF.h5ad to train a model, or --model BUNDLE.cellpix to use an existing one"
+    }
+
+    // Reference: integrate -> image -> train, unless a bundle is given.
+    if (params.model) {
+        ch_bundle = channel.value(file(params.model, checkIfExists: true))
+    } else {
+        ch_reference = channel.of([[id: params.reference_id], file(params.reference, checkIfExists: true)])
+        CELLPIX_INTEGRATE(ch_reference)
+        CELLPIX_IMAGE(CELLPIX_INTEGRATE.out.h5ad)
+        ch_train_in = CELLPIX_INTEGRATE.out.h5ad.join(CELLPIX_IMAGE.out.layout)
+        CELLPIX_TRAIN(ch_train_in, params.label_key)
+        ch_bundle = CELLPIX_TRAIN.out.bundle.map { _meta, bundle -> bundle }.first()
+    }
+
+    // Query: shard, annotate each shard in parallel, merge in shard order.
+    ch_query = channel.of([[id: params.query_id], file(params.query, checkIfExists: true)])
+    CELLPIX_SPLIT(ch_query, params.cells_per_shard)
+    ch_shards = CELLPIX_SPLIT.out.shards
+        .transpose()
+        .map { meta, shard -> [meta + [id: shard.baseName, query_id: meta.id], shard] }
+    CELLPIX_ANNOTATE(ch_shards.combine(ch_bundle))
+    ch_annotated = CELLPIX_ANNOTATE.out.h5ad
+        .map { meta, h5ad -> [[id: meta.query_id], h5ad] }
+        .groupTuple()
+    CELLPIX_MERGE(ch_annotated)
+
+    if (!params.skip_explain) {
+        CELLPIX_EXPLAIN(CELLPIX_MERGE.out.h5ad.combine(ch_bundle))
+    }
+
+}

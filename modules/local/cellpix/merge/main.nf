@@ -1,0 +1,32 @@
+process CELLPIX_MERGE {
+    tag "$meta.id"
+    label 'process_medium'
+
+    conda "${moduleDir}/environment.yml"
+    container "ghcr.io/cellpix/cellpix-merge:0.1.0"
+
+    input:
+    tuple val(meta), path(shards, stageAs: "shards/*")
+
+    output:
+    tuple val(meta), path("${prefix}.h5ad"), emit: h5ad
+    tuple val("${task.process}"), val('cellpix'), eval("cellpix --version | sed 's/.* version //'"), topic: versions, emit: versions_cellpix
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def args = task.ext.args ?: ''
+    def prefix = task.ext.prefix ?: "${meta.id}"
+    """
+    cellpix merge $shards --output "${prefix}.h5ad" $args
+    """
+
+    stub:
+    def args = task.ext.args ?: ''
+    def prefix = task.ext.prefix ?: "${meta.id}"
+    """
+    echo $args
+    touch "${prefix}.h5ad"
+    """
+}

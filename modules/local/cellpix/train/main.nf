@@ -1,0 +1,35 @@
+process CELLPIX_TRAIN {
+    tag "$meta.id"
+    label 'process_gpu'
+
+    conda "${moduleDir}/environment.yml"
+    container "ghcr.io/cellpix/cellpix-train:0.1.0"
+
+    input:
+    tuple val(meta), path(reference), path(layout)
+    val label_key
+
+    output:
+    tuple val(meta), path("${prefix}.cellpix"), emit: bundle
+    tuple val(meta), path("${prefix}_report"), emit: report
+    tuple val("${task.process}"), val('cellpix'), eval("cellpix --version | sed 's/.* version //'"), topic: versions, emit: versions_cellpix
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def args = task.ext.args ?: ''
+    def prefix = task.ext.prefix ?: "${meta.id}"
+    """
+    cellpix train "$reference" --layout "$layout" --labels "$label_key" --output "${prefix}.cellpix" --report-dir "${prefix}_report" --device auto --quiet $args
+    """
+
+    stub:
+    def args = task.ext.args ?: ''
+    def prefix = task.ext.prefix ?: "${meta.id}"
+    """
+    echo $args
+    mkdir -p "${prefix}_report"
+    touch "${prefix}.cellpix" "${prefix}_report/metrics.csv"
+    """
+}

@@ -1,0 +1,1 @@
+"""Explain a trained model: SHAP attributions on rendered images, mapped back to genes."""

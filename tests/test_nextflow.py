@@ -1,0 +1,186 @@
+"""Nextflow modules and pipeline, checked without a Nextflow engine (none installs here).
+
+* meta.yml / environment.yml against nf-core's own JSON schemas;
+* each main.nf against its meta.yml (inputs, emits, directives) and every param against nextflow_schema.json;
+* every module's script: and stub: block rendered with test values and run with bash on real data, in
+  pipeline order, checking that each declared output appears.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+
+from tests.conftest import ROOT
+from tests.nextflow_tools import (
+    balanced,
+    config_params,
+    input_names,
+    output_emits,
+    params_used,
+    read_process,
+    render,
+)
+
+MODULES = ROOT / "modules" / "local" / "cellpix"
+STEPS = sorted(p.name for p in MODULES.iterdir() if p.is_dir())
+SCHEMAS = ROOT.parent / "shared" / "schemas" / "nf-core"
+DIRECTIVES = {"tag", "label", "conda", "container"}
+
+
+def schema(name: str) -> Draft202012Validator:
+    path = SCHEMAS / name
+    if not path.exists():
+        pytest.fail(f"nf-core schema missing: {path}")
+    return Draft202012Validator(json.loads(path.read_text()))
+
+
+def test_every_step_has_a_module():
+    assert set(STEPS) == {"integrate", "image", "train", "annotate", "explain", "split", "merge"}
+    for step in STEPS:
+        for name in ("main.nf", "meta.yml", "environment.yml", "tests/main.nf.test"):
+            assert (MODULES / step / name).is_file(), f"{step}/{name}"
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_meta_and_environment_follow_nf_core_schemas(step):
+    for file, validator in (("meta.yml", schema("module-meta-schema.json")),
+                            ("environment.yml", schema("module-environment-schema.json"))):
+        errors = [e.message for e in validator.iter_errors(yaml.safe_load((MODULES / step / file).read_text()))]
+        assert not errors, f"{step}/{file}: {errors}"
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_main_nf_matches_meta_yml(step):
+    text = (MODULES / step / "main.nf").read_text()
+    assert balanced(text)
+    process = read_process(MODULES / step / "main.nf")
+    assert process.name == f"CELLPIX_{step.upper()}"
+    assert set(process.directives) == DIRECTIVES
+    meta = yaml.safe_load((MODULES / step / "meta.yml").read_text())
+    declared_inputs = [name for channel in meta["input"]
+                       for element in (channel if isinstance(channel, list) else [channel]) for name in element]
+    assert input_names(process) == declared_inputs
+    assert output_emits(process) == list(meta["output"])
+    assert "topic: versions" in " ".join(process.outputs) and "versions" in meta["topics"]
+    assert process.script.strip().startswith("cellpix "), "the script block only calls the cellpix CLI"
+    assert "python" not in process.script and "task.ext.args" in process.script_defs
+    env = yaml.safe_load((MODULES / step / "environment.yml").read_text())
+    assert env["dependencies"][-1]["pip"] == [f"cellpix=={version()}"]
+    assert f"cellpix-{step}:{version()}" in text
+
+
+def version() -> str:
+    from cellpix import __version__
+
+    return __version__
+
+
+def test_pipeline_params_are_in_the_schema():
+    document = json.loads((ROOT / "nextflow_schema.json").read_text())
+    Draft202012Validator.check_schema(document)
+    properties = {k for group in document["$defs"].values() for k in group["properties"]}
+    used = params_used((ROOT / "main.nf").read_text()) | params_used((ROOT / "nextflow.config").read_text())
+    assert used <= properties, used - properties
+    assert config_params((ROOT / "nextflow.config").read_text()) == properties
+    main = (ROOT / "main.nf").read_text()
+    assert balanced(main) and balanced((ROOT / "nextflow.config").read_text())
+    for name, module in __import__("re").findall(r"include \{ (\w+)\s*\} from '\./(\S+)'", main):
+        assert read_process(ROOT / f"{module}.nf").name == name
+
+
+def test_nf_test_files_name_their_process():
+    for step in STEPS:
+        text = (MODULES / step / "tests" / "main.nf.test").read_text()
+        assert f'process "CELLPIX_{step.upper()}"' in text and 'options "-stub"' in text and balanced(text)
+
+
+# -- run the rendered blocks -------------------------------------------------------------
+def run_block(step: str, block: str, workdir: Path, inputs: dict[str, Path | str], prefix: str,
+              args: str = "") -> list[Path]:
+    """Stage inputs as symlinks (as Nextflow does), run the rendered block, return the declared outputs."""
+    workdir.mkdir(parents=True)
+    values = {"args": args, "prefix": prefix}
+    for name, value in inputs.items():
+        if isinstance(value, list):
+            staged = []
+            for item in value:
+                (workdir / "shards").mkdir(exist_ok=True)
+                (workdir / "shards" / item.name).symlink_to(item)
+                staged.append(f"shards/{item.name}")
+            values[name] = " ".join(staged)
+        elif isinstance(value, Path):
+            (workdir / value.name).symlink_to(value)
+            values[name] = value.name
+        else:
+            values[name] = str(value)
+    process = read_process(MODULES / step / "main.nf")
+    command = render(getattr(process, block), values)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=workdir, capture_output=True, text=True,
+                          env=env)
+    assert proc.returncode == 0, f"{step} {block}: {command}\n{proc.stderr[-2000:]}"
+    found = []
+    for line in process.outputs:
+        if "emit: versions" in line:
+            continue
+        pattern = render(line.split('path("')[1].split('")')[0], {"prefix": prefix})
+        matches = sorted(Path(p) for p in glob.glob(str(workdir / pattern)))
+        assert matches, f"{step} {block}: declared output {pattern} missing"
+        found += matches
+    version_cmd = next(line for line in process.outputs if "topic: versions" in line).split('eval("')[1].split('")')[0]
+    out = subprocess.run(["bash", "-c", version_cmd], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == version()
+    return found
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_stub_blocks_make_every_output(step, tmp_path):
+    process = read_process(MODULES / step / "main.nf")
+    names = input_names(process)
+    inputs = {name: "stub-input" for name in names if name != "meta"}
+    run_block(step, "stub", tmp_path / step, inputs, prefix="test")
+
+
+def test_script_blocks_run_the_pipeline_on_real_data(zheng_raw, tmp_path):
+    """reference: integrate → image → train; query: split → annotate ×2 → merge → explain."""
+    rng = np.random.default_rng(0)
+    rows = rng.permutation(zheng_raw.n_obs)
+    zheng_raw[np.sort(rows[:900])].copy().write_h5ad(tmp_path / "reference.h5ad")
+    zheng_raw[np.sort(rows[900:1200])].copy().write_h5ad(tmp_path / "query.h5ad")
+
+    (integrated,) = run_block("integrate", "script", tmp_path / "integrate", {"reference": tmp_path / "reference.h5ad"},
+                              "ref", "--n-top-genes 1000")
+    layout, _, _ = run_block("image", "script", tmp_path / "image", {"reference": integrated}, "ref",
+                             "--max-cells 300 --method pca")
+    bundle, report = run_block("train", "script", tmp_path / "train",
+                               {"reference": integrated, "layout": layout, "label_key": "cell_type"}, "ref",
+                               "--hierarchy pbmc-sorted --epochs 2 --batch-size 32 --val-fraction 0.2")
+    assert (report / "metrics.csv").exists()
+    shards = run_block("split", "script", tmp_path / "split", {"query": tmp_path / "query.h5ad",
+                                                               "cells_per_shard": "150"}, "query")
+    assert [p.name for p in shards] == ["query.00000.h5ad", "query.00001.h5ad"]
+    annotated = []
+    for shard in reversed(shards):  # arrival order must not matter to merge
+        h5ad, table = run_block("annotate", "script", tmp_path / f"annotate_{shard.stem}",
+                                {"query": shard, "bundle": bundle}, f"{shard.stem}.cellpix")
+        annotated.append(h5ad)
+        assert table.read_text().splitlines()[0].startswith("cell,cellpix_base")
+    (merged,) = run_block("merge", "script", tmp_path / "merge", {"shards": annotated}, "query")
+    result = ad.read_h5ad(merged)
+    query = ad.read_h5ad(tmp_path / "query.h5ad")
+    assert list(result.obs_names) == list(query.obs_names)  # shard order restored
+    assert result.uns["cellpix"]["n_cells"] == 300 and result.obsm["cellpix_subtype_proba"].shape[0] == 300
+    csv, plots = run_block("explain", "script", tmp_path / "explain", {"data": merged, "bundle": bundle}, "query",
+                           "--levels base --cells-per-class 4 --nsamples 4")
+    assert csv.stat().st_size > 0 and any(plots.glob("shap_base_*.png"))
