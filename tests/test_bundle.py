@@ -60,3 +60,15 @@ def test_truncated_foreign_and_wrong_type(tmp_path):
         ModelBundle.load(text)
     with pytest.raises(BundleError, match="no such model bundle"):
         ModelBundle.load(tmp_path / "missing.cellpix")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv3_small_100", "efficientnet_b0", "test_efficientnet"])
+def test_heads_fit_every_backbone_preset(name):
+    """MobileNetV3's pooled output (1,024) differs from its num_features (576); the heads must follow the output."""
+    from cellpix.hierarchy import Hierarchy
+    from cellpix.train.model import HierarchicalClassifier, ModelConfig
+
+    hierarchy = Hierarchy.from_pairs([("T", "CD4"), ("T", "CD8"), ("B", "B")], name="tiny")
+    model = HierarchicalClassifier(hierarchy, ModelConfig(backbone=name, in_chans=1, pixels=32)).eval()
+    base, subtypes = model(torch.rand(2, 1, 32, 32))
+    assert base.shape == (2, 2) and [s.shape for s in subtypes] == [(2, 2)]

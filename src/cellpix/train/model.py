@@ -36,6 +36,16 @@ def mlp_head(in_features: int, hidden: int, n_out: int, dropout: float) -> nn.Se
     )
 
 
+def feature_width(backbone: nn.Module) -> int:
+    """Width of the pooled vector a backbone returns.
+
+    timm models with a hidden head layer (MobileNetV3: 576 channels, then a
+    1,024-wide conv head) return ``head_hidden_size`` features, not
+    ``num_features``; plugins only need ``num_features``.
+    """
+    return int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+
+
 class HierarchicalClassifier(nn.Module):
     """Images → base-type logits and, for each branching base type, subtype logits.
 
@@ -50,7 +60,7 @@ class HierarchicalClassifier(nn.Module):
         self.n_base = len(hierarchy.bases)
         self.branching = [i for i, b in enumerate(hierarchy.bases) if not b.is_terminal]
         self.backbone = resolve_backbone(config.backbone).create(config.in_chans, pretrained)
-        features = int(self.backbone.num_features)
+        features = feature_width(self.backbone)
         self.base_head = mlp_head(features, config.hidden, self.n_base, config.dropout)
         self.subtype_heads = nn.ModuleDict(
             {str(i): mlp_head(features, config.hidden, len(hierarchy.bases[i].subtypes), config.dropout)

@@ -1,0 +1,94 @@
+"""Galaxy wrappers: lint-clean, calling only the cellpix CLI, and passing their tests in a real Galaxy.
+
+The real-Galaxy run installs Galaxy 26.1.1 from PyPI into .cache/ on first use (a few minutes) and
+takes about ten minutes; galaxy_tools/run-galaxy-tests.sh does the work.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from cellpix import __version__
+from tests.conftest import ROOT
+
+TOOLS = ROOT / "galaxy_tools" / "cellpix"
+WRAPPERS = sorted(TOOLS.glob("cellpix_*.xml"))
+GALAXY_VENV = ROOT / ".cache" / "galaxy-venv"
+
+
+def test_a_wrapper_per_step():
+    assert [p.stem for p in WRAPPERS] == [f"cellpix_{s}" for s in
+                                           sorted(["integrate", "image", "train", "annotate", "explain"])]
+
+
+@pytest.mark.parametrize("wrapper", WRAPPERS, ids=lambda p: p.stem)
+def test_wrapper_command_only_calls_the_cli(wrapper):
+    command = ET.parse(wrapper).getroot().find("command")
+    assert command.get("detect_errors") == "exit_code"
+    text = command.text.strip()
+    assert text.startswith("cellpix ")
+    assert "python" not in text and "import " not in text
+    for line in text.splitlines():  # every other command is a plain `mv` of an output into place
+        if line.strip().startswith("&&"):
+            assert line.strip().startswith("&& mv "), line
+    emitted = "\n".join(line for line in text.splitlines() if not line.strip().startswith("#"))  # not #if/#for
+    unquoted = set(re.findall(r"\$(\w+)", re.sub(r"'[^']*'", "", emitted)))
+    numeric = numeric_params(wrapper)
+    assert unquoted <= numeric, f"unquoted non-numeric Cheetah variables: {unquoted - numeric}"
+
+
+def numeric_params(wrapper: Path) -> set[str]:
+    """Names of integer, float and boolean params (safe unquoted), in the tool and its macros."""
+    names = set()
+    for path in (wrapper, TOOLS / "macros.xml"):
+        for param in ET.parse(path).getroot().iter("param"):
+            if param.get("type") in {"integer", "float", "boolean"}:
+                names.add(param.get("name") or param.get("argument").lstrip("-").replace("-", "_"))
+    return names
+
+
+def test_versions_agree_with_the_package_and_the_containers():
+    macros = (TOOLS / "macros.xml").read_text()
+    assert f'<token name="@TOOL_VERSION@">{__version__}</token>' in macros
+    assert "ghcr.io/cellpix/cellpix-@STEP@:@TOOL_VERSION@" in macros
+    for step in ("integrate", "image", "train", "annotate", "explain"):
+        module = (ROOT / "modules" / "local" / "cellpix" / step / "main.nf").read_text()
+        assert f"ghcr.io/cellpix/cellpix-{step}:{__version__}" in module
+
+
+def ensure_galaxy() -> Path:
+    if not (GALAXY_VENV / "bin" / "planemo").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(GALAXY_VENV)], check=True)
+        subprocess.run([str(GALAXY_VENV / "bin" / "pip"), "install", "-q", "galaxy==26.1.1", "planemo"], check=True)
+    return GALAXY_VENV
+
+
+def test_planemo_lint_is_clean():
+    venv = ensure_galaxy()
+    lint = subprocess.run([str(venv / "bin" / "planemo"), "lint", "-r", "--skip", "BioToolsValid",
+                           str(ROOT / "galaxy_tools")], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout[-3000:]
+    assert "WARNING" not in lint.stdout and "ERROR" not in lint.stdout
+    workflow = ROOT / "galaxy_tools" / "workflows" / "cellpix-reference-to-annotation.gxwf.yml"
+    wf_lint = subprocess.run([str(venv / "bin" / "planemo"), "workflow_lint", str(workflow)],
+                             capture_output=True, text=True)
+    assert wf_lint.returncode == 0 and "WARNING" not in wf_lint.stdout, wf_lint.stdout
+    assert subprocess.run([str(venv / "bin" / "gxwf-lint"), str(workflow)]).returncode == 0
+
+
+@pytest.mark.timeout(1800)
+def test_tools_and_workflow_pass_in_a_real_galaxy():
+    ensure_galaxy()
+    env = {**os.environ, "CELLPIX_VENV": str(Path(sys.executable).parents[1])}
+    run = subprocess.run(["bash", str(ROOT / "galaxy_tools" / "run-galaxy-tests.sh")], capture_output=True,
+                         text=True, env=env)
+    print(run.stdout)
+    summary = run.stdout.strip().splitlines()[-1]
+    assert summary == f"{len(WRAPPERS) + 1} passed, 0 failed", run.stdout[-4000:] + run.stderr[-2000:]
