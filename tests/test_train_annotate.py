@@ -141,3 +141,18 @@ def test_ensemble_averages(zheng_model, query):
     assert np.allclose(single.obsm["cellpix_base_proba"], double.obsm["cellpix_base_proba"], atol=1e-6)
     assert double.uns["cellpix"]["ensemble_size"] == 2
     assert torch.get_num_threads() >= 1
+
+
+def test_split_and_merge_refuse_what_they_cannot_do(query, tmp_path):
+    from cellpix.annotate.shards import merge_h5ad, split_h5ad
+    from cellpix.errors import CellpixError
+
+    path = tmp_path / "q.h5ad"
+    query.write_h5ad(path)
+    shards = split_h5ad(path, tmp_path / "shards", 250, progress=False)
+    assert [ad.read_h5ad(p).n_obs for p in shards] == [250, 250, 100]
+    with pytest.raises(InputDataError, match="not annotated by cellpix"):
+        merge_h5ad(shards, tmp_path / "merged.h5ad")
+    assert not (tmp_path / "merged.h5ad").exists()
+    with pytest.raises(CellpixError, match="at least 1"):
+        split_h5ad(path, tmp_path / "none", 0, progress=False)
