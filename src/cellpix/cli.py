@@ -31,8 +31,9 @@ def cli() -> None:
     """Hierarchical cell-type annotation of single-cell RNA-seq through gene images.
 
     Steps: integrate → image → train (reference), then annotate → evaluate
-    (query). `cellpix run` chains them; `cellpix demo` shows them on bundled
-    data with no network.
+    → explain (query); split and merge shard a large query for parallel
+    annotation. `cellpix run` chains them; `cellpix demo` shows them on
+    bundled data with no network.
     """
 
 
