@@ -39,37 +39,95 @@ def cli() -> None:
 
 # -- integrate -------------------------------------------------------------------
 @cli.command()
-@click.argument("reference", type=H5AD)
+@click.argument("data", type=H5AD)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Output h5ad: log1p(CP10k) on the highly variable panel, ready for `image` and `train`.")
-@click.option("--min-genes", default=200, show_default=True, help="Drop cells with fewer detected genes.")
-@click.option("--min-cells", default=3, show_default=True, help="Drop genes detected in fewer cells.")
-@click.option("--max-mito", default=0.2, show_default=True, help="Drop cells above this mitochondrial fraction.")
-@click.option("--n-top-genes", default=5000, show_default=True, help="Size of the highly variable gene panel.")
-@click.option("--batch-key", default=None, help="obs column of batches, for batch-aware gene selection.")
+              help="Output h5ad: log1p(CP10k) on the gene panel, ready for `image`/`train` (reference) or "
+                   "`annotate` (query).")
+@click.option("--reference", type=H5AD, default=None,
+              help="Query mode: the integrated reference h5ad (or a model bundle) whose panel DATA is brought to.")
+@click.option("--method", default="none", show_default=True,
+              help="Batch correction: none, combat, scanorama, harmony, seurat, or a plugin's "
+                   "(`cellpix integrate-methods`).")
+@click.option("--batch-key", default=None,
+              help="obs column of batches: batch-aware gene selection and correction (reference mode), or the "
+                   "query's own batches, corrected together with the reference (query mode).")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the report: qc.json + qc.png (reference), integration.json + mixing.png (query).")
+@click.option("--min-genes", default=200, show_default=True, help="Reference mode: drop cells with fewer genes.")
+@click.option("--min-cells", default=3, show_default=True, help="Reference mode: drop genes in fewer cells.")
+@click.option("--max-mito", default=0.2, show_default=True, help="Reference mode: drop cells above this "
+              "mitochondrial fraction.")
+@click.option("--n-top-genes", default=5000, show_default=True, help="Reference mode: size of the gene panel.")
 @click.option("--hvg-flavor", default="seurat", show_default=True,
               type=click.Choice(["seurat", "cell_ranger", "pearson_residuals"]),
-              help="Gene ranking; pearson_residuals (raw counts) keeps sparse lineage markers.")
+              help="Reference mode: gene ranking; pearson_residuals (raw counts) keeps sparse lineage markers.")
+@click.option("--max-reference-cells", default=20_000, show_default=True,
+              help="Query mode: reference cells (random sample) that join the correction.")
+@click.option("--gene-column", default=None, help="Query mode: var column with gene names to match (auto by default).")
+@click.option("--min-gene-coverage", default=0.5, show_default=True,
+              help="Query mode: stop when less than this share of the panel is found.")
 @click.option("--layer", default=None, help="Read expression from this layer instead of X.")
 @click.option("--use-raw", is_flag=True, default=None, help="Read expression from .raw.")
-def integrate(reference: Path, output: Path, min_genes: int, min_cells: int, max_mito: float, n_top_genes: int,
-              batch_key: str | None, hvg_flavor: str, layer: str | None, use_raw: bool | None) -> None:
-    """QC, normalise and select the gene panel of a labelled REFERENCE (h5ad).
+@click.option("--seed", default=0, show_default=True)
+def integrate(data: Path, output: Path, reference: Path | None, method: str, batch_key: str | None,
+              report_dir: Path | None, min_genes: int, min_cells: int, max_mito: float, n_top_genes: int,
+              hvg_flavor: str, max_reference_cells: int, gene_column: str | None, min_gene_coverage: float,
+              layer: str | None, use_raw: bool | None, seed: int) -> None:
+    """QC, normalise and select the panel of a labelled reference, or bring a query to a reference.
 
-    Accepts raw counts or log-normalised values (scaled data is refused unless
-    .raw or a counts layer holds the unscaled values). Writes OUTPUT and
-    records what was filtered in uns['cellpix_integrate'].
+    Reference mode (no --reference): QC filters, log1p(CP10k), highly
+    variable genes and, with --method and --batch-key, correction across
+    the reference's own batches. Query mode (--reference): the query's genes
+    are matched to the reference panel (Ensembl IDs or symbols), its values
+    checked and normalised, and the method corrects it toward the reference.
+    Accepts raw counts or log-normalised values; scaled data is refused
+    unless .raw or a counts layer holds the unscaled values.
     """
-    from cellpix.integrate.reference import QCOptions, prepare_reference
     from cellpix.io import read_h5ad, write_h5ad_atomic
 
-    adata = read_h5ad(reference)
-    options = QCOptions(min_genes, min_cells, max_mito, n_top_genes, batch_key, hvg_flavor)
-    out = prepare_reference(adata, options, layer=layer, use_raw=use_raw)
-    write_h5ad_atomic(out, output)
-    report = out.uns["cellpix_integrate"]
-    click.echo(f"{report['n_cells_out']} cells × {report['n_genes_out']} genes → {output} "
-               f"({report['n_cells_removed']} cells, {report['n_genes_removed']} genes removed by QC)")
+    adata = read_h5ad(data)
+    if reference is None:
+        from cellpix.integrate.reference import QCOptions, prepare_reference
+        from cellpix.integrate.report import write_reference_report
+
+        options = QCOptions(min_genes, min_cells, max_mito, n_top_genes, batch_key, hvg_flavor, method)
+        out = prepare_reference(adata, options, layer=layer, use_raw=use_raw)
+        write_h5ad_atomic(out, output)
+        summary = out.uns["cellpix_integrate"]
+        click.echo(f"{summary['n_cells_out']} cells × {summary['n_genes_out']} genes → {output} "
+                   f"({summary['n_cells_removed']} cells, {summary['n_genes_removed']} genes removed by QC)")
+        if report_dir:
+            write_reference_report(out, report_dir)
+        return
+    from cellpix.integrate.query import QueryOptions, describe_mixing, integrate_query, load_reference_panel
+    from cellpix.integrate.report import write_query_report
+
+    panel = load_reference_panel(reference, max_reference_cells, seed)
+    options = QueryOptions(method, batch_key, max_reference_cells, gene_column, layer, use_raw, min_gene_coverage,
+                           seed=seed)
+    result = integrate_query(adata, panel, options)
+    write_h5ad_atomic(result.adata, output)
+    matching = result.report["gene_matching"]
+    click.echo(f"{result.adata.n_obs} cells on the {matching['panel_genes']}-gene panel of {panel.name} "
+               f"(coverage {matching['coverage']:.1%}, {matching['n_missing']} genes missing, rendered as zero), "
+               f"method {method} → {output}")
+    for line in describe_mixing(result.report):
+        click.echo(f"  {line}")
+    if report_dir:
+        write_query_report(result.adata, report_dir, batch_key)
+
+
+@cli.command("integrate-methods")
+def integrate_methods() -> None:
+    """Registered batch-correction methods (built-in and from plugins), and whether each can run here."""
+
+    for name, method in sorted(plugins.registered("integration_methods").items()):
+        try:
+            method.check_available()
+            state = "available"
+        except CellpixError as exc:
+            state = f"not available: {exc}"
+        click.echo(f"{name}: {method.description} [{state}]")
 
 
 # -- image -----------------------------------------------------------------------

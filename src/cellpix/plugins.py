@@ -26,6 +26,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "cellpix.builtin.hierarchies",
     "cellpix.builtin.backbones",
     "cellpix.builtin.layouts",
+    "cellpix.builtin.integration",
 )
 
 DISABLE_ENV = "CELLPIX_DISABLE_PLUGINS"

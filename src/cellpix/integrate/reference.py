@@ -35,6 +35,7 @@ class QCOptions:
     n_top_genes: int = 5000
     batch_key: str | None = None
     hvg_flavor: str = "seurat"
+    correction: str = "none"  # an integration method applied across the reference's own batches (--batch-key)
 
 
 HVG_FLAVORS = ("seurat", "cell_ranger", "pearson_residuals")
@@ -106,9 +107,29 @@ def prepare_reference(adata: ad.AnnData, options: QCOptions | None = None, layer
     if out.n_vars > options.n_top_genes:
         counts = matrix if kind == "counts" else None
         out = out[:, select_variable_genes(out, counts, options)].copy()
+    if options.correction != "none":
+        out = correct_reference_batches(out, options)
+        report["correction"] = options.correction
     report.update({"n_cells_out": int(out.n_obs), "n_genes_out": int(out.n_vars)})
     out.uns["cellpix_integrate"] = {"mode": "reference", **_jsonable(report)}
     return out
+
+
+def correct_reference_batches(adata: ad.AnnData, options: QCOptions) -> ad.AnnData:
+    """Correct the panel's expression across the reference's own batches (pooled target); keeps the input in a layer."""
+    from cellpix.integrate.methods import IntegrationTask, correct
+    from cellpix.integrate.query import integration_method
+
+    if not options.batch_key:
+        raise InputDataError(f"--method {options.correction} in reference mode corrects across the reference's "
+                             "batches: pass --batch-key")
+    method = integration_method(options.correction)
+    dense = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
+    task = IntegrationTask(dense.astype(np.float32), adata.obs[options.batch_key].astype(str).to_numpy(), (),
+                           adata.var_names.astype(str).tolist())
+    adata.layers["uncorrected"] = sp.csr_matrix(adata.X)
+    adata.X = sp.csr_matrix(correct(method, task))
+    return adata
 
 
 def select_variable_genes(log: ad.AnnData, counts: sp.csr_matrix | None, options: QCOptions) -> np.ndarray:

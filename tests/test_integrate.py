@@ -1,0 +1,170 @@
+"""Integration step on real data: reference QC/HVG, query mode against the Zheng reference, every method on Kang."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from cellpix.integrate.query import QueryOptions, integrate_query, load_reference_panel
+from cellpix.integrate.reference import QCOptions, prepare_reference
+from tests.conftest import ROOT, SHARED, require
+
+KANG = SHARED / "kang2018_pbmc_ifnb.h5ad"
+CELLPIX = [sys.executable, "-m", "cellpix"]
+R_REQUIRED = os.environ.get("CELLPIX_REQUIRE_R") == "1"  # .ci/run installs R + Seurat and sets this
+
+
+@pytest.fixture(scope="module")
+def kang() -> ad.AnnData:
+    """Kang ctrl/stim PBMC, 300 cells of each condition (the same cells every run)."""
+    adata = ad.read_h5ad(require(KANG))
+    rng = np.random.default_rng(0)
+    rows = np.concatenate([rng.choice(np.flatnonzero(adata.obs["condition"] == c), 300, replace=False)
+                           for c in ("ctrl", "stim")])
+    return adata[np.sort(rows)].copy()
+
+
+@pytest.fixture(scope="module")
+def reference_path(zheng_ref, tmp_path_factory):
+    path = tmp_path_factory.mktemp("integrate") / "zheng_ref.h5ad"
+    zheng_ref.write_h5ad(path)
+    return path
+
+
+def test_reference_qc_and_panel_on_real_counts(zheng_raw):
+    out = prepare_reference(zheng_raw, QCOptions(min_genes=500, n_top_genes=2000))
+    report = out.uns["cellpix_integrate"]
+    assert out.n_vars == 2000 and report["input_values"] == "counts"
+    assert (out.obs["cellpix_n_genes"] >= 500).all()
+    assert report["n_cells_removed"] == zheng_raw.n_obs - out.n_obs > 0
+    totals = np.expm1(out.X[:50].toarray()).sum(axis=1)  # log1p(CP10k) restricted to the panel: below 10,000
+    assert (totals > 500).all() and (totals < 10_000).all()
+    symbols = set(out.var["gene_symbol"])
+    assert {"LYZ", "CD79A", "NKG7", "GNLY"} <= symbols  # lineage markers survive the HVG selection
+    batch_aware = prepare_reference(zheng_raw, QCOptions(n_top_genes=2000, batch_key="lineage"))
+    assert set(batch_aware.var_names) != set(out.var_names)  # batch-aware HVG ranks genes differently
+
+
+def test_reference_mode_corrects_across_its_own_batches(kang, tmp_path):
+    out = tmp_path / "kang_ref.h5ad"
+    run = subprocess.run([*CELLPIX, "integrate", str(KANG), "-o", str(out), "--batch-key", "condition", "--method",
+                          "combat", "--n-top-genes", "2000", "--report", str(tmp_path / "report")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    corrected = ad.read_h5ad(out)
+    from cellpix.integrate.mixing import batch_mixing
+
+    labels = corrected.obs["condition"].to_numpy()
+    before = batch_mixing(corrected.layers["uncorrected"].toarray(), labels)
+    after = batch_mixing(corrected.X.toarray(), labels)
+    assert after["silhouette"] < before["silhouette"] and after["knn_mixing"] > before["knn_mixing"]
+    assert (tmp_path / "report" / "qc.png").stat().st_size > 5000
+    assert (tmp_path / "report" / "qc.json").exists()
+
+
+METHODS = ["combat", "harmony", "scanorama", "seurat"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_reduces_the_ctrl_stim_separation(method, kang, reference_path):
+    if method == "seurat" and shutil.which("R") is None and not R_REQUIRED:
+        pytest.skip("R with Seurat is not installed here (.ci/run installs it)")
+    reference = load_reference_panel(reference_path, max_cells=600)
+    result = integrate_query(kang, reference, QueryOptions(method=method, batch_key="condition"))
+    before = result.report["mixing_before"]["query_batches"]
+    after = result.report["mixing_after"]["query_batches"]
+    print(f"{method}: silhouette {before['silhouette']:+.3f} → {after['silhouette']:+.3f}, "
+          f"kNN mixing {before['knn_mixing']:.3f} → {after['knn_mixing']:.3f}")
+    assert after["silhouette"] < before["silhouette"] - 0.02
+    assert after["knn_mixing"] > before["knn_mixing"] + 0.1
+    out = result.adata
+    assert out.shape == (kang.n_obs, len(reference.genes))
+    assert out.X.min() >= 0 and np.isfinite(out.X.data).all()
+    missing = ~out.var["cellpix_in_query"].to_numpy()
+    assert missing.sum() > 100 and out.X[:, np.flatnonzero(missing)].getnnz() == 0  # absent genes stay zero
+
+
+def test_ensembl_and_symbol_queries_land_on_the_same_panel(kang, zheng_raw, reference_path):
+    reference = load_reference_panel(reference_path, max_cells=300)
+    by_symbol = integrate_query(kang, reference, QueryOptions())
+    symbol_to_id = dict(zip(zheng_raw.var["gene_symbol"].astype(str), zheng_raw.var_names.astype(str), strict=True))
+    ensembl = kang.copy()
+    ensembl.var_names = [symbol_to_id.get(s, s) for s in kang.var_names]
+    ensembl.var_names_make_unique()
+    by_id = integrate_query(ensembl, reference, QueryOptions())
+    assert by_symbol.report["gene_matching"]["id_type"] == "symbol"
+    assert by_id.report["gene_matching"]["id_type"] == "ensembl"
+    assert by_symbol.report["gene_matching"]["coverage"] > 0.6
+    assert abs(by_id.report["gene_matching"]["matched_genes"] - by_symbol.report["gene_matching"]["matched_genes"]) \
+        <= 5  # a handful of symbols map to two Ensembl IDs
+    assert list(by_id.adata.var_names) == list(by_symbol.adata.var_names) == reference.genes
+
+
+def test_query_mode_cli_writes_output_and_report(reference_path, tmp_path):
+    out = tmp_path / "kang_on_zheng.h5ad"
+    run = subprocess.run([*CELLPIX, "integrate", str(KANG), "--reference", str(reference_path), "--method",
+                          "combat", "--batch-key", "condition", "--max-reference-cells", "500", "-o", str(out),
+                          "--report", str(tmp_path / "rep")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "query batches: silhouette" in run.stdout
+    written = ad.read_h5ad(out)
+    assert written.uns["cellpix_integrate"]["method"] == "combat"
+    assert (tmp_path / "rep" / "mixing.png").stat().st_size > 5000
+
+
+def test_bad_requests_fail_clearly(reference_path, zheng_model, tmp_path):
+    out = tmp_path / "never.h5ad"
+    cases = [
+        (["--method", "nosuch"], "unknown integration method 'nosuch'"),
+        (["--method", "combat", "--batch-key", "donor"], "--batch-key 'donor' is not a query obs column"),
+    ]
+    for extra, message in cases:
+        run = subprocess.run([*CELLPIX, "integrate", str(KANG), "--reference", str(reference_path), "-o", str(out),
+                              "--max-reference-cells", "200", *extra], capture_output=True, text=True)
+        assert run.returncode == 1 and message in run.stderr, (extra, run.stderr)
+        assert not out.exists()
+    raw = subprocess.run([*CELLPIX, "integrate", str(KANG), "--reference", str(KANG), "-o", str(out)],
+                         capture_output=True, text=True)
+    assert raw.returncode == 1 and "not an integrated reference" in raw.stderr
+    # A bundle has a panel but no cells: correcting needs the query's own batches.
+    bundle = subprocess.run([*CELLPIX, "integrate", str(KANG), "--reference", str(zheng_model), "-o", str(out),
+                             "--method", "combat"], capture_output=True, text=True)
+    assert bundle.returncode == 1 and "needs --batch-key" in bundle.stderr
+    by_bundle = subprocess.run([*CELLPIX, "integrate", str(KANG), "--reference", str(zheng_model), "-o", str(out),
+                                "--method", "combat", "--batch-key", "condition"], capture_output=True, text=True)
+    assert by_bundle.returncode == 0, by_bundle.stderr
+    assert ad.read_h5ad(out).n_vars == 3000
+    out.unlink()
+
+
+BLOCK_SCANORAMA = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'scanorama':
+            raise ModuleNotFoundError("No module named 'scanorama'")
+sys.meta_path.insert(0, Block())
+from cellpix.cli import main
+sys.argv = ['cellpix'] + sys.argv[1:]
+main()
+"""
+
+
+def test_missing_optional_dependencies_say_how_to_install(reference_path, tmp_path):
+    out = tmp_path / "never.h5ad"
+    args = ["integrate", str(KANG), "--reference", str(reference_path), "-o", str(out), "--batch-key", "condition"]
+    python_missing = subprocess.run([sys.executable, "-c", BLOCK_SCANORAMA, *args, "--method", "scanorama"],
+                                    capture_output=True, text=True)
+    assert python_missing.returncode == 1
+    assert "needs the Python package(s) scanorama" in python_missing.stderr
+    assert "pip install" in python_missing.stderr
+    no_r = subprocess.run([*CELLPIX, *args, "--method", "seurat"], capture_output=True, text=True,
+                          env={**os.environ, "PATH": str(ROOT / "no-such-dir")})
+    assert no_r.returncode == 1 and "apt-get install r-base-core r-cran-seurat" in no_r.stderr
+    assert not out.exists()
