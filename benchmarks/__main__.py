@@ -1,4 +1,4 @@
-"""`python -m benchmarks {speed,accuracy,ablation,cross,report,all} [--quick] [--folds 0,1]`."""
+"""`python -m benchmarks {speed,accuracy,ablation,cross,backbones,integration,report,all} [--quick] [--folds 0,1]`."""
 
 from __future__ import annotations
 
@@ -35,9 +35,21 @@ def ablation_contenders(quick: bool) -> dict:
     }
 
 
+def backbone_contenders(quick: bool) -> dict:
+    """The default backbone against the cellpix-sparsenet plugin's (pip install plugins/cellpix-sparsenet)."""
+    from benchmarks import accuracy as acc
+
+    epochs = 6 if quick else 12
+    base = {"epochs": epochs, "min_epochs": min(epochs, 8)}
+    return {
+        f"resnet18 (default), {epochs} epochs": acc.cellpix_contender(**base),
+        f"sparsepixnet (plugin), {epochs} epochs": acc.cellpix_contender(**base, backbone="sparsepixnet"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("what", choices=["speed", "accuracy", "ablation", "cross", "report", "all"])
+    parser.add_argument("what", choices=["speed", "accuracy", "ablation", "cross", "backbones", "integration", "report", "all"])
     parser.add_argument("--quick", action="store_true", help="fold 0 only, fewer epochs and cells (< 10 min)")
     parser.add_argument("--folds", default=None, help="comma-separated folds to run (default: all 5)")
     args = parser.parse_args()
@@ -56,6 +68,14 @@ def main() -> None:
         from benchmarks.accuracy import cross_dataset
 
         write_csv(cross_dataset(epochs=8 if args.quick else 30), "cross_dataset.csv")
+    if args.what in ("integration", "all"):
+        from benchmarks import integration
+
+        write_csv(integration.run(args.quick), "integration.csv")
+    if args.what == "backbones":
+        from benchmarks.accuracy import run_cv
+
+        write_csv(run_cv(backbone_contenders(args.quick), only_folds=only), "backbones.csv")
     if args.what == "ablation":
         from benchmarks.accuracy import run_cv
 

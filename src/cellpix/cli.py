@@ -447,10 +447,13 @@ def demo(outdir: Path, epochs: int, quiet: bool) -> None:
 
 
 # -- registry views --------------------------------------------------------------
-@cli.command("plugins")
+@cli.group("plugins", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plugins_command(as_json: bool) -> None:
-    """List loaded plugins with name, version and hooks (built-ins included)."""
+@click.pass_context
+def plugins_command(ctx: click.Context, as_json: bool) -> None:
+    """List loaded plugins with name, version and hooks (built-ins included); `new` and `docs` for authors."""
+    if ctx.invoked_subcommand is not None:
+        return
     rows = plugins.plugin_summaries()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -458,6 +461,32 @@ def plugins_command(as_json: bool) -> None:
     for row in rows:
         kind = "built-in" if row["builtin"] else "plugin"
         click.echo(f"{row['name']} {row['version']} ({kind}, {row['module']}): {', '.join(row['hooks'])}")
+
+
+@plugins_command.command("new")
+@click.argument("name")
+@click.option("--dest", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to create cellpix-NAME/ in.")
+def plugins_new(name: str, dest: Path) -> None:
+    """Scaffold a plugin package cellpix-NAME that installs, registers and passes its own tests as made."""
+    from cellpix.scaffold import new_plugin
+
+    root = new_plugin(name, dest)
+    click.echo(f"created {root}: cd {root} && pip install -e '.[test]' && pytest")
+
+
+@plugins_command.command("docs")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write here (e.g. docs/plugins.md) instead of printing.")
+def plugins_docs(output: Path | None) -> None:
+    """The plugin author's guide, with the hook reference generated from cellpix's hookspecs."""
+    from cellpix.io import write_text_atomic
+    from cellpix.plugin_docs import render
+
+    if output:
+        write_text_atomic(output, render())
+    else:
+        click.echo(render(), nl=False)
 
 
 @cli.group()

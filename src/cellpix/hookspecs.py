@@ -41,9 +41,14 @@ def cellpix_backbones():
 def cellpix_integration_methods():
     """Return ``{name: IntegrationMethod}`` of batch-correction methods.
 
-    An ``IntegrationMethod`` (``cellpix.integrate.methods``) corrects
-    log-normalised expression and must return expression, not an embedding,
-    because images are made from expression.
+    An ``IntegrationMethod`` (``cellpix.integrate.methods``) has a ``name``,
+    a ``description``, the Python modules it needs (checked before any work,
+    with an ``install_hint``) and ``run(task) -> ndarray``. ``task`` holds
+    dense log1p(CP10k) expression of all cells (reference first), their batch
+    labels and the reference batches; ``run`` returns corrected *expression*
+    of the same shape, not an embedding, because images are made from
+    expression. cellpix then maps the result back onto the reference's
+    per-gene scale and clips it at zero.
     """
 
 

@@ -5,7 +5,12 @@ has a high base probability and a low subtype probability. cellpix scores
 ``base - subtype`` and flags a cell when its score exceeds a threshold
 *calibrated on the reference's validation split*: the score that only a
 chosen share (``fpr``, 5 % by default) of known, held-out reference cells
-exceed, per predicted base type. The published rule (base above the group's
+exceed, per predicted subtype (falling back to the predicted base type, then
+to all cells, where the validation split has too few cells). Per-subtype
+thresholds matter: a novel population is usually absorbed by its closest
+known subtype, whose own known cells are predicted confidently, so a
+threshold pooled over the whole base type is set by the least certain
+subtype and misses it. The published rule (base above the group's
 60th and subtype below its 10th percentile, within each predicted base of
 the query) flags a fixed share of every population and is kept as an option.
 """
@@ -31,16 +36,25 @@ def calibrate(pred: Predictions, space: LabelSpace, fpr: float = DEFAULT_FPR) ->
     for b in space.branching:
         own = scores[pred.base_index == b]
         per_base[space.bases[b]] = float(np.quantile(own, 1 - fpr)) if len(own) >= MIN_CELLS_PER_BASE else overall
+    per_subtype: dict[str, float] = {}
+    for i, label in enumerate(space.labels):
+        own = scores[pred.label_index == i]
+        if space.label_base[i] in space.branching and len(own) >= MIN_CELLS_PER_BASE:
+            per_subtype[label] = float(np.quantile(own, 1 - fpr))
     return {"method": "validation-quantile", "fpr": fpr, "overall": overall, "per_base": per_base,
-            "n_validation_cells": len(scores)}
+            "per_subtype": per_subtype, "n_validation_cells": len(scores)}
 
 
 def flag_calibrated(pred: Predictions, space: LabelSpace, calibration: dict[str, Any]) -> np.ndarray:
-    """True where the score exceeds its base type's calibrated threshold (terminal leaves never)."""
-    thresholds = np.full(len(space.bases), np.inf)
+    """True where the score exceeds its predicted subtype's (else base type's) threshold; terminal leaves never."""
+    base_thresholds = np.full(len(space.bases), np.inf)
     for b in space.branching:
-        thresholds[b] = calibration.get("per_base", {}).get(space.bases[b], calibration.get("overall", np.inf))
-    return pred.novelty_score > thresholds[pred.base_index]
+        base_thresholds[b] = calibration.get("per_base", {}).get(space.bases[b], calibration.get("overall", np.inf))
+    per_subtype = calibration.get("per_subtype", {})  # absent in bundles calibrated before it existed
+    label_thresholds = np.array([per_subtype.get(label, base_thresholds[space.label_base[i]])
+                                 for i, label in enumerate(space.labels)])
+    label_thresholds[~np.isin(space.label_base, space.branching)] = np.inf
+    return pred.novelty_score > label_thresholds[pred.label_index]
 
 
 def flag_percentile(pred: Predictions, space: LabelSpace, base_q: float = 0.6, sub_q: float = 0.1) -> np.ndarray:

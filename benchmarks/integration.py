@@ -1,0 +1,77 @@
+"""Integration methods on Kang 2018 ctrl/stim PBMC against the Zheng sorted reference.
+
+For each method: batch mixing of ctrl and stim before and after correction,
+and, after annotation with one Zheng-trained model, the distance between the
+predicted compositions of ctrl and stim (the same donors' PBMC, so a good
+correction brings them close). The default method is picked from this table.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from benchmarks.common import KANG, ZHENG, require
+
+LABEL = "cell_type"
+METHODS = ("none", "combat", "harmony", "scanorama", "seurat")
+
+
+def composition_distance(labels: np.ndarray, groups: np.ndarray) -> float:
+    """Total variation distance between the label compositions of ctrl and stim (0 = identical, 1 = disjoint)."""
+    table = pd.crosstab(groups, labels, normalize="index")
+    return float(0.5 * np.abs(table.loc["ctrl"] - table.loc["stim"]).sum())
+
+
+def run(quick: bool = False, reference_cells: int = 1500) -> pd.DataFrame:
+    from cellpix.annotate.annotate import AnnotateOptions, annotate_adata
+    from cellpix.imaging.layout import fit_layout
+    from cellpix.integrate.query import QueryOptions, ReferencePanel, integrate_query
+    from cellpix.integrate.reference import QCOptions, prepare_reference
+    from cellpix.pipeline import resolve_hierarchy
+    from cellpix.train.trainer import TrainConfig, train
+
+    ref = prepare_reference(ad.read_h5ad(require(ZHENG)), QCOptions(n_top_genes=5000))
+    layout = fit_layout(ref, groupby=LABEL, symbol_column="gene_symbol", max_cells=1500)
+    epochs = 4 if quick else 12
+    model = train(ref, layout, resolve_hierarchy("pbmc-sorted"), LABEL,
+                  TrainConfig(epochs=epochs, min_epochs=min(epochs, 8), val_fraction=0.1), progress=False)
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.choice(ref.n_obs, min(reference_cells, ref.n_obs), replace=False))
+    panel = ReferencePanel(ref.var_names.tolist(), ref.var["gene_symbol"].astype(str).tolist(), ZHENG.name,
+                           ref.X[rows].toarray().astype(np.float32))
+    kang = ad.read_h5ad(require(KANG))
+    condition = kang.obs["condition"].astype(str).to_numpy()
+    results = []
+    for method in METHODS:
+        if method == "seurat" and shutil.which("R") is None:
+            print("seurat: R is not installed, skipped")
+            continue
+        start = time.perf_counter()
+        integrated = integrate_query(kang, panel, QueryOptions(method=method, batch_key="condition"))
+        integrate_s = time.perf_counter() - start
+        annotated = annotate_adata(integrated.adata, [model], AnnotateOptions(progress=False))
+        report = integrated.report
+        before, after = report["mixing_before"], report["mixing_after"]
+        row = {
+            "method": method,
+            "silhouette_ctrl_stim_before": before["query_batches"]["silhouette"],
+            "silhouette_ctrl_stim_after": after["query_batches"]["silhouette"],
+            "knn_mixing_ctrl_stim_before": before["query_batches"]["knn_mixing"],
+            "knn_mixing_ctrl_stim_after": after["query_batches"]["knn_mixing"],
+            "knn_mixing_reference_query_after": after["reference_vs_query"]["knn_mixing"],
+            "composition_tvd_subtype": composition_distance(annotated.obs["cellpix_subtype"].astype(str).to_numpy(),
+                                                            condition),
+            "composition_tvd_base": composition_distance(annotated.obs["cellpix_base"].astype(str).to_numpy(),
+                                                         condition),
+            "novel_share": float(annotated.obs["cellpix_is_novel"].mean()),
+            "gene_coverage": report["gene_matching"]["coverage"],
+            "integrate_s": integrate_s,
+        }
+        print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+        results.append(row)
+    return pd.DataFrame(results)
