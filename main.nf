@@ -3,13 +3,15 @@
  * cellpix: hierarchical cell-type annotation through gene images.
  *
  *   reference: integrate -> image -> train            (skipped with --model)
- *   query:     split -> annotate (in parallel) -> merge -> explain
+ *   query:     integrate (onto the reference panel, --integration_method) -> split ->
+ *              annotate (in parallel) -> merge -> explain
  *
  * Every process only calls the cellpix CLI; see modules/local/cellpix/.
  */
 nextflow.enable.dsl = 2
 
 include { CELLPIX_INTEGRATE } from './modules/local/cellpix/integrate/main'
+include { CELLPIX_INTEGRATE as CELLPIX_INTEGRATE_QUERY } from './modules/local/cellpix/integrate/main'
 include { CELLPIX_IMAGE     } from './modules/local/cellpix/image/main'
 include { CELLPIX_TRAIN     } from './modules/local/cellpix/train/main'
 include { CELLPIX_SPLIT     } from './modules/local/cellpix/split/main'
@@ -29,7 +31,7 @@ workflow {
     if (params.model) {
         ch_bundle = channel.value(file(params.model, checkIfExists: true))
     } else {
-        ch_reference = channel.of([[id: params.reference_id], file(params.reference, checkIfExists: true)])
+        ch_reference = channel.of([[id: params.reference_id], file(params.reference, checkIfExists: true), []])
         CELLPIX_INTEGRATE(ch_reference)
         CELLPIX_IMAGE(CELLPIX_INTEGRATE.out.h5ad)
         ch_train_in = CELLPIX_INTEGRATE.out.h5ad.join(CELLPIX_IMAGE.out.layout)
@@ -37,8 +39,14 @@ workflow {
         ch_bundle = CELLPIX_TRAIN.out.bundle.map { _meta, bundle -> bundle }.first()
     }
 
-    // Query: shard, annotate each shard in parallel, merge in shard order.
+    // Query: onto the reference panel (batch-corrected toward the integrated reference when one was
+    // built here, else toward the bundle's panel), then shard, annotate in parallel, merge in shard order.
     ch_query = channel.of([[id: params.query_id], file(params.query, checkIfExists: true)])
+    if (params.integrate_query) {
+        ch_target = params.model ? ch_bundle : CELLPIX_INTEGRATE.out.h5ad.map { _meta, h5ad -> h5ad }.first()
+        CELLPIX_INTEGRATE_QUERY(ch_query.combine(ch_target))
+        ch_query = CELLPIX_INTEGRATE_QUERY.out.h5ad
+    }
     CELLPIX_SPLIT(ch_query, params.cells_per_shard)
     ch_shards = CELLPIX_SPLIT.out.shards
         .transpose()

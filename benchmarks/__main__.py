@@ -1,4 +1,7 @@
-"""`python -m benchmarks {speed,accuracy,ablation,cross,backbones,integration,report,all} [--quick] [--folds 0,1]`."""
+"""`python -m benchmarks WHAT [--quick] [--folds 0,1]`.
+
+WHAT: speed, accuracy, ablation, cross, backbones, integration, report or all.
+"""
 
 from __future__ import annotations
 
@@ -49,7 +52,8 @@ def backbone_contenders(quick: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("what", choices=["speed", "accuracy", "ablation", "cross", "backbones", "integration", "report", "all"])
+    parser.add_argument("what", choices=["speed", "accuracy", "ablation", "cross", "backbones", "integration",
+                                         "report", "all"])
     parser.add_argument("--quick", action="store_true", help="fold 0 only, fewer epochs and cells (< 10 min)")
     parser.add_argument("--folds", default=None, help="comma-separated folds to run (default: all 5)")
     args = parser.parse_args()

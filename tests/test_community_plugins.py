@@ -60,7 +60,7 @@ def test_scaffolded_plugin_passes_its_tests_in_a_fresh_venv(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     venv_site = next((venv / "lib").glob("python3*/site-packages"))
-    (venv_site / "cellpix-dev.pth").write_text("\n".join(site.getsitepackages() + [str(ROOT / "src")]) + "\n")
+    (venv_site / "cellpix-dev.pth").write_text("\n".join([*site.getsitepackages(), str(ROOT / "src")]) + "\n")
     python = venv / "bin" / "python"
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     str(package)], check=True)

@@ -6,10 +6,11 @@ process CELLPIX_INTEGRATE {
     container "ghcr.io/cellpix/cellpix-integrate:0.1.0"
 
     input:
-    tuple val(meta), path(reference)
+    tuple val(meta), path(data), path(reference)
 
     output:
     tuple val(meta), path("${prefix}.h5ad"), emit: h5ad
+    tuple val(meta), path("${prefix}_report"), emit: report
     tuple val("${task.process}"), val('cellpix'), eval("cellpix --version | sed 's/.* version //'"), topic: versions, emit: versions_cellpix
 
     when:
@@ -18,8 +19,9 @@ process CELLPIX_INTEGRATE {
     script:
     def args = task.ext.args ?: ''
     def prefix = task.ext.prefix ?: "${meta.id}"
+    def reference_arg = reference ? "--reference ${reference}" : ''
     """
-    cellpix integrate "$reference" --output "${prefix}.h5ad" $args
+    cellpix integrate "$data" --output "${prefix}.h5ad" $reference_arg --report "${prefix}_report" $args
     """
 
     stub:
@@ -28,5 +30,7 @@ process CELLPIX_INTEGRATE {
     """
     echo $args
     touch "${prefix}.h5ad"
+    mkdir "${prefix}_report"
+    touch "${prefix}_report/qc.json" "${prefix}_report/qc.png"
     """
 }

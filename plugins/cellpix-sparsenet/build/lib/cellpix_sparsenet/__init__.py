@@ -7,7 +7,6 @@ from pathlib import Path
 from cellpix.errors import CellpixError
 from cellpix.hookspecs import hookimpl
 from cellpix.train.backbones import BackboneSpec
-
 from cellpix_sparsenet.network import SparsePixNet
 
 __version__ = "0.1.0"
