@@ -45,9 +45,9 @@ def cli() -> None:
                    "`annotate` (query).")
 @click.option("--reference", type=H5AD, default=None,
               help="Query mode: the integrated reference h5ad (or a model bundle) whose panel DATA is brought to.")
-@click.option("--method", default="none", show_default=True,
-              help="Batch correction: none, combat, scanorama, harmony, seurat, or a plugin's "
-                   "(`cellpix integrate-methods`).")
+@click.option("--method", default="auto", show_default=True,
+              help="Batch correction: auto (combat when there is a reference or a --batch-key, else none), none, "
+                   "combat, scanorama, harmony, seurat, or a plugin's (`cellpix integrate-methods`).")
 @click.option("--batch-key", default=None,
               help="obs column of batches: batch-aware gene selection and correction (reference mode), or the "
                    "query's own batches, corrected together with the reference (query mode).")
@@ -110,7 +110,7 @@ def integrate(data: Path, output: Path, reference: Path | None, method: str, bat
     matching = result.report["gene_matching"]
     click.echo(f"{result.adata.n_obs} cells on the {matching['panel_genes']}-gene panel of {panel.name} "
                f"(coverage {matching['coverage']:.1%}, {matching['n_missing']} genes missing, rendered as zero), "
-               f"method {method} → {output}")
+               f"method {result.report['method']} → {output}")
     for line in describe_mixing(result.report):
         click.echo(f"  {line}")
     if report_dir:

@@ -89,7 +89,9 @@ def correct(method: IntegrationMethod, task: IntegrationTask) -> np.ndarray:
     corrected = np.where(np.isfinite(corrected), corrected, task.expression)
     if task.reference_batches:
         corrected = anchor_to_reference(task.expression, corrected, task.reference_mask)
-    return np.clip(corrected, 0.0, None)
+    # A correction moves cells within the range the data spans; it must not invent expression beyond it
+    # (a near-constant reference gene can give a steep per-gene map).
+    return np.clip(corrected, 0.0, task.expression.max(axis=0))
 
 
 def anchor_to_reference(original: np.ndarray, corrected: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -107,6 +107,8 @@ def prepare_reference(adata: ad.AnnData, options: QCOptions | None = None, layer
     if out.n_vars > options.n_top_genes:
         counts = matrix if kind == "counts" else None
         out = out[:, select_variable_genes(out, counts, options)].copy()
+    if options.correction == "auto":  # across the reference's own batches only when it has some
+        options.correction = "combat" if options.batch_key else "none"
     if options.correction != "none":
         out = correct_reference_batches(out, options)
         report["correction"] = options.correction
