@@ -11,6 +11,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
+from cellpix.integrate.methods import MissingDependencyError
 from cellpix.integrate.query import QueryOptions, integrate_query, load_reference_panel
 from cellpix.integrate.reference import QCOptions, prepare_reference
 from tests.conftest import ROOT, SHARED, require
@@ -73,9 +74,12 @@ METHODS = ["combat", "harmony", "scanorama", "seurat"]
 
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_reduces_the_ctrl_stim_separation(method, kang, reference_path):
-    if method == "seurat" and shutil.which("R") is None and not R_REQUIRED:
-        pytest.skip("R with Seurat is not installed here (.ci/run installs it)")
     reference = load_reference_panel(reference_path, max_cells=600)
+    if method == "seurat" and shutil.which("R") is None and not R_REQUIRED:
+        # Without R (.ci/run installs it) the method must refuse up front and say how to install R and Seurat.
+        with pytest.raises(MissingDependencyError, match="apt-get install r-base-core r-cran-seurat"):
+            integrate_query(kang, reference, QueryOptions(method=method, batch_key="condition"))
+        return
     result = integrate_query(kang, reference, QueryOptions(method=method, batch_key="condition"))
     before = result.report["mixing_before"]["query_batches"]
     after = result.report["mixing_after"]["query_batches"]
