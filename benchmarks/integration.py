@@ -52,7 +52,12 @@ def run(quick: bool = False, reference_cells: int = 1500) -> pd.DataFrame:
             print("seurat: R is not installed, skipped")
             continue
         start = time.perf_counter()
-        integrated = integrate_query(kang, panel, QueryOptions(method=method, batch_key="condition"))
+        try:
+            integrated = integrate_query(kang, panel, QueryOptions(method=method, batch_key="condition"))
+        except Exception as err:  # one failing method must not cost the other rows; its failure is a result too
+            print(f"{method}: failed: {err!r}", flush=True)
+            results.append({"method": method, "error": repr(err)[:300]})
+            continue
         integrate_s = time.perf_counter() - start
         annotated = annotate_adata(integrated.adata, [model], AnnotateOptions(progress=False))
         report = integrated.report

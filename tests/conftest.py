@@ -10,6 +10,11 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# The extra each step's container and conda environment add to cellpix's core (pyproject.toml); the Nextflow
+# helper processes split and merge run in the annotate image.
+STEP_EXTRAS = {"integrate": "integration", "image": "image", "explain": "explain"}
+STEP_IMAGES = {"split": "annotate", "merge": "annotate"}
+R_REQUIRED = os.environ.get("CELLPIX_REQUIRE_R") == "1"  # .ci/run installs R + Seurat and sets this
 SHARED = Path(os.environ.get("CELLPIX_SHARED_DATA", ROOT.parent / "shared" / "data"))
 ZHENG = SHARED / "zheng2017_pbmc_sorted.h5ad"
 

@@ -14,11 +14,10 @@ import pytest
 from cellpix.integrate.methods import MissingDependencyError
 from cellpix.integrate.query import QueryOptions, integrate_query, load_reference_panel
 from cellpix.integrate.reference import QCOptions, prepare_reference
-from tests.conftest import ROOT, SHARED, require
+from tests.conftest import R_REQUIRED, ROOT, SHARED, require
 
 KANG = SHARED / "kang2018_pbmc_ifnb.h5ad"
 CELLPIX = [sys.executable, "-m", "cellpix"]
-R_REQUIRED = os.environ.get("CELLPIX_REQUIRE_R") == "1"  # .ci/run installs R + Seurat and sets this
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +79,9 @@ def test_each_method_reduces_the_ctrl_stim_separation(method, kang, reference_pa
         with pytest.raises(MissingDependencyError, match="apt-get install r-base-core r-cran-seurat"):
             integrate_query(kang, reference, QueryOptions(method=method, batch_key="condition"))
         return
+    library_path = os.environ.get("LD_LIBRARY_PATH")
     result = integrate_query(kang, reference, QueryOptions(method=method, batch_key="condition"))
+    assert os.environ.get("LD_LIBRARY_PATH") == library_path  # rpy2's edit would break later subprocesses
     before = result.report["mixing_before"]["query_batches"]
     after = result.report["mixing_after"]["query_batches"]
     print(f"{method}: silhouette {before['silhouette']:+.3f} → {after['silhouette']:+.3f}, "

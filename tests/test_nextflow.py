@@ -21,7 +21,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, STEP_EXTRAS, STEP_IMAGES
 from tests.nextflow_tools import (
     balanced,
     config_params,
@@ -76,8 +76,9 @@ def test_main_nf_matches_meta_yml(step):
     assert process.script.strip().startswith("cellpix "), "the script block only calls the cellpix CLI"
     assert "python" not in process.script and "task.ext.args" in process.script_defs
     env = yaml.safe_load((MODULES / step / "environment.yml").read_text())
-    assert env["dependencies"][-1]["pip"] == [f"cellpix=={version()}"]
-    assert f"cellpix-{step}:{version()}" in text
+    extra = STEP_EXTRAS.get(step)  # the same extra the step's container adds (tests/test_containers.py)
+    assert env["dependencies"][-1]["pip"] == [f"cellpix{f'[{extra}]' if extra else ''}=={version()}"]
+    assert f'container "ghcr.io/cellpix/cellpix-{STEP_IMAGES.get(step, step)}:{version()}"' in text
 
 
 def version() -> str:

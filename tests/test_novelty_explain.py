@@ -13,12 +13,14 @@ from cellpix.annotate.annotate import AnnotateOptions, annotate_adata
 from cellpix.trained import TrainedModel
 
 HELD_OUT = "CD4+/CD25 T Reg"
+# Canonical markers per Zheng lineage. The T class pools CD4 and CD8 subsets, so it is marked by the CD3 complex
+# (CD247 is CD3ζ), the pan-T genes CD2/CD7/LCK and the CD4/CD8 co-receptors; CD34+ by progenitor genes.
 MARKERS = {
     "B cell": {"CD79A", "CD79B", "MS4A1", "CD19"},
     "NK cell": {"GNLY", "NKG7", "KLRD1"},
     "CD14+": {"CD14", "LYZ", "S100A8", "S100A9"},
-    "T cell": {"CD3D", "CD3E", "IL7R"},
-    "CD34+": {"CD34"},
+    "T cell": {"CD3D", "CD3E", "CD3G", "CD247", "CD2", "CD7", "LCK", "IL7R", "CD4", "CD8A", "CD8B"},
+    "CD34+": {"CD34", "PRSS57", "SPINK2", "SOX4", "CYTL1", "GATA2", "MYB"},
 }
 
 

@@ -5,6 +5,11 @@ subclass), so the CLI can print the message without a traceback and exit
 non-zero, while programming errors still surface with a full traceback.
 """
 
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
 
 class CellpixError(Exception):
     """A problem the user can fix; the message says how."""
@@ -33,3 +38,22 @@ class HierarchyError(CellpixError):
 
 class BundleError(CellpixError):
     """A model bundle is missing, corrupt, foreign or from an unsupported schema."""
+
+
+class MissingDependencyError(CellpixError):
+    """An optional package (or R) that a step or method needs is not installed."""
+
+
+def import_extra(module: str, extra: str, purpose: str) -> ModuleType:
+    """Import a package that only one step needs, or say which extra installs it.
+
+    The step images stay small because each adds only its own packages
+    (``cellpix[image]``, ``cellpix[explain]``, ``cellpix[integration]``); a
+    missing one must say so instead of raising a bare ImportError mid-run.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"{purpose} needs the Python package {module.split('.')[0]} ({err}): "
+            f"pip install 'cellpix[{extra}]' (or 'cellpix[all]')") from err

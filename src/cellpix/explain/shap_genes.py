@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cellpix.annotate.predict import LabelSpace, predict_matrix
-from cellpix.errors import CellpixError
+from cellpix.errors import CellpixError, import_extra
 from cellpix.integrate.panel import PanelReader
 from cellpix.trained import TrainedModel
 
@@ -154,7 +154,7 @@ def explanation_tasks(space: LabelSpace, labels: np.ndarray, levels: tuple[str, 
 def gene_attributions(trained: TrainedModel, head: int | None, column: int, images: torch.Tensor,
                       background: torch.Tensor, nsamples: int, seed: int) -> np.ndarray:
     """Expected-gradients SHAP of one output on ``images``, mapped to genes: (cells, genes)."""
-    import shap
+    shap = import_extra("shap", "explain", "the explain step")
 
     target = OutputColumn(trained.model, head, column).eval()
     explainer = shap.GradientExplainer(target, background, batch_size=64)

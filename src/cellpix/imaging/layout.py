@@ -25,7 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellpix import plugins
-from cellpix.errors import CellpixError
+from cellpix.errors import CellpixError, import_extra
 from cellpix.io import write_text_atomic
 
 LAYOUT_SCHEMA = "cellpix.layout/1"
@@ -203,7 +203,7 @@ def fit_layout(
     cells (t-SNE of 5,000 genes is dominated by its cost in cells); the
     min-max scaling is fitted on all cells.
     """
-    from pyDeepInsight import ImageTransformer  # heavy import, only needed here
+    ImageTransformer = import_extra("pyDeepInsight", "image", "fitting a gene layout").ImageTransformer
 
     if discretization not in DISCRETIZATIONS:
         raise CellpixError(f"unknown discretization {discretization!r}; choose from {', '.join(DISCRETIZATIONS)}")

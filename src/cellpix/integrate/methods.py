@@ -17,11 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cellpix.errors import CellpixError
-
-
-class MissingDependencyError(CellpixError):
-    """An optional package (or R) that a method needs is not installed."""
+from cellpix.errors import CellpixError, MissingDependencyError
 
 
 @dataclass

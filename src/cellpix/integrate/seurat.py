@@ -7,8 +7,11 @@ corrected expression for every panel gene, which is what images need.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -54,11 +57,33 @@ function(matrices, names, genes, reference, dims, k_filter, k_weight, k_anchor) 
 """
 
 
+@contextlib.contextmanager
+def _library_path_kept() -> Iterator[None]:
+    """Undo rpy2's edit of LD_LIBRARY_PATH once R has started.
+
+    rpy2 prepends R's library folders (``/usr/lib/x86_64-linux-gnu`` among
+    them) to ``os.environ['LD_LIBRARY_PATH']`` when it starts R. The running
+    process is unaffected (the loader read the variable at start-up), but
+    every later subprocess inherits it, and a Python whose libpython is found
+    by RUNPATH (pyenv's) then loads the system's libpython instead and fails
+    on its first C extension. Restoring the variable keeps subprocesses sane.
+    """
+    before = os.environ.get("LD_LIBRARY_PATH")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("LD_LIBRARY_PATH", None)
+        else:
+            os.environ["LD_LIBRARY_PATH"] = before
+
+
 def integrate_with_seurat(task) -> np.ndarray:
     """Run FindIntegrationAnchors + IntegrateData on each batch, the reference batch(es) first."""
-    import rpy2.robjects as ro
-    from rpy2.robjects import numpy2ri
-    from rpy2.robjects.conversion import localconverter
+    with _library_path_kept():  # importing rpy2.robjects starts the embedded R
+        import rpy2.robjects as ro
+        from rpy2.robjects import numpy2ri
+        from rpy2.robjects.conversion import localconverter
 
     order = task.batch_names
     if task.reference_batches:

@@ -3,7 +3,7 @@ process CELLPIX_MERGE {
     label 'process_medium'
 
     conda "${moduleDir}/environment.yml"
-    container "ghcr.io/cellpix/cellpix-merge:0.1.0"
+    container "ghcr.io/cellpix/cellpix-annotate:0.1.0"
 
     input:
     tuple val(meta), path(shards, stageAs: "shards/*")

@@ -3,7 +3,7 @@ process CELLPIX_SPLIT {
     label 'process_single'
 
     conda "${moduleDir}/environment.yml"
-    container "ghcr.io/cellpix/cellpix-split:0.1.0"
+    container "ghcr.io/cellpix/cellpix-annotate:0.1.0"
 
     input:
     tuple val(meta), path(query)
