@@ -14,6 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # helper processes split and merge run in the annotate image.
 STEP_EXTRAS = {"integrate": "integration", "image": "image", "explain": "explain"}
 STEP_IMAGES = {"split": "annotate", "merge": "annotate"}
+# Canonical markers per Zheng lineage (the explain issue's list); the SHAP test checks the model finds them.
+CANONICAL_MARKERS = {
+    "B cell": {"CD79A", "CD79B", "MS4A1", "CD19"},
+    "NK cell": {"GNLY", "NKG7", "KLRD1"},
+    "CD14+": {"CD14", "LYZ", "S100A8", "S100A9"},
+    "T cell": {"CD3D", "CD3E", "IL7R"},
+    "CD34+": {"CD34"},
+}
 R_REQUIRED = os.environ.get("CELLPIX_REQUIRE_R") == "1"  # .ci/run installs R + Seurat and sets this
 SHARED = Path(os.environ.get("CELLPIX_SHARED_DATA", ROOT.parent / "shared" / "data"))
 ZHENG = SHARED / "zheng2017_pbmc_sorted.h5ad"
@@ -34,10 +42,15 @@ def zheng_raw() -> ad.AnnData:
 
 @pytest.fixture(scope="session")
 def zheng_ref(zheng_raw) -> ad.AnnData:
-    """Zheng sorted PBMC, integrated: log1p CP10k on 3,000 HVG (the smallest panel that keeps CD3D)."""
+    """Zheng sorted PBMC, integrated: log1p CP10k on 3,000 HVG plus the canonical lineage markers.
+
+    The markers are kept (``--keep-genes``) as a user who wants them explained would: CD34 and CD3E are not
+    among Zheng's highly variable genes, and a gene outside the panel can never be imaged or ranked.
+    """
     from cellpix.integrate.reference import QCOptions, prepare_reference
 
-    return prepare_reference(zheng_raw, QCOptions(n_top_genes=3000))
+    markers = tuple(sorted(set().union(*CANONICAL_MARKERS.values())))
+    return prepare_reference(zheng_raw, QCOptions(n_top_genes=3000, keep_genes=markers))
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
+from cellpix.errors import InputDataError
 from cellpix.integrate.methods import MissingDependencyError
 from cellpix.integrate.query import QueryOptions, integrate_query, load_reference_panel
 from cellpix.integrate.reference import QCOptions, prepare_reference
@@ -95,6 +96,15 @@ def test_each_method_reduces_the_ctrl_stim_separation(method, kang, reference_pa
     assert missing.sum() > 100 and out.X[:, np.flatnonzero(missing)].getnnz() == 0  # absent genes stay zero
 
 
+def test_kept_genes_join_the_panel_and_typos_are_refused(zheng_raw, zheng_ref):
+    # CD34 is not highly variable in Zheng, yet the CD34+ lineage needs it to be imaged and explained.
+    assert "CD34" in set(zheng_ref.var["gene_symbol"]) and zheng_ref.n_vars > 3000
+    plain = prepare_reference(zheng_raw[:400].copy(), QCOptions(n_top_genes=300))
+    assert "CD34" not in set(plain.var["gene_symbol"])
+    with pytest.raises(InputDataError, match="CD3X not in the data"):
+        prepare_reference(zheng_raw[:400].copy(), QCOptions(n_top_genes=300, keep_genes=("CD34", "CD3X")))
+
+
 def test_ensembl_and_symbol_queries_land_on_the_same_panel(kang, zheng_raw, reference_path):
     reference = load_reference_panel(reference_path, max_cells=300)
     by_symbol = integrate_query(kang, reference, QueryOptions())
@@ -123,7 +133,7 @@ def test_query_mode_cli_writes_output_and_report(reference_path, tmp_path):
     assert (tmp_path / "rep" / "mixing.png").stat().st_size > 5000
 
 
-def test_bad_requests_fail_clearly(reference_path, zheng_model, tmp_path):
+def test_bad_requests_fail_clearly(reference_path, zheng_model, zheng_ref, tmp_path):
     out = tmp_path / "never.h5ad"
     cases = [
         (["--method", "nosuch"], "unknown integration method 'nosuch'"),
@@ -144,7 +154,7 @@ def test_bad_requests_fail_clearly(reference_path, zheng_model, tmp_path):
     by_bundle = subprocess.run([*CELLPIX, "integrate", str(KANG), "--reference", str(zheng_model), "-o", str(out),
                                 "--method", "combat", "--batch-key", "condition"], capture_output=True, text=True)
     assert by_bundle.returncode == 0, by_bundle.stderr
-    assert ad.read_h5ad(out).n_vars == 3000
+    assert ad.read_h5ad(out).n_vars == zheng_ref.n_vars
     out.unlink()
 
 

@@ -61,6 +61,9 @@ def cli() -> None:
 @click.option("--hvg-flavor", default="seurat", show_default=True,
               type=click.Choice(["seurat", "cell_ranger", "pearson_residuals"]),
               help="Reference mode: gene ranking; pearson_residuals (raw counts) keeps sparse lineage markers.")
+@click.option("--keep-genes", default="",
+              help="Reference mode: comma-separated genes (symbols or IDs) always in the panel, e.g. markers to "
+                   "image and explain that are not highly variable.")
 @click.option("--max-reference-cells", default=20_000, show_default=True,
               help="Query mode: reference cells (random sample) that join the correction.")
 @click.option("--gene-column", default=None, help="Query mode: var column with gene names to match (auto by default).")
@@ -71,8 +74,8 @@ def cli() -> None:
 @click.option("--seed", default=0, show_default=True)
 def integrate(data: Path, output: Path, reference: Path | None, method: str, batch_key: str | None,
               report_dir: Path | None, min_genes: int, min_cells: int, max_mito: float, n_top_genes: int,
-              hvg_flavor: str, max_reference_cells: int, gene_column: str | None, min_gene_coverage: float,
-              layer: str | None, use_raw: bool | None, seed: int) -> None:
+              hvg_flavor: str, keep_genes: str, max_reference_cells: int, gene_column: str | None,
+              min_gene_coverage: float, layer: str | None, use_raw: bool | None, seed: int) -> None:
     """QC, normalise and select the panel of a labelled reference, or bring a query to a reference.
 
     Reference mode (no --reference): QC filters, log1p(CP10k), highly
@@ -90,7 +93,8 @@ def integrate(data: Path, output: Path, reference: Path | None, method: str, bat
         from cellpix.integrate.reference import QCOptions, prepare_reference
         from cellpix.integrate.report import write_reference_report
 
-        options = QCOptions(min_genes, min_cells, max_mito, n_top_genes, batch_key, hvg_flavor, method)
+        options = QCOptions(min_genes, min_cells, max_mito, n_top_genes, batch_key, hvg_flavor, method,
+                            keep_genes=tuple(g.strip() for g in keep_genes.split(",") if g.strip()))
         out = prepare_reference(adata, options, layer=layer, use_raw=use_raw)
         write_h5ad_atomic(out, output)
         summary = out.uns["cellpix_integrate"]
@@ -308,6 +312,9 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
 @click.option("--background", type=click.Choice(["zeros", "data"]), default="zeros", show_default=True,
               help="SHAP reference: an empty image (credit to expressed genes) or a label-stratified cell sample.")
 @click.option("--background-size", default=64, show_default=True, help="Cells in the SHAP background sample.")
+@click.option("--target", type=click.Choice(["centred-logit", "logit"]), default="centred-logit", show_default=True,
+              help="What SHAP explains: the class's logit minus its head's mean logit (what sets the class apart), "
+                   "or the raw logit.")
 @click.option("--cells-per-class", default=40, show_default=True, help="Cells explained per class (caps runtime).")
 @click.option("--nsamples", default=32, show_default=True, help="Expected-gradients samples per cell.")
 @click.option("--top-n", default=20, show_default=True, help="Genes per bar plot.")
@@ -319,21 +326,21 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True)
 def explain_command(data: Path, model: Path, table: Path, plots: Path | None, output_h5ad: Path | None,
-                    label_key: str | None, levels: str, background: str, background_size: int,
+                    label_key: str | None, levels: str, background: str, background_size: int, target: str,
                     cells_per_class: int, nsamples: int, top_n: int, gene_column: str | None, layer: str | None,
                     use_raw: bool | None, min_gene_coverage: float, seed: int, device: str, quiet: bool) -> None:
     """SHAP gene importance per base type and subtype of MODEL, on the cells of DATA (h5ad).
 
     Pixel attributions of a bounded, label-stratified sample of cells are
     mapped back to genes through the layout; each class is explained on its
-    own cells for its own logit.
+    own cells for its own (centred) logit.
     """
     from cellpix.explain.shap_genes import ExplainOptions
     from cellpix.explain.step import explain_file
     from cellpix.trained import TrainedModel
 
     options = ExplainOptions(label_key=label_key, levels=tuple(x.strip() for x in levels.split(",") if x.strip()),
-                             background=background, background_size=background_size,
+                             background=background, background_size=background_size, output=target,
                              cells_per_class=cells_per_class, nsamples=nsamples, top_n=top_n, seed=seed,
                              device=device, progress=not quiet)
     result, outputs = explain_file(data, TrainedModel.load(model, device), table, options, plots, output_h5ad,

@@ -48,7 +48,8 @@ def cellpix_integration_methods():
     labels and the reference batches; ``run`` returns corrected *expression*
     of the same shape, not an embedding, because images are made from
     expression. cellpix then maps the result back onto the reference's
-    per-gene scale and clips it at zero.
+    per-gene scale (unless the method sets ``anchored=False``) and clips it
+    to the data's per-gene range.
     """
 
 

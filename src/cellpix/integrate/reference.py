@@ -36,6 +36,9 @@ class QCOptions:
     batch_key: str | None = None
     hvg_flavor: str = "seurat"
     correction: str = "none"  # an integration method applied across the reference's own batches (--batch-key)
+    # Genes (symbols or IDs) kept in the panel whether or not they are highly variable: markers people want
+    # imaged and explained. Sparse lineage markers often miss the HVG cut (CD34 is not among Zheng's top 5,000).
+    keep_genes: tuple[str, ...] = ()
 
 
 HVG_FLAVORS = ("seurat", "cell_ranger", "pearson_residuals")
@@ -104,9 +107,10 @@ def prepare_reference(adata: ad.AnnData, options: QCOptions | None = None, layer
 
     if options.batch_key and options.batch_key not in out.obs.columns:
         raise InputDataError(f"--batch-key {options.batch_key!r} is not an obs column")
+    kept = genes_to_keep(out.var, var_in=symbols, options=options, report=report)
     if out.n_vars > options.n_top_genes:
         counts = matrix if kind == "counts" else None
-        out = out[:, select_variable_genes(out, counts, options)].copy()
+        out = out[:, select_variable_genes(out, counts, options) | kept].copy()
     if options.correction == "auto":  # across the reference's own batches only when it has some
         options.correction = "combat" if options.batch_key else "none"
     if options.correction != "none":
@@ -115,6 +119,23 @@ def prepare_reference(adata: ad.AnnData, options: QCOptions | None = None, layer
     report.update({"n_cells_out": int(out.n_obs), "n_genes_out": int(out.n_vars)})
     out.uns["cellpix_integrate"] = {"mode": "reference", **_jsonable(report)}
     return out
+
+
+def genes_to_keep(var: pd.DataFrame, var_in: pd.Series, options: QCOptions, report: dict[str, Any]) -> np.ndarray:
+    """Mask of the panel candidates named in ``options.keep_genes``; unknown names are an error (a typo would
+    otherwise silently drop a marker), names removed by QC are reported."""
+    if not options.keep_genes:
+        return np.zeros(var.shape[0], dtype=bool)
+    wanted = {g.strip() for g in options.keep_genes if g.strip()}
+    known = set(var_in.index.astype(str)) | set(var_in.astype(str))
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise InputDataError(f"--keep-genes: {', '.join(unknown)} not in the data (give symbols or IDs as in var)")
+    names = var.index.astype(str).to_numpy()
+    mask = np.isin(names, list(wanted)) | np.isin(var["gene_symbol"].astype(str).to_numpy(), list(wanted))
+    found = set(names[mask]) | set(var["gene_symbol"].astype(str).to_numpy()[mask])
+    report["keep_genes_removed_by_qc"] = sorted(wanted - found)
+    return mask
 
 
 def correct_reference_batches(adata: ad.AnnData, options: QCOptions) -> ad.AnnData:
