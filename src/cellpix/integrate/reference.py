@@ -180,5 +180,10 @@ def select_variable_genes(log: ad.AnnData, counts: sp.csr_matrix | None, options
     return table["highly_variable"].to_numpy()
 
 
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v if v is not None else "none") for k, v in d.items()}
+def _jsonable(value: Any) -> Any:
+    """What h5ad's uns can store: no None (→ "none"), no tuples (→ lists), nested dicts converted too."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return "none" if value is None else value
