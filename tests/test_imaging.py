@@ -59,3 +59,28 @@ def test_masking_drops_the_requested_share(zheng_ref, zheng_layout):
     masked = renderer.render_csr(block, mask_fraction=0.3, generator=gen)
     kept = (masked > 0).sum() / (full > 0).sum()
     assert 0.65 < float(kept) < 0.75
+
+
+def test_streaming_row_ranges_into_a_reused_buffer_match_whole_renders(zheng_ref, zheng_layout):
+    """rows=/out= (the annotate loop's path) must not leave pixels of an earlier batch behind."""
+    renderer = ImageRenderer(zheng_layout)
+    matrix = sp.csr_matrix(zheng_ref.X[:300])
+    expected = renderer.render_csr(matrix)
+    buffer = renderer.new_buffer(128)
+    for start in range(0, 300, 128):
+        stop = min(start + 128, 300)
+        batch = renderer.render_csr(matrix, rows=(start, stop), out=buffer)
+        assert torch.equal(batch, expected[start:stop])
+    # A smaller batch after a full one reuses the front of the buffer.
+    assert torch.equal(renderer.render_csr(matrix, rows=(5, 9), out=buffer), expected[5:9])
+
+
+def test_shared_pixels_are_averaged_on_a_binned_grid(zheng_ref, zheng_layout):
+    """Non-lsa layouts put several genes on one pixel; CSR and dense paths both average them."""
+    binned = GeneLayout.from_dict({**zheng_layout.to_dict(), "size": 20,
+                                   "rows": (zheng_layout.rows * 20 // zheng_layout.size).tolist(),
+                                   "cols": (zheng_layout.cols * 20 // zheng_layout.size).tolist()})
+    renderer = ImageRenderer(binned)
+    assert not renderer.unique_pixels
+    block = zheng_ref.X[:50]
+    assert torch.allclose(renderer.render_csr(block), renderer(torch.as_tensor(block.toarray())), atol=1e-6)

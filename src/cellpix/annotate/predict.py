@@ -135,9 +135,11 @@ def predict_matrix(models: list[tuple[HierarchicalClassifier, ImageRenderer]], b
     cond_sum = np.zeros((n, len(space.labels)), dtype=np.float64)
     for (model, renderer), block in zip(models, blocks, strict=True):
         model.eval()
+        block = sp.csr_matrix(block)
+        buffer = renderer.new_buffer(min(batch_size, n)) if torch.device(device).type == "cpu" else None
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            images = renderer.render_csr(block[start:stop], device=device)
+            images = renderer.render_csr(block, device=device, rows=(start, stop), out=buffer)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda"):
                 base_p, cond = conditional_probabilities(model, images, space, base_mask, label_mask)
             base_sum[start:stop] += base_p.cpu().numpy()

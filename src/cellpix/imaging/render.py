@@ -41,6 +41,11 @@ class ImageRenderer(nn.Module):
         # Genes sharing a pixel (non-lsa layouts) are averaged, as pyDeepInsight does.
         counts = torch.bincount(pixel, minlength=self.size * self.size).clamp(min=1).float()
         self.register_buffer("pixel_count", counts, persistent=False)
+        # NumPy copies for the CSR path (see render_csr).
+        self._pixel_np = np.ascontiguousarray(layout.pixel_index, dtype=np.int64)
+        self._min_np = np.asarray(layout.gene_min, dtype=np.float32)
+        self._scale_np = np.asarray(1.0 / span, dtype=np.float32)
+        self._has_min = bool((self._min_np != 0).any())
 
     # -- forward -----------------------------------------------------------------
     def scale(self, expression: torch.Tensor) -> torch.Tensor:
@@ -64,34 +69,73 @@ class ImageRenderer(nn.Module):
             grid = grid / self.pixel_count
         return self._shape(grid)
 
-    def render_csr(self, matrix: sp.csr_matrix, mask_fraction: float = 0.0, generator: torch.Generator | None = None,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
-        """Render a CSR batch without densifying the gene axis on the host.
+    def render_csr(self, matrix: sp.spmatrix, mask_fraction: float = 0.0, generator: torch.Generator | None = None,
+                   device: torch.device | str = "cpu", rows: tuple[int, int] | None = None,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+        """Render CSR rows without densifying the gene axis on the host.
 
-        Only stored (non-zero) values are scattered: for non-negative log
-        data a zero scales to zero, so the result equals the dense path.
+        Only stored (non-zero) values are touched: with non-negative data and
+        a non-negative per-gene minimum a zero always scales to zero, so the
+        result equals the dense path. The index arithmetic runs in NumPy on
+        the CSR arrays, which at batch sizes is cheaper than torch's per-op
+        dispatch. Two options serve streaming loops:
+
+        - ``rows=(start, stop)`` renders that row range of a larger CSR matrix
+          straight from its arrays, with no scipy submatrix copy;
+        - ``out`` (from :meth:`new_buffer`) is a CPU buffer reused from batch
+          to batch, so no fresh pages are faulted in for every batch. The
+          images returned are then a view of it, valid until the next call.
         """
-        matrix = sp.csr_matrix(matrix)
-        n_rows = matrix.shape[0]
+        if not (sp.isspmatrix_csr(matrix) or isinstance(matrix, sp.csr_array)):
+            matrix = sp.csr_matrix(matrix)
         if matrix.shape[1] != self.n_genes:
             raise ValueError(f"expected {self.n_genes} genes, got {matrix.shape[1]}")
-        indptr = torch.as_tensor(matrix.indptr, dtype=torch.long)
-        genes = torch.as_tensor(matrix.indices, dtype=torch.long, device=device)
-        values = torch.as_tensor(matrix.data, dtype=torch.float32, device=device)
-        rows = torch.repeat_interleave(torch.arange(n_rows), indptr.diff()).to(device)
-        values = ((values - self.gene_min[genes]) * self.gene_scale[genes]).clamp_(0.0, 1.0)
-        if mask_fraction > 0:
-            keep = torch.rand(values.shape, generator=generator, device="cpu").to(device) >= mask_fraction
-            values = values * keep
-        flat = rows * (self.size * self.size) + self.pixel[genes]
-        grid = torch.zeros(n_rows * self.size * self.size, device=device)
-        if self.unique_pixels:
-            grid.index_put_((flat,), values)
-            grid = grid.view(n_rows, -1)
-        else:
-            grid.index_add_(0, flat, values)
-            grid = grid.view(n_rows, -1) / self.pixel_count
+        start, stop = rows if rows is not None else (0, matrix.shape[0])
+        n_rows = stop - start
+        flat, values = self._scatter_plan(matrix, start, stop, mask_fraction, generator)
+        grid_size = self.size * self.size
+        if torch.device(device).type != "cpu":
+            grid = torch.zeros(n_rows * grid_size, device=device)
+            index, source = torch.from_numpy(flat).to(device), torch.from_numpy(values).to(device)
+            if self.unique_pixels:
+                return self._shape(grid.index_put_((index,), source).view(n_rows, -1))
+            return self._shape(grid.index_add_(0, index, source).view(n_rows, -1) / self.pixel_count)
+        if not self.unique_pixels:
+            summed = np.bincount(flat, weights=values, minlength=n_rows * grid_size).astype(np.float32)
+            return self._shape(torch.from_numpy(summed).view(n_rows, -1) / self.pixel_count)
+        grid = self._zeroed_grid(out, n_rows)
+        grid.numpy().reshape(-1)[flat] = values
         return self._shape(grid)
+
+    def new_buffer(self, max_rows: int) -> torch.Tensor:
+        """A reusable CPU buffer for ``render_csr(..., out=)`` holding up to ``max_rows`` grey images."""
+        return torch.empty(max_rows, self.size * self.size)
+
+    def _zeroed_grid(self, out: torch.Tensor | None, n_rows: int) -> torch.Tensor:
+        """A zeroed ``(n_rows, size²)`` CPU grid: a view of ``out``, or a new tensor."""
+        grid_size = self.size * self.size
+        if out is None:
+            return torch.zeros(n_rows, grid_size)
+        if out.dtype != torch.float32 or out.device.type != "cpu" or not out.is_contiguous() \
+                or out.numel() < n_rows * grid_size:
+            raise ValueError(f"out must be a contiguous float32 CPU buffer of at least {n_rows} × {grid_size}")
+        return out.view(-1)[: n_rows * grid_size].view(n_rows, grid_size).zero_()
+
+    def _scatter_plan(self, matrix: sp.spmatrix, start: int, stop: int, mask_fraction: float,
+                      generator: torch.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+        """Flat (cell, pixel) positions and scaled values of the stored entries of rows ``start:stop``."""
+        indptr = matrix.indptr[start : stop + 1]
+        genes = matrix.indices[indptr[0] : indptr[-1]]
+        data = matrix.data[indptr[0] : indptr[-1]]
+        grid_size = self.size * self.size
+        flat = np.take(self._pixel_np, genes)
+        flat += np.repeat(np.arange(0, (stop - start) * grid_size, grid_size, dtype=np.int64), np.diff(indptr))
+        values = np.take(self._scale_np, genes)
+        values *= data - np.take(self._min_np, genes) if self._has_min else data
+        np.clip(values, 0.0, 1.0, out=values)
+        if mask_fraction > 0:
+            values *= torch.rand(values.shape, generator=generator).numpy() >= mask_fraction
+        return flat, values
 
     def _shape(self, grid: torch.Tensor) -> torch.Tensor:
         image = grid.view(-1, 1, self.size, self.size)
