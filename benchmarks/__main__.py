@@ -1,6 +1,6 @@
 """`python -m benchmarks WHAT [--quick] [--folds 0,1]`.
 
-WHAT: speed, accuracy, ablation, cross, backbones, integration, report or all.
+WHAT: speed, accuracy, ablation, cross, backbones, default-choice, integration, report or all.
 """
 
 from __future__ import annotations
@@ -54,10 +54,23 @@ def backbone_contenders(quick: bool) -> dict:
     }
 
 
+def default_choice_contenders(quick: bool) -> dict:
+    """Candidates for the CPU default backbone: the fastest timm families at 71 px, against resnet18."""
+    from benchmarks import accuracy as acc
+
+    light = 8 if quick else 20
+    return {
+        f"mobilenetv3_small_100, {light} ep": acc.cellpix_contender(epochs=light, min_epochs=min(light, 8),
+                                                                     backbone="mobilenetv3_small_100"),
+        f"lcnet_050, {light} ep": acc.cellpix_contender(epochs=light, min_epochs=min(light, 8), backbone="lcnet_050"),
+        "resnet18, 8 ep": acc.cellpix_contender(epochs=8, min_epochs=8),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("what", choices=["speed", "accuracy", "ablation", "cross", "backbones", "integration",
-                                         "report", "all"])
+    parser.add_argument("what", choices=["speed", "accuracy", "ablation", "cross", "backbones", "default-choice",
+                                         "integration", "report", "all"])
     parser.add_argument("--quick", action="store_true", help="fold 0 only, fewer epochs and cells (< 10 min)")
     parser.add_argument("--folds", default=None, help="comma-separated folds to run (default: all 5)")
     args = parser.parse_args()
@@ -84,6 +97,10 @@ def main() -> None:
         from benchmarks.accuracy import run_cv
 
         write_csv(run_cv(backbone_contenders(args.quick), only_folds=only), "backbones.csv")
+    if args.what == "default-choice":
+        from benchmarks.accuracy import run_cv
+
+        write_csv(run_cv(default_choice_contenders(args.quick), only_folds=only or [0]), "backbone_choice.csv")
     if args.what == "ablation":
         from benchmarks.accuracy import run_cv
 

@@ -30,7 +30,15 @@ def require(path: Path) -> Path:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
+    """Peak resident memory of this process so far: the kernel's VmHWM for this process image.
+
+    Not ``getrusage().ru_maxrss``: Linux carries the maximum over ``execve`` from
+    the forked parent, so a probe started by a 7 GB benchmark process reported
+    7 GB whatever it did itself.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -82,6 +82,7 @@ def write() -> Path:
     lines += accuracy_section(RESULTS / "accuracy.csv", "Accuracy: 5-fold cross-validation")
     lines += accuracy_section(RESULTS / "ablation.csv", "Ablations (cellpix, same folds)")
     lines += accuracy_section(RESULTS / "backbones.csv", "Backbones: default vs the cellpix-sparsenet plugin")
+    lines += accuracy_section(RESULTS / "backbone_choice.csv", "Choosing the CPU default backbone")
     lines += integration_section(RESULTS / "integration.csv")
     lines += cross_section(RESULTS / "cross_dataset.csv")
     lines += speed_section(RESULTS / "speed.csv")
