@@ -1,36 +1,64 @@
-"""`python -m benchmarks WHAT [--quick] [--folds 0,1]`.
+"""`python -m benchmarks WHAT [--quick] [--folds 0,1] [--epochs N]`.
 
-WHAT: speed, accuracy, ablation, cross, backbones, default-choice, integration, report or all.
+WHAT: speed, accuracy, ablation, cross, default-choice, integration, report or all.
+
+A full run writes ``benchmarks/results/*.csv`` and regenerates ``docs/benchmarks.md``.
+``--quick`` checks the whole harness in under 10 minutes on 2 cores (fold 0, a
+stratified 1,000-cell training sample, 2,000 genes, 6 epochs, smaller speed
+probes, Seurat left out) and writes to ``benchmarks/results/quick/`` with its own
+report there, so a quick run never overwrites the published figures.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from benchmarks import report
+from benchmarks.common import RESULTS
+
+QUICK_EPOCHS = 6
+QUICK_GENES = 2000
+QUICK_TRAIN_CELLS = 1000
 
 
-def accuracy_contenders(quick: bool) -> dict:
+def cellpix_settings(quick: bool, epochs: int | None, full_epochs: int) -> dict:
+    """Training settings shared by every cellpix contender of one run."""
+    if quick:
+        return {"epochs": epochs or QUICK_EPOCHS, "min_epochs": epochs or QUICK_EPOCHS, "n_top_genes": QUICK_GENES}
+    epochs = epochs or full_epochs
+    return {"epochs": epochs, "min_epochs": min(epochs, 8)}
+
+
+def accuracy_contenders(quick: bool, epochs: int | None = None) -> dict:
+    """Every contender of the accuracy table; the sparsepixnet plugin joins when it is installed."""
     from benchmarks import accuracy as acc
+    from cellpix import plugins
+    from cellpix.imaging.layout import smallest_square
 
-    epochs = 8 if quick else 30
-    return {
-        "cellpix default (resnet18, 71 px, AHFL)": acc.cellpix_contender(epochs=epochs, min_epochs=min(epochs, 8)),
-        # The paper's EfficientNet-B5 at 224 px does not fit 2 CPU cores (speed.csv gives its epoch time); this is
-        # the paper's family and input (EfficientNet, 3 channels) at the CPU grid size, said so in the name.
-        "paper family (efficientnet_b0, 3 ch, 71 px)": acc.cellpix_contender(
-            epochs=epochs, min_epochs=min(epochs, 8), backbone="efficientnet_b0", in_chans=3),
+    base = cellpix_settings(quick, epochs, full_epochs=30)
+    n, px = base["epochs"], smallest_square(base.get("n_top_genes", 5000))
+    contenders = {
+        f"cellpix default (resnet18, {px} px, AHFL), {n} ep": acc.cellpix_contender(**base),
+        # EfficientNet-B5 at 224 px does not fit 2 CPU cores (speed.csv: ~500 s per 1,000 cells per epoch). This is
+        # the paper's family and input (EfficientNet, 3 channels) at the CPU grid size, on fold 0 only, said so
+        # in the name and in the table's folds column.
+        f"paper family (efficientnet_b0, 3 ch, {px} px), {n} ep, fold 0": acc.Contender(
+            acc.cellpix_contender(**base, backbone="efficientnet_b0", in_chans=3), folds=(0,)),
         "logistic regression (balanced, all genes)": acc.logistic_regression,
         "CellTypist 1.7 (retrained)": acc.celltypist_contender,
         "scTab-style MLP (all genes)": acc.sctab_mlp,
     }
+    if "sparsepixnet" in plugins.registered("backbones"):
+        contenders[f"sparsepixnet (cellpix-sparsenet plugin), {n} ep"] = acc.cellpix_contender(
+            **base, backbone="sparsepixnet")
+    return contenders
 
 
-def ablation_contenders(quick: bool) -> dict:
+def ablation_contenders(quick: bool, epochs: int | None = None) -> dict:
     from benchmarks import accuracy as acc
 
-    epochs = 8 if quick else 20
-    base = {"epochs": epochs, "min_epochs": min(epochs, 8)}
+    base = cellpix_settings(quick, epochs, full_epochs=20)
     return {
         "AHFL (default)": acc.cellpix_contender(**base),
         "cross-entropy": acc.cellpix_contender(**base, loss="ce"),
@@ -42,70 +70,61 @@ def ablation_contenders(quick: bool) -> dict:
     }
 
 
-def backbone_contenders(quick: bool) -> dict:
-    """The default backbone against the cellpix-sparsenet plugin's (pip install plugins/cellpix-sparsenet)."""
-    from benchmarks import accuracy as acc
-
-    epochs = 6 if quick else 12
-    base = {"epochs": epochs, "min_epochs": min(epochs, 8)}
-    return {
-        f"resnet18 (default), {epochs} epochs": acc.cellpix_contender(**base),
-        f"sparsepixnet (plugin), {epochs} epochs": acc.cellpix_contender(**base, backbone="sparsepixnet"),
-    }
-
-
-def default_choice_contenders(quick: bool) -> dict:
+def default_choice_contenders(quick: bool, epochs: int | None = None) -> dict:
     """Candidates for the CPU default backbone: the fastest timm families at 71 px, against resnet18."""
     from benchmarks import accuracy as acc
 
-    light = 8 if quick else 20
+    light = cellpix_settings(quick, epochs, full_epochs=20)
+    heavy = cellpix_settings(quick, epochs, full_epochs=8)
     return {
-        f"mobilenetv3_small_100, {light} ep": acc.cellpix_contender(epochs=light, min_epochs=min(light, 8),
-                                                                     backbone="mobilenetv3_small_100"),
-        f"lcnet_050, {light} ep": acc.cellpix_contender(epochs=light, min_epochs=min(light, 8), backbone="lcnet_050"),
-        "resnet18, 8 ep": acc.cellpix_contender(epochs=8, min_epochs=8),
+        f"mobilenetv3_small_100, {light['epochs']} ep": acc.cellpix_contender(**light,
+                                                                              backbone="mobilenetv3_small_100"),
+        f"lcnet_050, {light['epochs']} ep": acc.cellpix_contender(**light, backbone="lcnet_050"),
+        f"resnet18, {heavy['epochs']} ep": acc.cellpix_contender(**heavy),
     }
 
 
+CV_RUNS = {"accuracy": (accuracy_contenders, "accuracy.csv"), "ablation": (ablation_contenders, "ablation.csv"),
+           "default-choice": (default_choice_contenders, "backbone_choice.csv")}
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("what", choices=["speed", "accuracy", "ablation", "cross", "backbones", "default-choice",
-                                         "integration", "report", "all"])
-    parser.add_argument("--quick", action="store_true", help="fold 0 only, fewer epochs and cells (< 10 min)")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["speed", *CV_RUNS, "cross", "integration", "report", "all"])
+    parser.add_argument("--quick", action="store_true", help="the whole harness in < 10 min (see above)")
     parser.add_argument("--folds", default=None, help="comma-separated folds to run (default: all 5)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs for every cellpix contender")
     args = parser.parse_args()
     only = [int(f) for f in args.folds.split(",")] if args.folds else ([0] if args.quick else None)
+    results = RESULTS / "quick" if args.quick else RESULTS
     from benchmarks.common import write_csv
+
+    def save(frame, name: str) -> Path:
+        return write_csv(frame, name, results)
 
     if args.what in ("speed", "all"):
         from benchmarks import speed
 
-        write_csv(speed.run(args.quick), "speed.csv")
-    if args.what in ("accuracy", "all"):
-        from benchmarks.accuracy import run_cv
+        speed.run(args.quick, lambda frame: save(frame, "speed.csv"))
+    for what, (contenders, name) in CV_RUNS.items():
+        if args.what == what or (args.what == "all" and what == "accuracy"):
+            from benchmarks.accuracy import run_cv
 
-        write_csv(run_cv(accuracy_contenders(args.quick), only_folds=only), "accuracy.csv")
+            folds = only if what != "default-choice" else (only or [0])
+            run_cv(contenders(args.quick, args.epochs), only_folds=folds,
+                   max_train_cells=QUICK_TRAIN_CELLS if args.quick else None,
+                   on_row=lambda frame, name=name: save(frame, name))
     if args.what in ("cross", "all"):
         from benchmarks.accuracy import cross_dataset
 
-        write_csv(cross_dataset(epochs=8 if args.quick else 30), "cross_dataset.csv")
+        quick = {"max_reference_cells": QUICK_TRAIN_CELLS} if args.quick else {}
+        save(cross_dataset(epochs=args.epochs or (QUICK_EPOCHS if args.quick else 30), **quick), "cross_dataset.csv")
     if args.what in ("integration", "all"):
         from benchmarks import integration
 
-        write_csv(integration.run(args.quick), "integration.csv")
-    if args.what == "backbones":
-        from benchmarks.accuracy import run_cv
-
-        write_csv(run_cv(backbone_contenders(args.quick), only_folds=only), "backbones.csv")
-    if args.what == "default-choice":
-        from benchmarks.accuracy import run_cv
-
-        write_csv(run_cv(default_choice_contenders(args.quick), only_folds=only or [0]), "backbone_choice.csv")
-    if args.what == "ablation":
-        from benchmarks.accuracy import run_cv
-
-        write_csv(run_cv(ablation_contenders(args.quick), only_folds=only), "ablation.csv")
-    report.write()
+        save(integration.run(args.quick), "integration.csv")
+    report.write(results, report.DOC if not args.quick else results / "benchmarks.md")
 
 
 if __name__ == "__main__":

@@ -76,9 +76,12 @@ def run_probe(task: str, **kwargs: Any) -> dict[str, Any]:
     return result
 
 
-def write_csv(frame: pd.DataFrame, name: str) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / name
-    frame.to_csv(path, index=False)
+def write_csv(frame: pd.DataFrame, name: str, folder: Path = RESULTS) -> Path:
+    """Write atomically: a run cut mid-write leaves the previous table, not half a file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    partial = path.with_suffix(".csv.partial")
+    frame.to_csv(partial, index=False)
+    partial.replace(path)
     print(f"wrote {path}")
     return path

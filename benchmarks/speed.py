@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks.common import ZHENG, require, run_probe, synthetic_query, write_csv
+from benchmarks.common import ZHENG, require, run_probe, synthetic_query
 
 DEFAULT = "cellpix default (resnet18, 1 ch)"
 LIGHT = "mobilenetv3_small_100 (1 ch)"
@@ -23,13 +24,13 @@ def panel(folder: Path, quick: bool) -> tuple[ad.AnnData, Any, dict[str, Any]]:
 
     The fit is itself a measurement (issue: layout fit time for 5,000 genes):
     t-SNE on every Zheng cell (3,774; the file has fewer than 5,000) plus LSA
-    onto the smallest square grid. ``--quick`` uses PCA instead of t-SNE.
+    onto the smallest square grid. ``--quick`` fits PCA + LSA on 2,000 genes.
     """
     from cellpix.imaging.layout import fit_layout
     from cellpix.integrate.reference import QCOptions, prepare_reference
 
     torch.set_num_threads(2)
-    ref = prepare_reference(ad.read_h5ad(require(ZHENG)), QCOptions(n_top_genes=5000))
+    ref = prepare_reference(ad.read_h5ad(require(ZHENG)), QCOptions(n_top_genes=2000 if quick else 5000))
     method = "pca" if quick else "tsne"
     start = time.perf_counter()
     layout = fit_layout(ref, method=method, max_cells=ref.n_obs, groupby="cell_type", symbol_column="gene_symbol")
@@ -56,12 +57,12 @@ def bundles(folder: Path, ref: ad.AnnData, layout: Any, quick: bool) -> dict[str
     rng = np.random.default_rng(0)
     out = {}
     configs = {
-        DEFAULT: (TrainConfig(epochs=1, min_epochs=1, val_fraction=0.2), None, 2000),
+        DEFAULT: (TrainConfig(epochs=1, min_epochs=1, val_fraction=0.2), None, 500 if quick else 2000),
         LIGHT: (TrainConfig(backbone="mobilenetv3_small_100", epochs=1, min_epochs=1,
-                                                      val_fraction=0.2), None, 2000),
+                            val_fraction=0.2), None, 500 if quick else 2000),
         "paper (efficientnet_b5, 3 ch, 224 px)": (TrainConfig.from_preset("paper", epochs=1, min_epochs=1,
                                                                            val_fraction=0.5, batch_size=16),
-                                                  224, 64 if quick else 96),
+                                                  224, 32 if quick else 96),
     }
     layouts: dict[int | None, Any] = {None: layout}
     for name, (config, pixels, n_cells) in configs.items():
@@ -80,14 +81,15 @@ def bundles(folder: Path, ref: ad.AnnData, layout: Any, quick: bool) -> dict[str
     return out
 
 
-def run(quick: bool = False) -> pd.DataFrame:
-    """All speed rows: (measurement, configuration, figures)."""
+def run(quick: bool = False, on_row: Callable[[pd.DataFrame], Any] | None = None) -> pd.DataFrame:
+    """All speed rows: (measurement, configuration, figures); ``on_row`` sees the table after each one."""
     rows: list[dict[str, Any]] = []
 
     def record(row: dict[str, Any]) -> None:
         """Keep every finished measurement on disk, so an interrupted run still reports what it measured."""
         rows.append(row)
-        write_csv(pd.DataFrame(rows), "speed.csv")
+        if on_row is not None:
+            on_row(pd.DataFrame(rows))
 
     zheng = str(require(ZHENG))
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,19 +98,20 @@ def run(quick: bool = False) -> pd.DataFrame:
         record(fit_row)
         files = {"prepared": str(folder / "reference.h5ad"), "layout_path": str(folder / "layout.json")}
         render = run_probe("render", **files, n_cells=10_000, batch=512, pydeepinsight=True)
-        record({"measurement": "render 10k cells, 5,000 genes", "configuration": f"{render['pixels']} px, 1 ch",
+        record({"measurement": f"render 10k cells, {layout.n_genes:,} genes",
+                "configuration": f"{render['pixels']} px, 1 ch",
                 "cells": render["n_cells"], "wall_s": render["cellpix_s"], "cells_per_s": render["cellpix_cells_per_s"],
                 "pydeepinsight_s": render["pydeepinsight_s"], "speedup_vs_pydeepinsight": render["speedup"]})
-        n_render = 200_000 if quick else 1_000_000
+        n_render = 100_000 if quick else 1_000_000
         memory = run_probe("render_memory", **files, n_cells=n_render, batch=1024)
         record({"measurement": f"render {n_render:,} synthetic cells", "configuration": "batch 1,024",
                 "cells": n_render, "wall_s": memory["wall_s"], "cells_per_s": memory["cells_per_s"],
                 "rss_mb_at": memory["rss_mb_at"]})
         models = bundles(folder, ref, layout, quick)
         source = ad.read_h5ad(zheng)
-        sizes = [10_000] if quick else [10_000, 100_000]
+        sizes = [2_000] if quick else [10_000, 100_000]
         queries = {n: synthetic_query(source, n, folder / f"query_{n}.h5ad") for n in sizes}
-        small = synthetic_query(source, 100 if quick else 300, folder / "query_small.h5ad")
+        small = synthetic_query(source, 32 if quick else 300, folder / "query_small.h5ad")
         for name, (bundle, epoch_per_1000) in models.items():
             record({"measurement": "training epoch per 1,000 cells", "configuration": name,
                     "wall_s": epoch_per_1000})
@@ -122,7 +125,7 @@ def run(quick: bool = False) -> pd.DataFrame:
                         "configuration": name, "cells": result["n_cells"], "wall_s": result["wall_s"],
                         "cells_per_s": result["cells_per_s"], "peak_rss_mb": result["peak_rss_mb"],
                         "extrapolated_10k_s": 10_000 / result["cells_per_s"] if paper else np.nan})
-        n_stream = 100_000 if quick else 1_000_000
+        n_stream = 20_000 if quick else 1_000_000
         stream = run_probe("stream_predict", bundle=str(models[LIGHT][0]), reference=zheng, n_cells=n_stream,
                            chunk_size=8192)
         record({"measurement": f"stream {n_stream:,} synthetic cells (render + predict)",

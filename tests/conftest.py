@@ -44,8 +44,8 @@ def zheng_raw() -> ad.AnnData:
 def zheng_ref(zheng_raw) -> ad.AnnData:
     """Zheng sorted PBMC, integrated: log1p CP10k on 3,000 HVG (the smallest panel that keeps CD3D).
 
-    CD34 and CD3E are not among them; ``--keep-genes`` would add them, but the novelty and marker tests'
-    figures were measured on this panel (see tests/test_integrate.py for keep_genes itself).
+    CD34 and CD3E are not among them. The held-out-novelty figures were measured on this panel; the
+    shared model (annotate and explain tests) trains on ``zheng_marker_ref``, which keeps the markers.
     """
     from cellpix.integrate.reference import QCOptions, prepare_reference
 
@@ -60,13 +60,28 @@ def zheng_layout(zheng_ref):
 
 
 @pytest.fixture(scope="session")
-def zheng_model(zheng_ref, zheng_layout, tmp_path_factory):
+def zheng_marker_ref(zheng_raw) -> ad.AnnData:
+    """The same 3,000 HVG plus the canonical lineage markers, kept (``--keep-genes``) as a biologist would.
+
+    A gene outside the panel can never be imaged or ranked by SHAP, and CD34 (the
+    CD34+ lineage's marker) is not among Zheng's 3,000 most variable genes.
+    """
+    from cellpix.integrate.reference import QCOptions, prepare_reference
+
+    markers = tuple(sorted(set().union(*CANONICAL_MARKERS.values())))
+    return prepare_reference(zheng_raw, QCOptions(n_top_genes=3000, keep_genes=markers))
+
+
+@pytest.fixture(scope="session")
+def zheng_model(zheng_marker_ref, tmp_path_factory):
     """A real training run on Zheng (80 % train, 20 % validation), shared by annotate and explain tests."""
+    from cellpix.imaging.layout import fit_layout
     from cellpix.pipeline import resolve_hierarchy
     from cellpix.train.trainer import TrainConfig, train
 
+    layout = fit_layout(zheng_marker_ref, groupby="cell_type", symbol_column="gene_symbol", max_cells=600)
     config = TrainConfig(epochs=8, batch_size=64, lr=2e-3, val_fraction=0.2, min_epochs=8)
-    model = train(zheng_ref, zheng_layout, resolve_hierarchy("pbmc-sorted"), "cell_type", config, progress=False)
+    model = train(zheng_marker_ref, layout, resolve_hierarchy("pbmc-sorted"), "cell_type", config, progress=False)
     path = tmp_path_factory.mktemp("model") / "zheng.cellpix"
     model.save(path)
     return path

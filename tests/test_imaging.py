@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import torch
 
@@ -73,6 +74,9 @@ def test_streaming_row_ranges_into_a_reused_buffer_match_whole_renders(zheng_ref
         assert torch.equal(batch, expected[start:stop])
     # A smaller batch after a full one reuses the front of the buffer.
     assert torch.equal(renderer.render_csr(matrix, rows=(5, 9), out=buffer), expected[5:9])
+    # A range past the matrix would silently render fewer rows than asked for.
+    with pytest.raises(ValueError, match="not a range within"):
+        renderer.render_csr(matrix, rows=(250, 310), out=buffer)
 
 
 def test_shared_pixels_are_averaged_on_a_binned_grid(zheng_ref, zheng_layout):

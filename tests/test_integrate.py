@@ -133,7 +133,7 @@ def test_query_mode_cli_writes_output_and_report(reference_path, tmp_path):
     assert (tmp_path / "rep" / "mixing.png").stat().st_size > 5000
 
 
-def test_bad_requests_fail_clearly(reference_path, zheng_model, zheng_ref, tmp_path):
+def test_bad_requests_fail_clearly(reference_path, zheng_model, zheng_marker_ref, tmp_path):
     out = tmp_path / "never.h5ad"
     cases = [
         (["--method", "nosuch"], "unknown integration method 'nosuch'"),
@@ -154,7 +154,7 @@ def test_bad_requests_fail_clearly(reference_path, zheng_model, zheng_ref, tmp_p
     by_bundle = subprocess.run([*CELLPIX, "integrate", str(KANG), "--reference", str(zheng_model), "-o", str(out),
                                 "--method", "combat", "--batch-key", "condition"], capture_output=True, text=True)
     assert by_bundle.returncode == 0, by_bundle.stderr
-    assert ad.read_h5ad(out).n_vars == zheng_ref.n_vars
+    assert ad.read_h5ad(out).n_vars == zheng_marker_ref.n_vars  # the bundle's panel
     out.unlink()
 
 

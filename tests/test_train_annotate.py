@@ -29,7 +29,7 @@ def test_short_training_learns_well_above_chance(zheng_model):
     assert model.novelty["method"] == "validation-quantile"
 
 
-def test_saved_bundle_predicts_identically(zheng_model, zheng_ref, zheng_layout, query):
+def test_saved_bundle_predicts_identically(zheng_model, query):
     a = annotate_adata(query, load_models([zheng_model]), AnnotateOptions(progress=False))
     b = annotate_adata(query, load_models([zheng_model]), AnnotateOptions(progress=False))
     assert np.array_equal(a.obsm["cellpix_subtype_proba"], b.obsm["cellpix_subtype_proba"])

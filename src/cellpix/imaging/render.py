@@ -91,6 +91,8 @@ class ImageRenderer(nn.Module):
         if matrix.shape[1] != self.n_genes:
             raise ValueError(f"expected {self.n_genes} genes, got {matrix.shape[1]}")
         start, stop = rows if rows is not None else (0, matrix.shape[0])
+        if not 0 <= start <= stop <= matrix.shape[0]:
+            raise ValueError(f"rows={rows} is not a range within the matrix's {matrix.shape[0]} rows")
         n_rows = stop - start
         flat, values = self._scatter_plan(matrix, start, stop, mask_fraction, generator)
         grid_size = self.size * self.size
