@@ -84,6 +84,24 @@ def default_choice_contenders(quick: bool, epochs: int | None = None) -> dict:
     }
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text}")
+    return value
+
+
+def fold_list(text: str) -> list[int]:
+    """``--folds 0,2``: fold numbers of the 5-fold split."""
+    try:
+        folds = [int(f) for f in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated fold numbers 0-4, got {text!r}") from None
+    if not folds or any(not 0 <= f <= 4 for f in folds):
+        raise argparse.ArgumentTypeError(f"fold numbers run from 0 to 4, got {text!r}")
+    return folds
+
+
 CV_RUNS = {"accuracy": (accuracy_contenders, "accuracy.csv"), "ablation": (ablation_contenders, "ablation.csv"),
            "default-choice": (default_choice_contenders, "backbone_choice.csv")}
 
@@ -93,10 +111,10 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["speed", *CV_RUNS, "cross", "integration", "report", "all"])
     parser.add_argument("--quick", action="store_true", help="the whole harness in < 10 min (see above)")
-    parser.add_argument("--folds", default=None, help="comma-separated folds to run (default: all 5)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs for every cellpix contender")
+    parser.add_argument("--folds", type=fold_list, default=None, help="comma-separated folds 0-4 (default: all 5)")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="epochs for every cellpix contender")
     args = parser.parse_args()
-    only = [int(f) for f in args.folds.split(",")] if args.folds else ([0] if args.quick else None)
+    only = args.folds or ([0] if args.quick else None)
     results = RESULTS / "quick" if args.quick else RESULTS
     from benchmarks.common import write_csv
 

@@ -282,10 +282,10 @@ def run_cv(contenders: dict[str, Callable[[ad.AnnData, ad.AnnData], Outcome] | C
 
 
 # -- cross-dataset -----------------------------------------------------------------
-def cross_scores(truth: np.ndarray, known: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+def cross_scores(truth: np.ndarray, known: np.ndarray, predicted: np.ndarray, coverage: float) -> dict[str, Any]:
     """Lineage and population scores on the query cells whose label the reference names."""
     t, p = truth[known], predicted[known]
-    return {"query": "pbmc68k_reduced (.raw)", "n_query": int(known.sum()),
+    return {"query": "pbmc68k_reduced (.raw)", "n_query": int(known.sum()), "gene_coverage": coverage,
             "lineage_accuracy": accuracy_score(lineage(t), lineage(p)),
             "lineage_macro_f1": f1_score(lineage(t), lineage(p), average="macro"),
             "subtype_accuracy": accuracy_score(t, p), "subtype_macro_f1": f1_score(t, p, average="macro")}
@@ -326,22 +326,18 @@ def cross_dataset(epochs: int, max_reference_cells: int | None = None) -> pd.Dat
     truth = query.obs["bulk_labels"].astype(str).to_numpy()
     known = truth != "Dendritic"
     setting = f"Zheng 2017 sorted ({reference.n_obs:,} cells, {ref.n_vars:,} shared genes)"
-    cellpix_row = cross_scores(truth, known, out.obs["cellpix_subtype"].astype(str).to_numpy())
-    cellpix_row.update({"contender": f"cellpix default (resnet18), {epochs} ep", "reference": setting,
-                        "gene_coverage": out.uns["cellpix"]["gene_matching"]["model_0"]["coverage"],
-                        "dendritic_cells_flagged_novel": float(out.obs["cellpix_is_novel"].to_numpy()[~known].mean()),
-                        "train_s": train_s})
+    coverage = out.uns["cellpix"]["gene_matching"]["model_0"]["coverage"]
+    rows = [{"contender": f"cellpix default (resnet18), {epochs} ep", "reference": setting,
+             **cross_scores(truth, known, out.obs["cellpix_subtype"].astype(str).to_numpy(), coverage),
+             "dendritic_cells_flagged_novel": float(out.obs["cellpix_is_novel"].to_numpy()[~known].mean()),
+             "train_s": train_s}]
     # The same panel and values for a linear peer: the gap between the two is the method's, not the data's.
     from sklearn.linear_model import LogisticRegression
 
     start = time.perf_counter()
     linear = LogisticRegression(max_iter=300, class_weight="balanced").fit(ref.X, ref.obs[LABEL].astype(str))
     train_s = time.perf_counter() - start
-    symbols = ref.var["gene_symbol"].astype(str).tolist()
-    query_values = query.raw[:, symbols].X
-    linear_row = cross_scores(truth, known, linear.predict(query_values))
-    linear_row.update({"contender": "logistic regression (balanced, same genes)", "reference": setting,
-                       "gene_coverage": 1.0, "train_s": train_s})
-    first = ["contender", "reference", "query", "n_query", "gene_coverage"]
-    rows = [{**{k: row.get(k) for k in first}, **row} for row in (cellpix_row, linear_row)]
+    query_values = query.raw[:, ref.var["gene_symbol"].astype(str).tolist()].X
+    rows.append({"contender": "logistic regression (balanced, same genes)", "reference": setting,
+                 **cross_scores(truth, known, linear.predict(query_values), 1.0), "train_s": train_s})
     return pd.DataFrame(rows)
