@@ -87,7 +87,7 @@ def render_memory(prepared: str, layout_path: str, n_cells: int, batch: int) -> 
             "cells_per_s": n_cells / wall, "rss_mb_at": samples}
 
 
-def annotate(bundle: str, query: str, chunk_size: int) -> dict[str, Any]:
+def annotate(bundle: str, query: str, chunk_size: int, batch_size: int | None = None) -> dict[str, Any]:
     """End to end: load bundle, stream the query h5ad from disk, write the annotated h5ad."""
     import tempfile
     from pathlib import Path
@@ -98,7 +98,8 @@ def annotate(bundle: str, query: str, chunk_size: int) -> dict[str, Any]:
     models = load_models([bundle])
     with tempfile.TemporaryDirectory() as tmp:
         result = annotate_file(query, Path(tmp) / "out.h5ad", models,
-                               AnnotateOptions(chunk_size=chunk_size, progress=False))
+                               AnnotateOptions(chunk_size=chunk_size, progress=False,
+                                               **({'batch_size': batch_size} if batch_size else {})))
     wall = time.perf_counter() - start
     n = result.metadata["n_cells"]
     return {"n_cells": n, "wall_s": wall, "cells_per_s": n / wall, "peak_rss_mb": peak_rss_mb(),

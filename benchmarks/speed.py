@@ -133,3 +133,44 @@ def run(quick: bool = False, on_row: Callable[[pd.DataFrame], Any] | None = None
                 "cells_per_s": stream["cells_per_s"], "peak_rss_mb": stream["peak_rss_mb"],
                 "rss_mb_at": stream["rss_mb_at"]})
     return pd.DataFrame(rows)
+
+
+def annotate_by_grid(quick: bool = False, on_row: Callable[[pd.DataFrame], Any] | None = None) -> pd.DataFrame:
+    """Annotate 10,000 cells (h5ad → h5ad) with the default resnet18 on the 71-, 48- and 32-px grids.
+
+    The CNN's cost grows with pixels², so the grid is the lever on annotation time
+    once rendering is cheap; the ablation table gives the accuracy each grid costs.
+    Layouts here are PCA (inference cost does not depend on where genes sit) and
+    weights come from one short epoch, as in :func:`bundles`.
+    """
+    from cellpix.imaging.layout import fit_layout, smallest_square
+    from cellpix.integrate.reference import QCOptions, prepare_reference
+    from cellpix.pipeline import resolve_hierarchy
+    from cellpix.train.trainer import TrainConfig, train
+
+    torch.set_num_threads(2)
+    source = ad.read_h5ad(require(ZHENG))
+    ref = prepare_reference(source, QCOptions(n_top_genes=2000 if quick else 5000))
+    n_query = 2_000 if quick else 10_000
+    rng = np.random.default_rng(0)
+    subset = ref[np.sort(rng.choice(ref.n_obs, 500 if quick else 1000, replace=False))].copy()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        query = synthetic_query(source, n_query, folder / "query.h5ad")
+        for pixels in (smallest_square(ref.n_vars), 48, 32):
+            discretization = "lsa" if pixels * pixels >= ref.n_vars else "bin"
+            layout = fit_layout(subset, method="pca", pixels=pixels, discretization=discretization,
+                                symbol_column="gene_symbol")
+            model = train(subset, layout, resolve_hierarchy("pbmc-sorted"), "cell_type",
+                          TrainConfig(epochs=1, min_epochs=1, val_fraction=0.2), progress=False)
+            bundle = folder / f"resnet18_{pixels}.cellpix"
+            model.save(bundle)
+            result = run_probe("annotate", bundle=str(bundle), query=str(query), chunk_size=8192)
+            rows.append({"measurement": f"annotate {result['n_cells']:,} cells (h5ad → h5ad)",
+                         "configuration": f"{DEFAULT}, {pixels} px ({discretization})", "cells": result["n_cells"],
+                         "wall_s": result["wall_s"], "cells_per_s": result["cells_per_s"],
+                         "peak_rss_mb": result["peak_rss_mb"]})
+            if on_row is not None:
+                on_row(pd.DataFrame(rows))
+    return pd.DataFrame(rows)
