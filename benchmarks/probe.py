@@ -98,8 +98,7 @@ def annotate(bundle: str, query: str, chunk_size: int, batch_size: int | None = 
     models = load_models([bundle])
     with tempfile.TemporaryDirectory() as tmp:
         result = annotate_file(query, Path(tmp) / "out.h5ad", models,
-                               AnnotateOptions(chunk_size=chunk_size, progress=False,
-                                               **({'batch_size': batch_size} if batch_size else {})))
+                               AnnotateOptions(chunk_size=chunk_size, batch_size=batch_size, progress=False))
     wall = time.perf_counter() - start
     n = result.metadata["n_cells"]
     return {"n_cells": n, "wall_s": wall, "cells_per_s": n / wall, "peak_rss_mb": peak_rss_mb(),

@@ -37,6 +37,18 @@ def test_saved_bundle_predicts_identically(zheng_model, query):
     assert accuracy > 0.5
 
 
+def test_forward_pass_size_changes_speed_not_predictions(zheng_model, query):
+    """The CPU default (64 images per pass, for memory) must call every cell as a GPU-sized pass does."""
+    models = load_models([zheng_model])
+    default = AnnotateOptions(progress=False)
+    assert default.inference_batch == 64 and AnnotateOptions(device="cuda").inference_batch == 512
+    small = annotate_adata(query, models, default)
+    large = annotate_adata(query, models, AnnotateOptions(batch_size=512, progress=False))
+    assert np.allclose(small.obsm["cellpix_subtype_proba"], large.obsm["cellpix_subtype_proba"], atol=1e-5)
+    assert small.obs["cellpix_subtype"].equals(large.obs["cellpix_subtype"])
+    assert small.obs["cellpix_is_novel"].equals(large.obs["cellpix_is_novel"])
+
+
 def test_outputs_and_subtype_within_base(zheng_model, query):
     models = load_models([zheng_model])
     out = annotate_adata(query, models, AnnotateOptions(progress=False))
