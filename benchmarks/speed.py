@@ -120,7 +120,7 @@ def run(quick: bool = False, on_row: Callable[[pd.DataFrame], Any] | None = None
             # shows, so the larger sizes use the light backbone (the streaming itself does not depend on it).
             chosen = [small] if paper else list(queries.values())[:1] if name == DEFAULT else queries.values()
             for query in chosen:
-                result = run_probe("annotate", bundle=str(bundle), query=str(query), chunk_size=8192)
+                result = run_probe("annotate", bundle=str(bundle), query=str(query))
                 record({"measurement": f"annotate {result['n_cells']:,} cells (h5ad → h5ad)",
                         "configuration": name, "cells": result["n_cells"], "wall_s": result["wall_s"],
                         "cells_per_s": result["cells_per_s"], "peak_rss_mb": result["peak_rss_mb"],
@@ -136,7 +136,8 @@ def run(quick: bool = False, on_row: Callable[[pd.DataFrame], Any] | None = None
 
 
 def annotate_by_grid(quick: bool = False, on_row: Callable[[pd.DataFrame], Any] | None = None) -> pd.DataFrame:
-    """Annotate 10,000 cells (h5ad → h5ad) with the default resnet18 on the 71-, 48- and 32-px grids.
+    """Annotate 10,000 cells (h5ad → h5ad) with the default resnet18 on the 71-, 48- and 32-px grids, and with the
+    light backbone on the 71-px grid.
 
     The CNN's cost grows with pixels², so the grid is the lever on annotation time
     once rendering is cheap; the ablation table gives the accuracy each grid costs.
@@ -154,21 +155,26 @@ def annotate_by_grid(quick: bool = False, on_row: Callable[[pd.DataFrame], Any] 
     n_query = 2_000 if quick else 10_000
     rng = np.random.default_rng(0)
     subset = ref[np.sort(rng.choice(ref.n_obs, 500 if quick else 1000, replace=False))].copy()
+    full = smallest_square(ref.n_vars)
+    runs = [(full, "resnet18", DEFAULT), (48, "resnet18", DEFAULT), (32, "resnet18", DEFAULT),
+            (full, "mobilenetv3_small_100", LIGHT)]
     rows: list[dict[str, Any]] = []
+    layouts: dict[int, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         query = synthetic_query(source, n_query, folder / "query.h5ad")
-        for pixels in (smallest_square(ref.n_vars), 48, 32):
+        for pixels, backbone, name in runs:
             discretization = "lsa" if pixels * pixels >= ref.n_vars else "bin"
-            layout = fit_layout(subset, method="pca", pixels=pixels, discretization=discretization,
-                                symbol_column="gene_symbol")
-            model = train(subset, layout, resolve_hierarchy("pbmc-sorted"), "cell_type",
-                          TrainConfig(epochs=1, min_epochs=1, val_fraction=0.2), progress=False)
-            bundle = folder / f"resnet18_{pixels}.cellpix"
+            if pixels not in layouts:
+                layouts[pixels] = fit_layout(subset, method="pca", pixels=pixels, discretization=discretization,
+                                             symbol_column="gene_symbol")
+            model = train(subset, layouts[pixels], resolve_hierarchy("pbmc-sorted"), "cell_type",
+                          TrainConfig(backbone=backbone, epochs=1, min_epochs=1, val_fraction=0.2), progress=False)
+            bundle = folder / f"{backbone}_{pixels}.cellpix"
             model.save(bundle)
-            result = run_probe("annotate", bundle=str(bundle), query=str(query), chunk_size=8192)
+            result = run_probe("annotate", bundle=str(bundle), query=str(query))
             rows.append({"measurement": f"annotate {result['n_cells']:,} cells (h5ad → h5ad)",
-                         "configuration": f"{DEFAULT}, {pixels} px ({discretization})", "cells": result["n_cells"],
+                         "configuration": f"{name}, {pixels} px ({discretization})", "cells": result["n_cells"],
                          "wall_s": result["wall_s"], "cells_per_s": result["cells_per_s"],
                          "peak_rss_mb": result["peak_rss_mb"]})
             if on_row is not None:

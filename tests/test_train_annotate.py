@@ -49,6 +49,21 @@ def test_forward_pass_size_changes_speed_not_predictions(zheng_model, query):
     assert small.obs["cellpix_is_novel"].equals(large.obs["cellpix_is_novel"])
 
 
+def test_channels_last_weights_change_speed_not_predictions(zheng_model, query, tmp_path):
+    """Loading puts convolution weights in channels-last (the fast oneDNN path); calls and the file must not move."""
+    loaded = TrainedModel.load(zheng_model)
+    convs = [p for p in loaded.model.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    row_major = TrainedModel.load(zheng_model)
+    row_major.model.to(memory_format=torch.contiguous_format)
+    fast = annotate_adata(query, [loaded], AnnotateOptions(progress=False))
+    plain = annotate_adata(query, [row_major], AnnotateOptions(progress=False))
+    assert np.allclose(fast.obsm["cellpix_subtype_proba"], plain.obsm["cellpix_subtype_proba"], atol=1e-5)
+    assert fast.obs["cellpix_subtype"].equals(plain.obs["cellpix_subtype"])
+    # Saved again, the loaded model writes the weights it was given: same checksum, same tensors.
+    assert loaded.save(tmp_path / "again.cellpix") == TrainedModel.load(zheng_model).checksum
+
+
 def test_outputs_and_subtype_within_base(zheng_model, query):
     models = load_models([zheng_model])
     out = annotate_adata(query, models, AnnotateOptions(progress=False))

@@ -42,7 +42,8 @@ class TrainedModel:
         return self
 
     def to_bundle(self) -> ModelBundle:
-        state = {k: v for k, v in self.model.state_dict().items()}
+        # contiguous: safetensors stores row-major tensors, and a loaded model's weights are channels-last
+        state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
         return ModelBundle(tensors=state, metadata=self.metadata)
 
     def save(self, path: str | Path) -> str:
@@ -60,6 +61,10 @@ class TrainedModel:
         except KeyError as exc:
             raise BundleError(f"{path}: bundle metadata lacks {exc}") from exc
         model = HierarchicalClassifier(hierarchy, config)
+        # Convolution weights in channels-last, like the activations model.forward hands the backbone: oneDNN then
+        # runs its fast kernels end to end (resnet18, 64 71-px images, 2 cores: 164-187 → 238-266 images/s).
+        # Converted before the weights are copied in, so no second copy of them is made.
+        model.to(memory_format=torch.channels_last)
         missing, unexpected = model.load_state_dict(bundle.tensors, strict=False)
         if missing or unexpected:
             raise BundleError(f"{path}: weights do not fit the {config.backbone} network described in the bundle "

@@ -27,7 +27,7 @@ from cellpix.annotate.predict import LabelSpace, Predictions, predict_matrix
 from cellpix.errors import CellpixError
 from cellpix.integrate.genes import DEFAULT_MIN_COVERAGE
 from cellpix.integrate.panel import PanelReader, open_on_panel
-from cellpix.io import atomic_path, read_h5ad
+from cellpix.io import atomic_path, read_h5ad, release_freed_memory
 from cellpix.trained import TrainedModel
 
 NOVELTY_RULES = ("calibrated", "percentile")
@@ -36,6 +36,9 @@ PREFIX = "cellpix_"
 
 CPU_BATCH = 64
 GPU_BATCH = 512
+# Cells read, normalised and predicted at a time. Annotating 10,000 cells with resnet18 on 2 cores peaked at
+# 1,044 MB with 8,192 and 991 MB with 2,048 (971 MB with 1,024), within a few seconds of the same wall time.
+CHUNK_SIZE = 2048
 
 
 @dataclass
@@ -46,7 +49,7 @@ class AnnotateOptions:
     min_gene_coverage: float = DEFAULT_MIN_COVERAGE
     restrict_to: list[str] | None = None
     novelty_rule: str = "calibrated"
-    chunk_size: int = 8192
+    chunk_size: int = CHUNK_SIZE
     batch_size: int | None = None  # None: CPU_BATCH on the CPU, GPU_BATCH on an accelerator
     device: str = "cpu"
     progress: bool = True
@@ -77,6 +80,7 @@ def load_models(paths: list[str | Path], device: str = "cpu") -> list[TrainedMod
     if not paths:
         raise CellpixError("give at least one --model bundle")
     models = [TrainedModel.load(p, device=device) for p in paths]
+    release_freed_memory()  # the bundles' tensors, freed once copied into the networks
     labels = models[0].hierarchy.labels
     for path, m in zip(paths[1:], models[1:], strict=True):
         if m.hierarchy.labels != labels:
@@ -100,6 +104,8 @@ def _stream(models: list[TrainedModel], readers: list[PanelReader], options: Ann
         blocks = [reader.align(raw) for reader in readers]
         pred = predict_matrix(pairs, blocks, space, options.inference_batch, options.device,
                               options.restrict_to)
+        del raw, blocks
+        release_freed_memory()
         bar.update(stop - start)
         yield start, stop, pred
     bar.close()

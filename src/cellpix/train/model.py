@@ -68,9 +68,8 @@ class HierarchicalClassifier(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        # channels_last lets oneDNN (CPU) and cuDNN (GPU) pick their fast convolution kernels: 1.2-1.4x in isolated
-        # forward passes on 2 CPU cores for 71-px images (not visible end to end, where reading and writing the
-        # h5ad also count). Only the activations change layout; the weights stay as saved.
+        # channels_last lets oneDNN (CPU) and cuDNN (GPU) pick their fast convolution kernels. The weights follow
+        # at load for inference (TrainedModel.load); training leaves them as created.
         features = self.backbone(images.contiguous(memory_format=torch.channels_last))
         base_logits = self.base_head(features)
         sub_logits = [self.subtype_heads[str(i)](features) for i in self.branching]
