@@ -275,9 +275,10 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
     The query is streamed in chunks, so memory does not grow with its size.
     Genes are matched by Ensembl ID or symbol (var_names or a var column).
     """
-    from cellpix.annotate.annotate import AnnotateOptions, annotate_file, load_models
+    # Only what annotation needs: the pipeline module would pull scikit-learn, matplotlib and scanpy into the
+    # process (about 200 MB) before the stream starts.
+    from cellpix.annotate.annotate import AnnotateOptions, annotate_file, annotation_table, load_models
     from cellpix.io import read_h5ad, write_text_atomic
-    from cellpix.pipeline import annotation_table
 
     options = AnnotateOptions(gene_column, layer, use_raw, min_gene_coverage,
                               [s.strip() for s in restrict_to.split(",")] if restrict_to else None, novelty_rule,
@@ -289,14 +290,12 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
     click.echo(f"{result.metadata['n_cells']} cells annotated → {output}; gene coverage "
                f"{coverage['coverage']:.1%} ({coverage['matched_genes']}/{coverage['panel_genes']}); "
                f"{int(result.obs['cellpix_is_novel'].sum())} flagged novel/rare")
-    if table or plots:
-        annotated = read_h5ad(output)
-        if table:
-            write_text_atomic(table, annotation_table(annotated))
-        if plots:
-            from cellpix.annotate.plots import plot_annotation
+    if table:
+        write_text_atomic(table, annotation_table(result.obs))
+    if plots:
+        from cellpix.annotate.plots import plot_annotation
 
-            plot_annotation(annotated, plots)
+        plot_annotation(read_h5ad(output), plots)
 
 
 # -- explain ---------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import tempfile
 from collections.abc import Iterator
@@ -97,8 +96,5 @@ def release_freed_memory() -> None:
     resident memory ratchets up to the largest transient a run ever had. Trimming
     between chunks keeps the peak at one chunk's worth, for a few milliseconds.
     """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)  # the running process's own symbols: libc is already loaded

@@ -15,7 +15,7 @@ import anndata as ad
 import numpy as np
 
 from cellpix import plugins
-from cellpix.annotate.annotate import AnnotateOptions, annotate_adata
+from cellpix.annotate.annotate import AnnotateOptions, annotate_adata, annotation_table
 from cellpix.annotate.evaluate import confusion_frame, evaluate
 from cellpix.annotate.plots import plot_annotation, plot_confusion
 from cellpix.errors import CellpixError
@@ -42,12 +42,6 @@ class PipelineResult:
     annotated: ad.AnnData
     metrics: dict[str, Any]
     outdir: Path
-
-
-def annotation_table(annotated: ad.AnnData) -> str:
-    """The per-cell CSV: cell id and every cellpix obs column."""
-    columns = [c for c in annotated.obs.columns if c.startswith("cellpix_")]
-    return annotated.obs[columns].to_csv(index_label="cell")
 
 
 def run_pipeline(reference: ad.AnnData, query: ad.AnnData, label_key: str, hierarchy: Hierarchy, outdir: str | Path,
@@ -78,7 +72,7 @@ def run_pipeline(reference: ad.AnnData, query: ad.AnnData, label_key: str, hiera
     annotated = annotate_adata(query, [model], AnnotateOptions(use_raw=use_raw, progress=progress))
     timings["annotate_s"] = time.perf_counter() - started
     write_h5ad_atomic(annotated, outdir / "annotated.h5ad")
-    write_text_atomic(outdir / "annotations.csv", annotation_table(annotated))
+    write_text_atomic(outdir / "annotations.csv", annotation_table(annotated.obs))
     plot_annotation(annotated, outdir / "plots")
 
     metrics: dict[str, Any] = {"timings": {k: round(v, 1) for k, v in timings.items()},

@@ -222,6 +222,12 @@ def annotate_file(query: str | Path, output: str | Path, models: list[TrainedMod
     return Annotation(obs=new, metadata=meta)
 
 
+def annotation_table(obs: pd.DataFrame) -> str:
+    """The per-cell CSV: cell id and every cellpix obs column (from an annotated obs or ``Annotation.obs``)."""
+    columns = [c for c in obs.columns if c.startswith(PREFIX)]
+    return obs[columns].to_csv(index_label="cell")
+
+
 def _new_matrix(f: h5py.File, name: str, shape: tuple[int, int]) -> h5py.Dataset:
     if name in f:
         del f[name]
