@@ -1,6 +1,7 @@
 """`python -m benchmarks WHAT [--quick] [--folds 0,1] [--epochs N]`.
 
-WHAT: speed, annotate-grid, accuracy, ablation, convergence, cross, default-choice, integration, report or all.
+WHAT: speed, annotate-grid, explain-markers, accuracy, ablation, convergence, cross, default-choice, integration,
+report or all.
 
 A full run writes ``benchmarks/results/*.csv`` and regenerates ``docs/benchmarks.md``.
 ``--quick`` checks the whole harness in under 10 minutes on 2 cores (fold 0, a
@@ -136,7 +137,8 @@ CV_RUNS = {"accuracy": (accuracy_contenders, "accuracy.csv"), "ablation": (ablat
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["speed", "annotate-grid", *CV_RUNS, "cross", "integration", "report", "all"])
+    parser.add_argument("what", choices=["speed", "annotate-grid", "explain-markers", *CV_RUNS, "cross", "integration",
+                                         "report", "all"])
     parser.add_argument("--quick", action="store_true", help="the whole harness in < 10 min (see above)")
     parser.add_argument("--folds", type=fold_list, default=None, help="comma-separated folds 0-4 (default: all 5)")
     parser.add_argument("--epochs", type=positive_int, default=None, help="epochs for every cellpix contender")
@@ -158,6 +160,10 @@ def main() -> None:
         from benchmarks import speed
 
         speed.annotate_by_grid(args.quick, lambda frame: save(frame, "annotate_grid.csv"))
+    if args.what == "explain-markers":
+        from benchmarks import explain_markers
+
+        explain_markers.run(args.quick, lambda frame: save(frame, "explain_markers.csv"), args.epochs)
     for what, (contenders, name) in CV_RUNS.items():
         if args.what == what or (args.what == "all" and what == "accuracy"):
             from benchmarks.accuracy import run_cv

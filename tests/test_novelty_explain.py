@@ -70,9 +70,9 @@ def test_top_genes_include_canonical_markers(explained):
         top = result.top("base", lineage, 20, by="mean_shap") if lineage in set(result.table["class"]) else []
         hits[lineage] = sorted(markers & set(top))
         print(f"{lineage}: {', '.join(top)}")
-    # The explain issue asks for 4 of 5; on an 8-epoch model that holds for some training runs and not others
-    # (4, 3 and 3 lineages in three runs), so CI checks 3 and the 4-of-5 bar stays an open item.
-    assert sum(bool(v) for v in hits.values()) >= 3, hits
+    # The explain issue's bar: canonical markers for at least 4 of the 5 lineages. CD34 is the one usually
+    # missed: its mRNA is sparse in 10x data and the model leans on SPINK2 and KIAA0125 (FAM30A) instead.
+    assert sum(bool(v) for v in hits.values()) >= 4, hits
 
 
 def test_explain_outputs(explained, zheng_model):

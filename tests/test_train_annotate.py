@@ -146,6 +146,8 @@ def test_bad_inputs_fail_clearly_and_write_nothing(zheng_model, query, tmp_path)
     assert result.returncode == 1 and "not an h5ad" in result.stderr and not out.exists()
     result = cli("annotate", tmp_path / "bad0.h5ad", "--model", text, "-o", out)
     assert result.returncode == 1 and "not a cellpix model bundle" in result.stderr
+    result = cli("annotate", tmp_path / "bad0.h5ad", "--model", zheng_model, "-o", out, "--chunk-size", "0")
+    assert result.returncode == 2 and "--chunk-size" in result.stderr and not out.exists()
 
 
 def test_low_coverage_refused_in_api(zheng_model, query):

@@ -92,9 +92,9 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
 def release_freed_memory() -> None:
     """Hand the C heap's freed pages back to the system (glibc ``malloc_trim``; a no-op elsewhere).
 
-    Streaming frees each chunk's arrays, but glibc keeps freed pages mapped, so
-    resident memory ratchets up to the largest transient a run ever had. Trimming
-    between chunks keeps the peak at one chunk's worth, for a few milliseconds.
+    Streaming frees each chunk's arrays, and loading frees the bundle's tensors once
+    they are copied into the network, but glibc keeps freed pages mapped. Trimming
+    returns them (18 MB after loading resnet18 here) for well under a millisecond.
     """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)  # the running process's own symbols: libc is already loaded

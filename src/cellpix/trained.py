@@ -63,7 +63,6 @@ class TrainedModel:
         model = HierarchicalClassifier(hierarchy, config)
         # Convolution weights in channels-last, like the activations model.forward hands the backbone: oneDNN then
         # runs its fast kernels end to end (resnet18, 64 71-px images, 2 cores: 164-187 → 238-266 images/s).
-        # Converted before the weights are copied in, so no second copy of them is made.
         model.to(memory_format=torch.channels_last)
         missing, unexpected = model.load_state_dict(bundle.tensors, strict=False)
         if missing or unexpected:
