@@ -107,7 +107,8 @@ def explain_section(path: Path) -> list[str]:
             "`python -m benchmarks explain-markers`: the CI explain model's configuration (3,000 HVG plus the "
             "canonical markers, 8 epochs, 80/20 split) trained with each loss and seed, then explained at the base "
             "level on 60 cells per lineage. `rank_*` is each marker's rank by mean signed SHAP within its own "
-            "lineage (the explain issue asks for a marker in the top 20 for at least 4 of the 5 lineages).",
+            "lineage (the explain issue asks for a marker in the top 20 for at least 4 of the 5 lineages). "
+            "`alpha_final` is the base level's loss weight; only AHFL adapts it (cross-entropy keeps 0.5).",
             "", table(pd.read_csv(path), ".3f"), ""]
 
 
