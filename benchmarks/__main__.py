@@ -57,7 +57,7 @@ def accuracy_contenders(quick: bool, epochs: int | None = None) -> dict:
 
 
 def ablation_contenders(quick: bool, epochs: int | None = None, paper_grid: bool = False) -> dict:
-    """One change at a time from the default: loss, masking, grid size.
+    """One change at a time from the default: loss, masking, gene ranking, grid size.
 
     The 224-px grid is opt-in (``--paper-grid``): resnet18 at 224 px costs about
     (224/71)^2 = 10x the default's epoch, over an hour per fold on 2 CPU cores.
@@ -71,6 +71,8 @@ def ablation_contenders(quick: bool, epochs: int | None = None, paper_grid: bool
         f"plain cross-entropy, {n} ep": acc.cellpix_contender(**base, loss="ce"),
         f"focal, static alpha 0.5, {n} ep": acc.cellpix_contender(**base, loss="focal"),
         f"no masking, {n} ep": acc.cellpix_contender(**base, mask_fraction=0.0),
+        f"seurat HVG panel (dispersion; the default before Pearson residuals), {n} ep": acc.cellpix_contender(
+            **base, hvg_flavor="seurat"),
         f"32 px (genes binned), {n} ep": acc.cellpix_contender(**base, layout_pixels=32),
         f"48 px (genes binned), {n} ep": acc.cellpix_contender(**base, layout_pixels=48),
     }

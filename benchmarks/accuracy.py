@@ -57,15 +57,15 @@ class Outcome:
 _LAYOUTS: dict[tuple, Any] = {}
 
 
-def _fold_reference_and_layout(train: ad.AnnData, n_genes: int, pixels: int | None):
+def _fold_reference_and_layout(train: ad.AnnData, n_genes: int, pixels: int | None, hvg_flavor: str = "auto"):
     """Integrate and fit the layout once per (fold, panel, grid): contenders that differ only in training share it."""
     from cellpix.imaging.layout import fit_layout, smallest_square
     from cellpix.integrate.reference import QCOptions, prepare_reference
 
-    key = (hash(tuple(train.obs_names)), n_genes, pixels)
+    key = (hash(tuple(train.obs_names)), n_genes, pixels, hvg_flavor)
     if key not in _LAYOUTS:
         start = time.perf_counter()
-        ref = prepare_reference(train, QCOptions(n_top_genes=n_genes))
+        ref = prepare_reference(train, QCOptions(n_top_genes=n_genes, hvg_flavor=hvg_flavor))
         discretization = "lsa" if pixels is None or pixels >= smallest_square(ref.n_vars) else "bin"
         layout = fit_layout(ref, pixels=pixels, discretization=discretization, groupby=LABEL,
                             symbol_column="gene_symbol", max_cells=1500)
@@ -86,7 +86,8 @@ def cellpix_contender(**overrides: Any) -> Callable[[ad.AnnData, ad.AnnData], Ou
         options = dict(overrides)
         n_genes = options.pop("n_top_genes", 5000)
         pixels = options.pop("layout_pixels", None)
-        ref, layout, prepare_s = _fold_reference_and_layout(train, n_genes, pixels)
+        hvg_flavor = options.pop("hvg_flavor", "auto")
+        ref, layout, prepare_s = _fold_reference_and_layout(train, n_genes, pixels, hvg_flavor)
         start = time.perf_counter()
         config = TrainConfig(**{"val_fraction": 0.1, **options})
         model = train_model(ref, layout, resolve_hierarchy("pbmc-sorted"), LABEL, config, progress=False)

@@ -10,8 +10,10 @@ import sys
 import anndata as ad
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from cellpix.errors import InputDataError
+from cellpix.integrate.inputs import normalise_rows
 from cellpix.integrate.methods import MissingDependencyError
 from cellpix.integrate.query import QueryOptions, integrate_query, load_reference_panel
 from cellpix.integrate.reference import QCOptions, prepare_reference
@@ -50,6 +52,21 @@ def test_reference_qc_and_panel_on_real_counts(zheng_raw):
     assert {"LYZ", "CD79A", "NKG7", "GNLY"} <= symbols  # lineage markers survive the HVG selection
     batch_aware = prepare_reference(zheng_raw, QCOptions(n_top_genes=2000, batch_key="lineage"))
     assert set(batch_aware.var_names) != set(out.var_names)  # batch-aware HVG ranks genes differently
+
+
+def test_auto_gene_ranking_uses_pearson_residuals_on_counts_and_dispersion_on_log_values(zheng_raw):
+    pearson = prepare_reference(zheng_raw, QCOptions(n_top_genes=2000))
+    dispersion = prepare_reference(zheng_raw, QCOptions(n_top_genes=2000, hvg_flavor="seurat"))
+    assert pearson.uns["cellpix_integrate"]["hvg_flavor"] == "pearson_residuals"
+    assert dispersion.uns["cellpix_integrate"]["hvg_flavor"] == "seurat"
+    # Why auto prefers residuals: on this reference the dispersion ranking drops the pan-T markers.
+    pan_t = {"CD3D", "CD3E"}
+    assert pan_t <= set(pearson.var["gene_symbol"]) and not pan_t & set(dispersion.var["gene_symbol"])
+    log_values = zheng_raw.copy()
+    log_values.X = normalise_rows(sp.csr_matrix(zheng_raw.X, dtype=np.float32), "counts")
+    from_log = prepare_reference(log_values, QCOptions(n_top_genes=2000))
+    assert from_log.uns["cellpix_integrate"]["input_values"] == "log"
+    assert from_log.uns["cellpix_integrate"]["hvg_flavor"] == "seurat" and from_log.n_vars == 2000
 
 
 def test_reference_mode_corrects_across_its_own_batches(kang, tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pytest
+from scipy.stats import binom
 from sklearn.model_selection import train_test_split
 
 from cellpix import plugins
@@ -80,8 +81,13 @@ def test_train_and_annotate_puram_through_the_plugin(tmp_path):
     tree = hierarchy("headneck-puram2017")
     base_truth = np.array([tree.label_to_base[t] for t in truth])
     base_accuracy = (annotated.obs["cellpix_base"].astype(str).to_numpy() == base_truth).mean()
-    subtype_accuracy = (annotated.obs["cellpix_subtype"].astype(str).to_numpy() == truth).mean()
+    subtype_correct = int((annotated.obs["cellpix_subtype"].astype(str).to_numpy() == truth).sum())
+    subtype_accuracy = subtype_correct / len(truth)
     print(f"Puram held-out third: base accuracy {base_accuracy:.3f}, subtype accuracy {subtype_accuracy:.3f}")
     assert base_accuracy > 0.6  # chance is 0.2 for 5 base types
-    assert subtype_accuracy > 0.4  # chance is 0.11 for 9 cell types
+    # Well above chance, stated as a tail probability rather than a hand-picked share: a guesser over the 9 cell
+    # types gets more than this many of the held-out cells right with probability below one in a million
+    # (20 of 60: accuracy must exceed 0.33; chance is 0.11).
+    guesser_ceiling = binom.isf(1e-6, len(truth), 1 / len(tree.labels))
+    assert subtype_correct > guesser_ceiling
     assert set(annotated.obs["cellpix_base_ontology_id"].astype(str)) <= set(tree.ontology_ids().values())

@@ -34,14 +34,17 @@ class QCOptions:
     max_mito_fraction: float = 0.2
     n_top_genes: int = 5000
     batch_key: str | None = None
-    hvg_flavor: str = "seurat"
+    # "auto": Pearson residuals of the raw counts when the reference has them, else seurat dispersion. On the
+    # Zheng sorted PBMC (fold 0 of the 5-fold CV) the Pearson panel lifted subtype macro-F1 from 0.801 to 0.840
+    # for a logistic regression on the panel alone (0.847 on every gene), and from 0.672 to 0.743 for cellpix.
+    hvg_flavor: str = "auto"
     correction: str = "none"  # an integration method applied across the reference's own batches (--batch-key)
     # Genes (symbols or IDs) kept in the panel whether or not they are highly variable: markers people want
     # imaged and explained. Sparse lineage markers often miss the HVG cut (CD34 is not among Zheng's top 5,000).
     keep_genes: tuple[str, ...] = ()
 
 
-HVG_FLAVORS = ("seurat", "cell_ranger", "pearson_residuals")
+HVG_FLAVORS = ("auto", "seurat", "cell_ranger", "pearson_residuals")
 
 
 def find_symbol_column(var: pd.DataFrame) -> str | None:
@@ -110,6 +113,7 @@ def prepare_reference(adata: ad.AnnData, options: QCOptions | None = None, layer
     kept = genes_to_keep(out.var, var_in=symbols, options=options, report=report)
     if out.n_vars > options.n_top_genes:
         counts = matrix if kind == "counts" else None
+        report["hvg_flavor"] = resolve_hvg_flavor(options.hvg_flavor, has_counts=counts is not None)
         out = out[:, select_variable_genes(out, counts, options) | kept].copy()
     if options.correction == "auto":  # across the reference's own batches only when it has some
         options.correction = "combat" if options.batch_key else "none"
@@ -155,17 +159,26 @@ def correct_reference_batches(adata: ad.AnnData, options: QCOptions) -> ad.AnnDa
     return adata
 
 
+def resolve_hvg_flavor(flavor: str, has_counts: bool) -> str:
+    """The concrete ranking behind ``auto``: Pearson residuals need raw UMI counts, dispersion does not."""
+    if flavor != "auto":
+        return flavor
+    return "pearson_residuals" if has_counts else "seurat"
+
+
 def select_variable_genes(log: ad.AnnData, counts: sp.csr_matrix | None, options: QCOptions) -> np.ndarray:
     """Boolean mask of the panel genes.
 
     ``seurat`` and ``cell_ranger`` rank log-normalised dispersion;
     ``pearson_residuals`` (Lause et al. 2021) ranks the residual variance of
     raw UMI counts and keeps sparse lineage markers (CD3D, CD79A) that the
-    dispersion ranks push down on small references.
+    dispersion ranks push down on small references. ``auto`` takes Pearson
+    residuals when raw counts are at hand and seurat otherwise.
     """
     if options.hvg_flavor not in HVG_FLAVORS:
         raise InputDataError(f"unknown HVG flavour {options.hvg_flavor!r}; choose from {', '.join(HVG_FLAVORS)}")
-    if options.hvg_flavor == "pearson_residuals":
+    flavor = resolve_hvg_flavor(options.hvg_flavor, has_counts=counts is not None)
+    if flavor == "pearson_residuals":
         if counts is None:
             raise InputDataError("--hvg-flavor pearson_residuals needs raw counts (X, a counts layer or .raw)")
         view = ad.AnnData(X=counts, obs=log.obs[[]], var=log.var[[]])
@@ -176,7 +189,7 @@ def select_variable_genes(log: ad.AnnData, counts: sp.csr_matrix | None, options
                                                          batch_key=options.batch_key)
         return table["highly_variable"].to_numpy()
     table = sc.pp.highly_variable_genes(log, n_top_genes=options.n_top_genes, batch_key=options.batch_key,
-                                        flavor=options.hvg_flavor, inplace=False)
+                                        flavor=flavor, inplace=False)
     return table["highly_variable"].to_numpy()
 
 
