@@ -61,7 +61,7 @@ def cli() -> None:
 @click.option("--hvg-flavor", default="auto", show_default=True,
               type=click.Choice(["auto", "seurat", "cell_ranger", "pearson_residuals"]),
               help="Reference mode: gene ranking. auto: pearson_residuals on raw counts (keeps sparse lineage "
-                   "markers; measured +4 to +7 points subtype macro-F1 on Zheng), seurat on log-normalised input.")
+                   "markers; +0.034 subtype macro-F1 over 5 Zheng folds), seurat on log-normalised input.")
 @click.option("--keep-genes", default="",
               help="Reference mode: comma-separated genes (symbols or IDs) always in the panel, e.g. markers to "
                    "image and explain that are not highly variable.")

@@ -35,8 +35,8 @@ class QCOptions:
     n_top_genes: int = 5000
     batch_key: str | None = None
     # "auto": Pearson residuals of the raw counts when the reference has them, else seurat dispersion. On the
-    # Zheng sorted PBMC (fold 0 of the 5-fold CV) the Pearson panel lifted subtype macro-F1 from 0.801 to 0.840
-    # for a logistic regression on the panel alone (0.847 on every gene), and from 0.672 to 0.743 for cellpix.
+    # Zheng sorted PBMC the Pearson panel lifted subtype macro-F1 from 0.801 to 0.840 for a logistic regression on
+    # the panel alone (fold 0; 0.847 on every gene), and from 0.688 to 0.722 for cellpix over 5 folds.
     hvg_flavor: str = "auto"
     correction: str = "none"  # an integration method applied across the reference's own batches (--batch-key)
     # Genes (symbols or IDs) kept in the panel whether or not they are highly variable: markers people want
