@@ -36,11 +36,14 @@ def accuracy_contenders(quick: bool, epochs: int | None = None) -> dict:
     from benchmarks import accuracy as acc
     from cellpix import plugins
     from cellpix.imaging.layout import smallest_square
+    from cellpix.train.trainer import TrainConfig
 
     base = cellpix_settings(quick, epochs, full_epochs=30)
     n, px = base["epochs"], smallest_square(base.get("n_top_genes", 5000))
     contenders = {
-        f"cellpix default (resnet18, {px} px, AHFL), {n} ep": acc.cellpix_contender(**base),
+        f"cellpix default ({TrainConfig().backbone}, {px} px, AHFL), {n} ep": acc.cellpix_contender(**base),
+        f"cellpix, resnet18 (the default before 2026-11-24; {px} px, AHFL), {n} ep": acc.cellpix_contender(
+            **base, backbone="resnet18"),
         # EfficientNet-B5 at 224 px does not fit 2 CPU cores (speed.csv: ~500 s per 1,000 cells per epoch). This is
         # the paper's family and input (EfficientNet, 3 channels) at the CPU grid size, on fold 0 only, said so
         # in the name and in the table's folds column.
@@ -95,12 +98,12 @@ def convergence_contenders(quick: bool, epochs: int | None = None) -> dict:
     settings = {"epochs": n, "min_epochs": shipped.min_epochs, "patience": shipped.patience}
     if quick:
         settings["n_top_genes"] = QUICK_GENES
-    return {f"cellpix default (resnet18, AHFL), up to {n} ep, early stopping (patience {shipped.patience})":
+    return {f"cellpix default ({shipped.backbone}, AHFL), up to {n} ep, early stopping (patience {shipped.patience})":
             acc.cellpix_contender(**settings)}
 
 
 def default_choice_contenders(quick: bool, epochs: int | None = None) -> dict:
-    """Candidates for the CPU default backbone: the fastest timm families at 71 px, against resnet18."""
+    """Candidates for the CPU default backbone: the fastest timm families at 71 px, against the ResNets."""
     from benchmarks import accuracy as acc
 
     light = cellpix_settings(quick, epochs, full_epochs=20)
@@ -109,7 +112,8 @@ def default_choice_contenders(quick: bool, epochs: int | None = None) -> dict:
         f"mobilenetv3_small_100, {light['epochs']} ep": acc.cellpix_contender(**light,
                                                                               backbone="mobilenetv3_small_100"),
         f"lcnet_050, {light['epochs']} ep": acc.cellpix_contender(**light, backbone="lcnet_050"),
-        f"resnet18, {heavy['epochs']} ep": acc.cellpix_contender(**heavy),
+        f"resnet18, {heavy['epochs']} ep": acc.cellpix_contender(**heavy, backbone="resnet18"),
+        f"resnet10t, {heavy['epochs']} ep": acc.cellpix_contender(**heavy, backbone="resnet10t"),
     }
 
 

@@ -87,7 +87,8 @@ def render_memory(prepared: str, layout_path: str, n_cells: int, batch: int) -> 
             "cells_per_s": n_cells / wall, "rss_mb_at": samples}
 
 
-def annotate(bundle: str, query: str, chunk_size: int | None = None, batch_size: int | None = None) -> dict[str, Any]:
+def annotate(bundle: str, query: str, chunk_size: int | None = None, batch_size: int | None = None,
+             precision: str = "auto") -> dict[str, Any]:
     """End to end: load bundle, stream the query h5ad from disk, write the annotated h5ad (None: cellpix's defaults)."""
     import tempfile
     from pathlib import Path
@@ -97,14 +98,15 @@ def annotate(bundle: str, query: str, chunk_size: int | None = None, batch_size:
     start = time.perf_counter()
     models = load_models([bundle])
     with tempfile.TemporaryDirectory() as tmp:
-        options = AnnotateOptions(batch_size=batch_size, progress=False)
+        options = AnnotateOptions(batch_size=batch_size, precision=precision, progress=False)
         if chunk_size is not None:
             options.chunk_size = chunk_size
         result = annotate_file(query, Path(tmp) / "out.h5ad", models, options)
     wall = time.perf_counter() - start
     n = result.metadata["n_cells"]
     return {"n_cells": n, "wall_s": wall, "cells_per_s": n / wall, "peak_rss_mb": peak_rss_mb(),
-            "backbone": models[0].model.config.backbone, "pixels": models[0].layout.size}
+            "backbone": models[0].model.config.backbone, "pixels": models[0].layout.size,
+            "precision": result.metadata["precision"]}
 
 
 def stream_predict(bundle: str, reference: str, n_cells: int, chunk_size: int) -> dict[str, Any]:

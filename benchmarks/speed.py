@@ -14,8 +14,10 @@ import pandas as pd
 import torch
 
 from benchmarks.common import ZHENG, require, run_probe, synthetic_query
+from cellpix.train.trainer import TrainConfig
 
-DEFAULT = "cellpix default (resnet18, 1 ch)"
+DEFAULT_BACKBONE = TrainConfig.backbone
+DEFAULT = f"cellpix default ({DEFAULT_BACKBONE}, 1 ch)"
 LIGHT = "mobilenetv3_small_100 (1 ch)"
 
 
@@ -51,7 +53,7 @@ def bundles(folder: Path, ref: ad.AnnData, layout: Any, quick: bool) -> dict[str
     """
     from cellpix.imaging.layout import fit_layout
     from cellpix.pipeline import resolve_hierarchy
-    from cellpix.train.trainer import TrainConfig, train
+    from cellpix.train.trainer import train
 
     hierarchy = resolve_hierarchy("pbmc-sorted")
     rng = np.random.default_rng(0)
@@ -116,8 +118,8 @@ def run(quick: bool = False, on_row: Callable[[pd.DataFrame], Any] | None = None
             record({"measurement": "training epoch per 1,000 cells", "configuration": name,
                     "wall_s": epoch_per_1000})
             paper = name.startswith("paper")
-            # resnet18 runs ~230 cells/s on 2 cores: 100k cells would take 8 minutes to show what 10k already
-            # shows, so the larger sizes use the light backbone (the streaming itself does not depend on it).
+            # The default backbone runs ~1,000 cells/s on 2 cores: 100k cells would take minutes to show what 10k
+            # already shows, so the larger sizes use the light backbone (the streaming itself does not depend on it).
             chosen = [small] if paper else list(queries.values())[:1] if name == DEFAULT else queries.values()
             for query in chosen:
                 result = run_probe("annotate", bundle=str(bundle), query=str(query))
@@ -136,18 +138,19 @@ def run(quick: bool = False, on_row: Callable[[pd.DataFrame], Any] | None = None
 
 
 def annotate_by_grid(quick: bool = False, on_row: Callable[[pd.DataFrame], Any] | None = None) -> pd.DataFrame:
-    """Annotate 10,000 cells (h5ad → h5ad) with the default resnet18 on the 71-, 48- and 32-px grids, and with the
-    light backbone on the 71-px grid.
+    """Annotate 10,000 cells (h5ad → h5ad) with the default backbone on the 71-, 48- and 32-px grids, in the
+    default precision and in float32, and with resnet18 and the light backbone on the 71-px grid.
 
     The CNN's cost grows with pixels², so the grid is the lever on annotation time
     once rendering is cheap; the ablation table gives the accuracy each grid costs.
+    ``auto`` precision is bfloat16 on CPUs that compute it natively, float32 elsewhere.
     Layouts here are PCA (inference cost does not depend on where genes sit) and
     weights come from one short epoch, as in :func:`bundles`.
     """
     from cellpix.imaging.layout import fit_layout, smallest_square
     from cellpix.integrate.reference import QCOptions, prepare_reference
     from cellpix.pipeline import resolve_hierarchy
-    from cellpix.train.trainer import TrainConfig, train
+    from cellpix.train.trainer import train
 
     torch.set_num_threads(2)
     source = ad.read_h5ad(require(ZHENG))
@@ -156,25 +159,29 @@ def annotate_by_grid(quick: bool = False, on_row: Callable[[pd.DataFrame], Any] 
     rng = np.random.default_rng(0)
     subset = ref[np.sort(rng.choice(ref.n_obs, 500 if quick else 1000, replace=False))].copy()
     full = smallest_square(ref.n_vars)
-    runs = [(full, "resnet18", DEFAULT), (48, "resnet18", DEFAULT), (32, "resnet18", DEFAULT),
-            (full, "mobilenetv3_small_100", LIGHT)]
+    runs = [(full, DEFAULT_BACKBONE, DEFAULT, "auto"), (full, DEFAULT_BACKBONE, DEFAULT, "float32"),
+            (full, "resnet18", "resnet18 (the default before 2026-11-24)", "auto"),
+            (48, DEFAULT_BACKBONE, DEFAULT, "auto"), (32, DEFAULT_BACKBONE, DEFAULT, "auto"),
+            (full, "mobilenetv3_small_100", LIGHT, "auto")]
     rows: list[dict[str, Any]] = []
     layouts: dict[int, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         query = synthetic_query(source, n_query, folder / "query.h5ad")
-        for pixels, backbone, name in runs:
+        for pixels, backbone, name, precision in runs:
             discretization = "lsa" if pixels * pixels >= ref.n_vars else "bin"
             if pixels not in layouts:
                 layouts[pixels] = fit_layout(subset, method="pca", pixels=pixels, discretization=discretization,
                                              symbol_column="gene_symbol")
-            model = train(subset, layouts[pixels], resolve_hierarchy("pbmc-sorted"), "cell_type",
-                          TrainConfig(backbone=backbone, epochs=1, min_epochs=1, val_fraction=0.2), progress=False)
             bundle = folder / f"{backbone}_{pixels}.cellpix"
-            model.save(bundle)
-            result = run_probe("annotate", bundle=str(bundle), query=str(query))
+            if not bundle.exists():
+                model = train(subset, layouts[pixels], resolve_hierarchy("pbmc-sorted"), "cell_type",
+                              TrainConfig(backbone=backbone, epochs=1, min_epochs=1, val_fraction=0.2), progress=False)
+                model.save(bundle)
+            result = run_probe("annotate", bundle=str(bundle), query=str(query), precision=precision)
             rows.append({"measurement": f"annotate {result['n_cells']:,} cells (h5ad → h5ad)",
-                         "configuration": f"{name}, {pixels} px ({discretization})", "cells": result["n_cells"],
+                         "configuration": f"{name}, {pixels} px ({discretization}), {result['precision']}",
+                         "cells": result["n_cells"],
                          "wall_s": result["wall_s"], "cells_per_s": result["cells_per_s"],
                          "peak_rss_mb": result["peak_rss_mb"]})
             if on_row is not None:

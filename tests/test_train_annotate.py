@@ -56,12 +56,56 @@ def test_channels_last_weights_change_speed_not_predictions(zheng_model, query, 
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
     row_major = TrainedModel.load(zheng_model)
     row_major.model.to(memory_format=torch.contiguous_format)
-    fast = annotate_adata(query, [loaded], AnnotateOptions(progress=False))
-    plain = annotate_adata(query, [row_major], AnnotateOptions(progress=False))
+    # float32: in bfloat16 the two layouts take different oneDNN kernels and round differently (4e-5 apart).
+    fast = annotate_adata(query, [loaded], AnnotateOptions(precision="float32", progress=False))
+    plain = annotate_adata(query, [row_major], AnnotateOptions(precision="float32", progress=False))
     assert np.allclose(fast.obsm["cellpix_subtype_proba"], plain.obsm["cellpix_subtype_proba"], atol=1e-5)
     assert fast.obs["cellpix_subtype"].equals(plain.obs["cellpix_subtype"])
     # Saved again, the loaded model writes the weights it was given: same checksum, same tensors.
     assert loaded.save(tmp_path / "again.cellpix") == TrainedModel.load(zheng_model).checksum
+
+
+def test_bfloat16_inference_calls_cells_as_float32_does(zheng_model, query):
+    """bfloat16 forward passes (``auto`` on AVX512-BF16/AMX CPUs and CUDA) must not change what cells are called."""
+    models = load_models([zheng_model])
+    exact = annotate_adata(query, models, AnnotateOptions(precision="float32", progress=False))
+    fast = annotate_adata(query, models, AnnotateOptions(precision="bfloat16", progress=False))
+    assert exact.uns["cellpix"]["precision"] == "float32" and fast.uns["cellpix"]["precision"] == "bfloat16"
+    agree = (exact.obs["cellpix_subtype"].astype(str) == fast.obs["cellpix_subtype"].astype(str)).mean()
+    assert agree >= 0.98
+    assert (exact.obs["cellpix_base"].astype(str) == fast.obs["cellpix_base"].astype(str)).mean() >= 0.99
+    drift = np.abs(exact.obsm["cellpix_base_proba"] - fast.obsm["cellpix_base_proba"]).mean()
+    assert 0 < drift < 0.01  # different arithmetic, the same answers
+
+
+def test_auto_precision_is_recorded_and_unknown_precision_refused(zheng_model, query, tmp_path):
+    from cellpix.annotate.predict import native_bfloat16
+    from cellpix.errors import CellpixError
+
+    models = load_models([zheng_model])
+    out = annotate_adata(query[:64].copy(), models, AnnotateOptions(progress=False))
+    assert out.uns["cellpix"]["precision"] == ("bfloat16" if native_bfloat16("cpu") else "float32")
+    path = tmp_path / "q.h5ad"
+    query[:64].copy().write_h5ad(path)
+    with pytest.raises(CellpixError, match="unknown precision 'half'"):
+        annotate_file(path, tmp_path / "out.h5ad", models, AnnotateOptions(precision="half", progress=False))
+    assert not (tmp_path / "out.h5ad").exists()
+
+
+def test_batchnorm_folded_copy_predicts_as_the_bundle_does(zheng_model, query):
+    """Annotation folds BatchNorm into the convolutions of a copy; the bundle's own module keeps its layers."""
+    from cellpix.annotate.predict import inference_copy, predict_matrix
+    from cellpix.integrate.panel import open_on_panel
+
+    loaded = TrainedModel.load(zheng_model)
+    folded = inference_copy(loaded.model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.backbone.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.model.backbone.modules())
+    block = open_on_panel(query, loaded.layout.genes, loaded.layout.symbols).rows(0, query.n_obs)
+    exact = predict_matrix([(loaded.model, loaded.renderer)], [block], loaded.space, precision="float32")
+    fast = predict_matrix([(folded, loaded.renderer)], [block], loaded.space, precision="float32")
+    assert np.allclose(exact.subtype_proba, fast.subtype_proba, atol=1e-5)
+    assert np.array_equal(exact.label_index, fast.label_index)
 
 
 def test_outputs_and_subtype_within_base(zheng_model, query):

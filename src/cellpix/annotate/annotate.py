@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from cellpix import __version__
 from cellpix.annotate.novelty import flag_calibrated, flag_percentile
-from cellpix.annotate.predict import LabelSpace, Predictions, predict_matrix
+from cellpix.annotate.predict import LabelSpace, Predictions, inference_copy, predict_matrix, resolve_precision
 from cellpix.errors import CellpixError
 from cellpix.integrate.genes import DEFAULT_MIN_COVERAGE
 from cellpix.integrate.panel import PanelReader, open_on_panel
@@ -52,6 +52,7 @@ class AnnotateOptions:
     chunk_size: int = CHUNK_SIZE
     batch_size: int | None = None  # None: CPU_BATCH on the CPU, GPU_BATCH on an accelerator
     device: str = "cpu"
+    precision: str = "auto"  # see cellpix.annotate.predict.PRECISIONS
     progress: bool = True
 
     @property
@@ -97,13 +98,13 @@ def _readers(adata: ad.AnnData, models: list[TrainedModel], options: AnnotateOpt
 def _stream(models: list[TrainedModel], readers: list[PanelReader], options: AnnotateOptions
             ) -> Iterator[tuple[int, int, Predictions]]:
     space = models[0].space
-    pairs = [(m.model, m.renderer) for m in models]
+    pairs = [(inference_copy(m.model), m.renderer) for m in models]
     source = readers[0].source
     bar = tqdm(total=source.n_obs, desc="annotating", unit="cell", disable=not options.progress)
     for start, stop, raw in source.chunks(options.chunk_size):
         blocks = [reader.align(raw) for reader in readers]
         pred = predict_matrix(pairs, blocks, space, options.inference_batch, options.device,
-                              options.restrict_to)
+                              options.restrict_to, options.precision)
         del raw, blocks
         release_freed_memory()
         bar.update(stop - start)
@@ -152,6 +153,7 @@ def _run_metadata(models: list[TrainedModel], readers: list[PanelReader], option
                                   "trained_with": m.metadata.get("cellpix_version", "")}
                    for i, m in enumerate(models)},
         "gene_matching": {f"model_{i}": r.report() for i, r in enumerate(readers)},
+        "precision": resolve_precision(options.precision, options.device),
         "novelty_rule": options.novelty_rule,
         "novelty_thresholds": models[0].novelty if options.novelty_rule == "calibrated" else
         {"base_quantile": 0.6, "subtype_quantile": 0.1},
@@ -246,5 +248,6 @@ def _concat(parts: list[Predictions]) -> Predictions:
 
 
 def _check_rule(options: AnnotateOptions) -> None:
+    resolve_precision(options.precision, options.device)  # an unknown precision stops before any output exists
     if options.novelty_rule not in NOVELTY_RULES:
         raise CellpixError(f"unknown novelty rule {options.novelty_rule!r}; choose from {', '.join(NOVELTY_RULES)}")
