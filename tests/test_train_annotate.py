@@ -107,6 +107,19 @@ def test_batchnorm_folded_copy_predicts_as_the_bundle_does(zheng_model, query):
     assert np.allclose(exact.subtype_proba, fast.subtype_proba, atol=1e-5)
     assert np.array_equal(exact.label_index, fast.label_index)
 
+    class DataDependent(torch.nn.Module):
+        """A backbone torch.fx cannot trace: its path depends on the values it is given."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.inner(images) if images.sum() >= 0 else -self.inner(images)
+
+    loaded.model.backbone = DataDependent(loaded.model.backbone)
+    assert inference_copy(loaded.model) is loaded.model  # runs unfused rather than failing
+
 
 def test_outputs_and_subtype_within_base(zheng_model, query):
     models = load_models([zheng_model])

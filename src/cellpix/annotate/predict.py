@@ -65,7 +65,7 @@ def inference_copy(model: HierarchicalClassifier) -> nn.Module:
     clone = copy.deepcopy(model).eval()
     try:
         clone.backbone = fuse(clone.backbone, inplace=True)
-    except Exception:  # tracing failures come as TraceError, TypeError, NotImplementedError, ...
+    except Exception:  # torch.fx signals untraceable code with several exception types (TraceError, TypeError)
         return model.eval()
     return clone.to(memory_format=torch.channels_last)
 
