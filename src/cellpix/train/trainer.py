@@ -54,9 +54,10 @@ LOSSES = ("ahfl", "focal", "ce")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Chosen from measurements on 2 CPU cores (docs/benchmarks.md, "Choosing the CPU default backbone"), on the
-    # smallest collision-free grid with one channel. ResNet-10-T matched or beat resnet18 on the 5 Zheng folds
-    # (8 epochs; see docs/benchmarks.md for the figures) at two thirds of its training time and about 60 % of its
-    # inference time; MobileNetV3-small (0.55) and LCNet-050 (0.52) fell far behind resnet18 (0.67) on fold 0.
+    # smallest collision-free grid with one channel. ResNet-10-T tied resnet18 on the 5 Zheng folds (8 epochs,
+    # subtype macro-F1 0.727 vs 0.722, paired differences -0.026 to +0.051) at two thirds of its training time
+    # and about 60 % of its inference time; MobileNetV3-small (0.55) and LCNet-050 (0.52) fell far behind
+    # resnet18 (0.67) on fold 0.
     "cpu": {"backbone": "resnet10t", "in_chans": 1},
     # The published configuration: EfficientNet-B5 on 224 × 224 × 3 images.
     "paper": {"backbone": "efficientnet_b5", "in_chans": 3, "pixels": 224},
