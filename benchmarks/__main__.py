@@ -1,7 +1,7 @@
 """`python -m benchmarks WHAT [--quick] [--folds 0,1] [--epochs N]`.
 
 WHAT: speed, annotate-grid, explain-markers, accuracy, ablation, convergence, cross, default-choice, integration,
-report or all.
+novelty, report or all.
 
 A full run writes ``benchmarks/results/*.csv`` and regenerates ``docs/benchmarks.md``.
 ``--quick`` checks the whole harness in under 10 minutes on 2 cores (fold 0, a
@@ -144,7 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["speed", "annotate-grid", "explain-markers", *CV_RUNS, "cross", "integration",
-                                         "report", "all"])
+                                         "novelty", "report", "all"])
     parser.add_argument("--quick", action="store_true", help="the whole harness in < 10 min (see above)")
     parser.add_argument("--folds", type=fold_list, default=None, help="comma-separated folds 0-4 (default: all 5)")
     parser.add_argument("--epochs", type=positive_int, default=None, help="epochs for every cellpix contender")
@@ -188,6 +188,10 @@ def main() -> None:
         from benchmarks import integration
 
         save(integration.run(args.quick), "integration.csv")
+    if args.what == "novelty":
+        from benchmarks import novelty
+
+        novelty.run(args.quick, args.epochs, lambda frame: save(frame, "novelty.csv"))
     report.write(results, report.DOC if not args.quick else results / "benchmarks.md")
 
 

@@ -13,49 +13,73 @@ from cellpix.annotate.annotate import AnnotateOptions, annotate_adata
 from cellpix.trained import TrainedModel
 from tests.conftest import CANONICAL_MARKERS, ROOT
 
-HELD_OUT = "CD4+/CD25 T Reg"
+HELD_OUT = "CD4+/CD25 T Reg"  # the issue's example: ranked high, rarely past the calibrated threshold
+DISTINCT_HELD_OUT = "CD8+/CD45RA+ Naive Cytotoxic"  # unlike any known subtype to the model: flagged far more often
 MARKERS = CANONICAL_MARKERS
 
 
-@pytest.fixture(scope="module")
-def held_out_run(zheng_ref, zheng_layout):
-    """Train without any Treg cell; keep a stratified third of the other cells unseen for scoring."""
+def train_without(zheng_ref, zheng_layout, held_out: str) -> tuple[TrainedModel, ad.AnnData]:
+    """Train without any cell of ``held_out``; keep a stratified third of the other cells unseen for scoring."""
     from cellpix.pipeline import resolve_hierarchy
     from cellpix.train.data import stratified_split
     from cellpix.train.trainer import TrainConfig, train
 
     labels = zheng_ref.obs["cell_type"].astype(str).to_numpy()
-    known = np.flatnonzero(labels != HELD_OUT)
+    known = np.flatnonzero(labels != held_out)
     fit_pos, unseen_pos = stratified_split(labels[known], 0.3, seed=5)
     reference = zheng_ref[known[fit_pos]].copy()
     config = TrainConfig(epochs=5, batch_size=48, lr=2e-3, val_fraction=0.2, min_epochs=5)
     model = train(reference, zheng_layout, resolve_hierarchy("pbmc-sorted"), "cell_type", config, progress=False)
-    query = zheng_ref[np.sort(np.concatenate([known[unseen_pos], np.flatnonzero(labels == HELD_OUT)]))].copy()
+    query = zheng_ref[np.sort(np.concatenate([known[unseen_pos], np.flatnonzero(labels == held_out)]))].copy()
     return model, query
 
 
-def test_held_out_subtype_scores_as_novel(held_out_run):
-    """The novelty score ranks cells of a never-seen subtype above known cells; flags stay near the calibrated rate.
+def novelty_outcome(model: TrainedModel, query: ad.AnnData, held_out: str) -> tuple[float, float, float]:
+    """(share of held-out cells flagged, share of known cells flagged, AUROC of the novelty score)."""
+    assert held_out not in model.hierarchy.labels  # training pruned the label it never saw
+    out = annotate_adata(query, [model], AnnotateOptions(progress=False))
+    is_held_out = (query.obs["cell_type"].astype(str) == held_out).to_numpy()
+    flagged = out.obs["cellpix_is_novel"].to_numpy()
+    rate_held_out, rate_known = flagged[is_held_out].mean(), flagged[~is_held_out].mean()
+    auroc = roc_auc_score(is_held_out, out.obs["cellpix_novelty_score"].to_numpy())
+    print(f"held-out {held_out}: flagged {rate_held_out:.1%} vs known {rate_known:.1%}; novelty AUROC {auroc:.3f}")
+    return rate_held_out, rate_known, auroc
+
+
+def test_held_out_tregs_rank_as_novel(zheng_ref, zheng_layout):
+    """The novelty score ranks never-seen Tregs above known cells; flags stay near the calibrated rate.
 
     Measured on this split, 3 seeds x (resnet18, ResNet-10-T) x (float32, bfloat16): novelty AUROC of the held-out
     Tregs 0.78-0.83. The calibrated flag (the score that 5 % of each known subtype's validation cells exceed)
     catches only 2-8 % of them against 2-4 % of known cells: most Tregs land in CD4+ T Helper2 with a subtype
-    probability of about 0.67, inside the tail of known CD4 cells, whose subtypes are themselves ambiguous in
-    this data. At a pooled 5 % false-positive rate about 12 % of Tregs are caught, at 20 % about 54 %. An
-    earlier version of this test asserted three times more flags than among known cells; that held for one
-    seed in float32 (7.3 % vs 2.2 %) and failed in 5 of 6 other runs, so it measured luck, not the method.
+    probability of about 0.67, inside the tail of known CD4 cells, whose sorted populations blur into each other
+    in this data. A model-free yardstick fares no better (docs/benchmarks.md, "Novel subtypes": nearest-neighbour
+    distance in expression space, AUROC 0.79). Training as shipped (up to 30 epochs) did not change this: 2.4-11.7 %
+    against 2.1-3.7 % over 3 seeds. An earlier version of this test asserted three times more flags than among
+    known cells; that held for one seed in float32 and failed in 5 of 6 other runs, so it measured luck.
     """
-    model, query = held_out_run
-    assert HELD_OUT not in model.hierarchy.labels  # training pruned the label it never saw
-    out = annotate_adata(query, [model], AnnotateOptions(progress=False))
-    is_held_out = (query.obs["cell_type"].astype(str) == HELD_OUT).to_numpy()
-    flagged = out.obs["cellpix_is_novel"].to_numpy()
-    rate_held_out, rate_known = flagged[is_held_out].mean(), flagged[~is_held_out].mean()
-    auroc = roc_auc_score(is_held_out, out.obs["cellpix_novelty_score"].to_numpy())
-    print(f"held-out {HELD_OUT}: flagged {rate_held_out:.1%} vs known {rate_known:.1%}; novelty AUROC {auroc:.3f}")
+    model, query = train_without(zheng_ref, zheng_layout, HELD_OUT)
+    _, rate_known, auroc = novelty_outcome(model, query, HELD_OUT)
     assert auroc > 0.75
     # Known cells are flagged at about the calibrated false-positive rate (5 %), not a fixed share of every group.
     assert rate_known < 2 * model.novelty["fpr"]
+
+
+def test_held_out_distinct_subtype_is_flagged_far_more_often(zheng_ref, zheng_layout):
+    """Naive CD8 cells, never seen in training, are flagged several times as often as known cells.
+
+    The model calls most of them CD8+ Cytotoxic T or a CD4 subtype with a low subtype probability. Measured on
+    this split, 3 seeds x (float32, bfloat16): 15.6-29.4 % of them flagged against 2.1-3.4 % of known cells
+    (6.9-10.5 times as often), novelty AUROC 0.70-0.85. Nearest-neighbour distance in expression space does not
+    see them at all (AUROC 0.44 in docs/benchmarks.md), so this is the subtype heads at work, not an outlier
+    detector. Naive CD4 and CD4 memory cells behave alike there; Tregs and cytotoxic CD8 cells do not.
+    """
+    model, query = train_without(zheng_ref, zheng_layout, DISTINCT_HELD_OUT)
+    rate_held_out, rate_known, auroc = novelty_outcome(model, query, DISTINCT_HELD_OUT)
+    assert rate_held_out > 4 * rate_known
+    assert rate_held_out > 0.10
+    assert rate_known < 2 * model.novelty["fpr"]
+    assert auroc > 0.6
 
 
 @pytest.fixture(scope="module")
