@@ -69,10 +69,10 @@ def test_held_out_distinct_subtype_is_flagged_far_more_often(zheng_ref, zheng_la
     """Naive CD8 cells, never seen in training, are flagged several times as often as known cells.
 
     The model calls most of them CD8+ Cytotoxic T or a CD4 subtype with a low subtype probability. Measured on
-    this split, 3 seeds x (float32, bfloat16): 15.6-29.4 % of them flagged against 2.1-3.4 % of known cells
-    (6.9-10.5 times as often), novelty AUROC 0.70-0.85. Nearest-neighbour distance in expression space does not
-    see them at all (AUROC 0.44 in docs/benchmarks.md), so this is the subtype heads at work, not an outlier
-    detector. Naive CD4 and CD4 memory cells behave alike there; Tregs and cytotoxic CD8 cells do not.
+    this split, 3 seeds in bfloat16 and 2 of them in float32 too: 15.6-29.4 % of them flagged against 2.1-3.4 %
+    of known cells (6.9-10.5 times as often), novelty AUROC 0.70-0.85. Nearest-neighbour distance in expression
+    space does not see them at all (AUROC 0.44 in docs/benchmarks.md), so this is the subtype heads at work, not
+    an outlier detector. Naive CD4 and CD4 memory cells behave alike there; Tregs and cytotoxic CD8 cells do not.
     """
     model, query = train_without(zheng_ref, zheng_layout, DISTINCT_HELD_OUT)
     rate_held_out, rate_known, auroc = novelty_outcome(model, query, DISTINCT_HELD_OUT)
