@@ -57,7 +57,7 @@ class Outcome:
 _LAYOUTS: dict[tuple, Any] = {}
 
 
-def _fold_reference_and_layout(train: ad.AnnData, n_genes: int, pixels: int | None, hvg_flavor: str = "auto"):
+def fold_reference_and_layout(train: ad.AnnData, n_genes: int, pixels: int | None, hvg_flavor: str = "auto"):
     """Integrate and fit the layout once per (fold, panel, grid): contenders that differ only in training share it."""
     from cellpix.imaging.layout import fit_layout, smallest_square
     from cellpix.integrate.reference import QCOptions, prepare_reference
@@ -87,7 +87,7 @@ def cellpix_contender(**overrides: Any) -> Callable[[ad.AnnData, ad.AnnData], Ou
         n_genes = options.pop("n_top_genes", 5000)
         pixels = options.pop("layout_pixels", None)
         hvg_flavor = options.pop("hvg_flavor", "auto")
-        ref, layout, prepare_s = _fold_reference_and_layout(train, n_genes, pixels, hvg_flavor)
+        ref, layout, prepare_s = fold_reference_and_layout(train, n_genes, pixels, hvg_flavor)
         start = time.perf_counter()
         config = TrainConfig(**{"val_fraction": 0.1, **options})
         model = train_model(ref, layout, resolve_hierarchy("pbmc-sorted"), LABEL, config, progress=False)

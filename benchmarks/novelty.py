@@ -32,7 +32,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
-from benchmarks.accuracy import LABEL, _fold_reference_and_layout
+from benchmarks.accuracy import LABEL, fold_reference_and_layout
 from benchmarks.common import ZHENG, require
 
 SUBTYPES = ("CD4+/CD25 T Reg", "CD4+ T Helper2", "CD4+/CD45RO+ Memory", "CD4+/CD45RA+/CD25- Naive T",
@@ -60,7 +60,7 @@ def neighbour_distance(reference: ad.AnnData, query: ad.AnnData, layout: Any) ->
     """Mean distance to the nearest reference cells in a PCA of the panel: novelty without any model."""
     from cellpix.integrate.panel import open_on_panel
 
-    reader = open_on_panel(query, layout.genes, layout.symbols, None, None, False, 0.5)
+    reader = open_on_panel(query, layout.genes, layout.symbols)  # as annotate reads it
     ref_x = reference.X.toarray() if sp.issparse(reference.X) else np.asarray(reference.X)
     pca = PCA(50, random_state=0).fit(ref_x)
     ref_pcs = pca.transform(ref_x)
@@ -78,7 +78,7 @@ def held_out_row(raw: ad.AnnData, held_out: str, seed: int, epochs: int, n_genes
 
     labels = raw.obs[LABEL].astype(str).to_numpy()
     ref_rows, query_rows = split_without(labels, held_out)
-    ref, layout, _ = _fold_reference_and_layout(raw[ref_rows].copy(), n_genes, None)
+    ref, layout, _ = fold_reference_and_layout(raw[ref_rows].copy(), n_genes, None)
     query = raw[query_rows].copy()
     is_new = (query.obs[LABEL].astype(str) == held_out).to_numpy()
     if held_out not in yardstick:

@@ -20,18 +20,15 @@ MARKERS = CANONICAL_MARKERS
 
 def train_without(zheng_ref, zheng_layout, held_out: str) -> tuple[TrainedModel, ad.AnnData]:
     """Train without any cell of ``held_out``; keep a stratified third of the other cells unseen for scoring."""
+    from benchmarks.novelty import split_without
     from cellpix.pipeline import resolve_hierarchy
-    from cellpix.train.data import stratified_split
     from cellpix.train.trainer import TrainConfig, train
 
-    labels = zheng_ref.obs["cell_type"].astype(str).to_numpy()
-    known = np.flatnonzero(labels != held_out)
-    fit_pos, unseen_pos = stratified_split(labels[known], 0.3, seed=5)
-    reference = zheng_ref[known[fit_pos]].copy()
+    reference_rows, query_rows = split_without(zheng_ref.obs["cell_type"].astype(str).to_numpy(), held_out, seed=5)
     config = TrainConfig(epochs=5, batch_size=48, lr=2e-3, val_fraction=0.2, min_epochs=5)
-    model = train(reference, zheng_layout, resolve_hierarchy("pbmc-sorted"), "cell_type", config, progress=False)
-    query = zheng_ref[np.sort(np.concatenate([known[unseen_pos], np.flatnonzero(labels == held_out)]))].copy()
-    return model, query
+    model = train(zheng_ref[reference_rows].copy(), zheng_layout, resolve_hierarchy("pbmc-sorted"), "cell_type",
+                  config, progress=False)
+    return model, zheng_ref[query_rows].copy()
 
 
 def novelty_outcome(model: TrainedModel, query: ad.AnnData, held_out: str) -> tuple[float, float, float]:
