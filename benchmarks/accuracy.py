@@ -328,7 +328,7 @@ def cross_dataset(epochs: int, max_reference_cells: int | None = None) -> pd.Dat
     known = truth != "Dendritic"
     setting = f"Zheng 2017 sorted ({reference.n_obs:,} cells, {ref.n_vars:,} shared genes)"
     coverage = out.uns["cellpix"]["gene_matching"]["model_0"]["coverage"]
-    rows = [{"contender": f"cellpix default ({model.model.config.backbone}), {epochs} ep", "reference": setting,
+    rows = [{"contender": f"cellpix default ({model.model.config.describe()}), up to {epochs} ep", "reference": setting,
              **cross_scores(truth, known, out.obs["cellpix_subtype"].astype(str).to_numpy(), coverage),
              "dendritic_cells_flagged_novel": float(out.obs["cellpix_is_novel"].to_numpy()[~known].mean()),
              "train_s": train_s}]

@@ -54,7 +54,7 @@ def one_run(reference: ad.AnnData, layout, loss: str, seed: int, epochs: int) ->
     from cellpix.pipeline import resolve_hierarchy
     from cellpix.train.trainer import TrainConfig, train
 
-    config = TrainConfig(epochs=epochs, batch_size=64, lr=2e-3, val_fraction=0.2, min_epochs=epochs, loss=loss,
+    config = TrainConfig(epochs=epochs, batch_size=64, val_fraction=0.2, min_epochs=epochs, loss=loss,
                          seed=seed)
     started = time.perf_counter()
     model = train(reference, layout, resolve_hierarchy("pbmc-sorted"), "cell_type", config, progress=False)

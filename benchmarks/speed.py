@@ -60,7 +60,7 @@ def bundles(folder: Path, ref: ad.AnnData, layout: Any, quick: bool) -> dict[str
     out = {}
     configs = {
         DEFAULT: (TrainConfig(epochs=1, min_epochs=1, val_fraction=0.2), None, 500 if quick else 2000),
-        LIGHT: (TrainConfig(backbone="mobilenetv3_small_100", epochs=1, min_epochs=1,
+        LIGHT: (TrainConfig(backbone="mobilenetv3_small_100", deep=True, epochs=1, min_epochs=1,
                             val_fraction=0.2), None, 500 if quick else 2000),
         "paper (efficientnet_b5, 3 ch, 224 px)": (TrainConfig.from_preset("paper", epochs=1, min_epochs=1,
                                                                            val_fraction=0.5, batch_size=16),
@@ -176,7 +176,8 @@ def annotate_by_grid(quick: bool = False, on_row: Callable[[pd.DataFrame], Any] 
             bundle = folder / f"{backbone}_{pixels}.cellpix"
             if not bundle.exists():
                 model = train(subset, layouts[pixels], resolve_hierarchy("pbmc-sorted"), "cell_type",
-                              TrainConfig(backbone=backbone, epochs=1, min_epochs=1, val_fraction=0.2), progress=False)
+                              TrainConfig(backbone=backbone, deep=True, epochs=1, min_epochs=1, val_fraction=0.2),
+                              progress=False)
                 model.save(bundle)
             result = run_probe("annotate", bundle=str(bundle), query=str(query), precision=precision)
             rows.append({"measurement": f"annotate {result['n_cells']:,} cells (h5ad → h5ad)",

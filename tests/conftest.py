@@ -89,8 +89,31 @@ def zheng_model(zheng_marker_ref, tmp_path_factory):
     from cellpix.train.trainer import TrainConfig, train
 
     layout = fit_layout(zheng_marker_ref, groupby="cell_type", symbol_column="gene_symbol", max_cells=600)
-    config = TrainConfig(epochs=8, batch_size=64, lr=2e-3, val_fraction=0.2, min_epochs=8, loss="ce")
+    config = TrainConfig(epochs=8, batch_size=64, val_fraction=0.2, min_epochs=8, loss="ce")
     model = train(zheng_marker_ref, layout, resolve_hierarchy("pbmc-sorted"), "cell_type", config, progress=False)
     path = tmp_path_factory.mktemp("model") / "zheng.cellpix"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def zheng_trunk_model(zheng_marker_ref, tmp_path_factory):
+    """The ``trunk`` preset (per-pixel read-out beside a ResNet-10-T) on 1,200 Zheng cells, 3 epochs.
+
+    For what only a convolutional trunk has: channels-last weights, BatchNorm folding, bfloat16 convolutions.
+    The read-out makes even 3 epochs learn, so the chance guard lets it through.
+    """
+    import numpy as np
+
+    from cellpix.imaging.layout import fit_layout
+    from cellpix.pipeline import resolve_hierarchy
+    from cellpix.train.trainer import TrainConfig, train
+
+    rows = np.sort(np.random.default_rng(7).choice(zheng_marker_ref.n_obs, 1200, replace=False))
+    ref = zheng_marker_ref[rows].copy()
+    layout = fit_layout(ref, method="pca", symbol_column="gene_symbol", max_cells=600)
+    config = TrainConfig.from_preset("trunk", epochs=3, min_epochs=3, val_fraction=0.2)
+    model = train(ref, layout, resolve_hierarchy("pbmc-sorted"), "cell_type", config, progress=False)
+    path = tmp_path_factory.mktemp("trunk") / "zheng_trunk.cellpix"
     model.save(path)
     return path

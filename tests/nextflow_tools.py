@@ -94,3 +94,53 @@ def params_used(text: str) -> set[str]:
 def config_params(text: str) -> set[str]:
     block = text[text.index("params {") : text.index("}", text.index("params {"))]
     return set(re.findall(r"^\s+(\w+)\s*=", block, re.M))
+
+
+# -- Nextflow's scoping rules -----------------------------------------------------
+IMPLICIT = {"task", "params", "meta", "moduleDir", "projectDir", "workflow", "launchDir", "baseDir"}
+
+
+def script_level_assignments(defs: str) -> tuple[set[str], set[str]]:
+    """(names assigned without ``def``, names declared with ``def``) in a script block's Groovy preamble.
+
+    Nextflow evaluates the ``script:`` closure before the ``output:`` declarations
+    and makes the closure's *binding* visible to them: a plain ``prefix = ...``
+    goes into the binding, a ``def prefix = ...`` is a local variable of the
+    closure, gone by the time ``path("${prefix}.h5ad")`` is resolved. That is
+    the nf-core pitfall every module fell into.
+    """
+    bound = set(re.findall(r"^\s*([A-Za-z_]\w*)\s*=(?!=)", defs, re.M))
+    local = set(re.findall(r"^\s*def\s+([A-Za-z_]\w*)\s*=", defs, re.M))
+    return bound, local
+
+
+def names_in(text: str) -> set[str]:
+    """Root identifiers interpolated in GStrings: ``${prefix}.h5ad`` → prefix, ``$meta.id`` → meta."""
+    found = set()
+    for string in re.findall(r'"((?:\\.|[^"\\])*)"', text):
+        found |= {m.split(".")[0] for m in re.findall(r"\$\{\s*([A-Za-z_][\w.]*)", string)}
+        found |= set(re.findall(r"\$([A-Za-z_]\w*)", string))
+    return found
+
+
+def unbound_output_names(process: Process) -> list[str]:
+    """Names the output declarations use that the engine cannot resolve there (empty when the module is right)."""
+    bound, local = script_level_assignments(process.script_defs)
+    allowed = set(input_names(process)) | IMPLICIT | bound
+    used = set()
+    for line in process.outputs:
+        used |= names_in(line.split("topic:")[0] if "eval(" in line else line)
+    return sorted(name for name in used if name not in allowed or (name in local and name not in bound))
+
+
+def emits_used(main_text: str) -> set[tuple[str, str]]:
+    """``(PROCESS, emit)`` pairs that a workflow reads as ``PROCESS.out.emit``."""
+    return set(re.findall(r"\b([A-Z][A-Z0-9_]*)\.out\.(\w+)", main_text))
+
+
+def include_aliases(main_text: str) -> dict[str, str]:
+    """Alias (or name) → module path for every ``include { X [as Y] } from './path'``."""
+    aliases = {}
+    for name, alias, module in re.findall(r"include \{\s*(\w+)(?:\s+as\s+(\w+))?\s*\} from '\./(\S+)'", main_text):
+        aliases[alias or name] = module
+    return aliases

@@ -25,11 +25,14 @@ from tests.conftest import ROOT, STEP_EXTRAS, STEP_IMAGES
 from tests.nextflow_tools import (
     balanced,
     config_params,
+    emits_used,
+    include_aliases,
     input_names,
     output_emits,
     params_used,
     read_process,
     render,
+    unbound_output_names,
 )
 
 MODULES = ROOT / "modules" / "local" / "cellpix"
@@ -98,6 +101,33 @@ def test_pipeline_params_are_in_the_schema():
     assert balanced(main) and balanced((ROOT / "nextflow.config").read_text())
     for name, module in __import__("re").findall(r"include \{ (\w+)\s*\} from '\./(\S+)'", main):
         assert read_process(ROOT / f"{module}.nf").name == name
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_output_declarations_only_use_names_the_engine_can_see(step):
+    """A ``def`` in ``script:`` is local to its closure: ``path("${prefix}.h5ad")`` could not resolve it."""
+    process = read_process(MODULES / step / "main.nf")
+    assert unbound_output_names(process) == []
+
+
+def test_the_scope_check_catches_a_def_prefix(tmp_path):
+    """The module text before the fix (``def prefix`` used in ``output:``) fails the check."""
+    old = (MODULES / "annotate" / "main.nf").read_text().replace("    prefix = task.ext.prefix",
+                                                                 "    def prefix = task.ext.prefix")
+    assert "def prefix" in old
+    (tmp_path / "main.nf").write_text(old)
+    assert unbound_output_names(read_process(tmp_path / "main.nf")) == ["prefix"]
+
+
+def test_every_emit_main_nf_reads_exists():
+    main = (ROOT / "main.nf").read_text()
+    aliases = include_aliases(main)
+    used = emits_used(main)
+    assert used, "main.nf reads no process output"
+    for process_name, emit in used:
+        assert process_name in aliases, f"{process_name} is not included"
+        assert emit in output_emits(read_process(ROOT / f"{aliases[process_name]}.nf")), \
+            f"{process_name}.out.{emit} is not an emit of {aliases[process_name]}"
 
 
 def test_nf_test_files_name_their_process():

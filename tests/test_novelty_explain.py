@@ -25,7 +25,7 @@ def train_without(zheng_ref, zheng_layout, held_out: str) -> tuple[TrainedModel,
     from cellpix.train.trainer import TrainConfig, train
 
     reference_rows, query_rows = split_without(zheng_ref.obs["cell_type"].astype(str).to_numpy(), held_out, seed=5)
-    config = TrainConfig(epochs=5, batch_size=48, lr=2e-3, val_fraction=0.2, min_epochs=5)
+    config = TrainConfig(epochs=5, batch_size=48, val_fraction=0.2, min_epochs=5)
     model = train(zheng_ref[reference_rows].copy(), zheng_layout, resolve_hierarchy("pbmc-sorted"), "cell_type",
                   config, progress=False)
     return model, zheng_ref[query_rows].copy()
@@ -148,7 +148,8 @@ def test_explain_a_three_channel_model_of_another_backbone():
     reference = ad.read_h5ad(data / "reference_integrated.h5ad")
     layout = GeneLayout.load(data / "layout.json")
     hierarchy = Hierarchy.from_obs(reference.obs, "lineage", "cell_type")
-    config = TrainConfig(backbone="efficientnet_b0", in_chans=3, epochs=1, min_epochs=1, batch_size=32,
+    config = TrainConfig(backbone="efficientnet_b0", deep=True, wide=False, optimizer="adamw", in_chans=3,
+                         epochs=1, min_epochs=1, batch_size=32,
                          val_fraction=0.2)
     model = train(reference, layout, hierarchy, "cell_type", config, progress=False)
     assert model.renderer.channels == 3

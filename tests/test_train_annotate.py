@@ -49,12 +49,12 @@ def test_forward_pass_size_changes_speed_not_predictions(zheng_model, query):
     assert small.obs["cellpix_is_novel"].equals(large.obs["cellpix_is_novel"])
 
 
-def test_channels_last_weights_change_speed_not_predictions(zheng_model, query, tmp_path):
+def test_channels_last_weights_change_speed_not_predictions(zheng_trunk_model, query, tmp_path):
     """Loading puts convolution weights in channels-last (the fast oneDNN path); calls and the file must not move."""
-    loaded = TrainedModel.load(zheng_model)
+    loaded = TrainedModel.load(zheng_trunk_model)
     convs = [p for p in loaded.model.parameters() if p.dim() == 4]
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
-    row_major = TrainedModel.load(zheng_model)
+    row_major = TrainedModel.load(zheng_trunk_model)
     row_major.model.to(memory_format=torch.contiguous_format)
     # float32: in bfloat16 the two layouts take different oneDNN kernels and round differently (4e-5 apart).
     fast = annotate_adata(query, [loaded], AnnotateOptions(precision="float32", progress=False))
@@ -62,12 +62,12 @@ def test_channels_last_weights_change_speed_not_predictions(zheng_model, query, 
     assert np.allclose(fast.obsm["cellpix_subtype_proba"], plain.obsm["cellpix_subtype_proba"], atol=1e-5)
     assert fast.obs["cellpix_subtype"].equals(plain.obs["cellpix_subtype"])
     # Saved again, the loaded model writes the weights it was given: same checksum, same tensors.
-    assert loaded.save(tmp_path / "again.cellpix") == TrainedModel.load(zheng_model).checksum
+    assert loaded.save(tmp_path / "again.cellpix") == TrainedModel.load(zheng_trunk_model).checksum
 
 
-def test_bfloat16_inference_calls_cells_as_float32_does(zheng_model, query):
+def test_bfloat16_inference_calls_cells_as_float32_does(zheng_trunk_model, query):
     """bfloat16 forward passes (``auto`` on AVX512-BF16/AMX CPUs and CUDA) must not change what cells are called."""
-    models = load_models([zheng_model])
+    models = load_models([zheng_trunk_model])
     exact = annotate_adata(query, models, AnnotateOptions(precision="float32", progress=False))
     fast = annotate_adata(query, models, AnnotateOptions(precision="bfloat16", progress=False))
     assert exact.uns["cellpix"]["precision"] == "float32" and fast.uns["cellpix"]["precision"] == "bfloat16"
@@ -92,12 +92,12 @@ def test_auto_precision_is_recorded_and_unknown_precision_refused(zheng_model, q
     assert not (tmp_path / "out.h5ad").exists()
 
 
-def test_batchnorm_folded_copy_predicts_as_the_bundle_does(zheng_model, query):
+def test_batchnorm_folded_copy_predicts_as_the_bundle_does(zheng_trunk_model, query):
     """Annotation folds BatchNorm into the convolutions of a copy; the bundle's own module keeps its layers."""
     from cellpix.annotate.predict import inference_copy, predict_matrix
     from cellpix.integrate.panel import open_on_panel
 
-    loaded = TrainedModel.load(zheng_model)
+    loaded = TrainedModel.load(zheng_trunk_model)
     folded = inference_copy(loaded.model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.backbone.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.model.backbone.modules())

@@ -182,14 +182,21 @@ def image(reference: Path, outdir: Path, method: str, perplexity: float, pixels:
               help="Derive the hierarchy from two obs columns instead.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Model bundle to write (.cellpix: safetensors + metadata).")
-@click.option("--preset", default="cpu", show_default=True, type=click.Choice(["cpu", "paper"]),
-              help="cpu: resnet10t, 1 channel. paper: efficientnet_b5, 224 px, 3 channels.")
-@click.option("--backbone", default=None, help="Any timm model name or a plugin backbone (see `cellpix backbones`).")
+@click.option("--preset", default="cpu", show_default=True, type=click.Choice(["cpu", "trunk", "paper"]),
+              help="cpu: the per-pixel read-out alone, SGD (seconds per epoch). trunk: the read-out beside a "
+                   "resnet10t trunk. paper: efficientnet_b5, 224 px, 3 channels, AdamW.")
+@click.option("--wide/--no-wide", default=None, help="The per-pixel read-out path (on in the cpu and trunk presets).")
+@click.option("--deep/--no-deep", default=None, help="The convolutional trunk (on in the trunk and paper presets).")
+@click.option("--backbone", default=None,
+              help="Trunk: any timm model name or a plugin backbone (see `cellpix backbones`); naming one turns "
+                   "the trunk on.")
 @click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="Image channels.")
 @click.option("--pretrained", default=None, help="Local checkpoint file, or 'hub' to download (needs network).")
 @click.option("--epochs", type=int, default=None)
 @click.option("--batch-size", type=int, default=None)
-@click.option("--lr", type=float, default=None)
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None,
+              help="sgd (Nesterov momentum; the cpu and trunk presets) or adamw (the paper preset).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate (default 0.1 for sgd, 0.001 for adamw).")
 @click.option("--loss", type=click.Choice(["ahfl", "focal", "ce"]), default=None,
               help="ahfl (adaptive α, default), focal (static α) or ce (cross-entropy).")
 @click.option("--class-weights/--no-class-weights", default=None, help="scTab class weights.")
@@ -209,9 +216,11 @@ def image(reference: Path, outdir: Path, method: str, perplexity: float, pixels:
               help="Where to write metrics.csv and training_curve.png (default: OUTPUT.report/).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: str | None,
-                  hierarchy_from_obs: str | None, output: Path, preset: str, backbone: str | None,
+                  hierarchy_from_obs: str | None, output: Path, preset: str, wide: bool | None,
+                  deep: bool | None, backbone: str | None,
                   channels: str | None, pretrained: str | None, epochs: int | None, batch_size: int | None,
-                  lr: float | None, loss: str | None, class_weights: bool | None, mask_fraction: float | None,
+                  optimizer: str | None, lr: float | None, loss: str | None, class_weights: bool | None,
+                  mask_fraction: float | None,
                   val_fraction: float | None, val_key: str | None, donor_key: str | None, patience: int | None,
                   seed: int | None, device: str | None, checkpoint_dir: Path | None, resume: bool,
                   report_dir: Path | None, quiet: bool) -> None:
@@ -234,9 +243,10 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
     else:
         tree = resolve_hierarchy(hierarchy)
     config = TrainConfig.from_preset(
-        preset, backbone=backbone, in_chans=int(channels) if channels else None, pretrained=pretrained,
-        epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, class_weights=class_weights,
-        mask_fraction=mask_fraction, val_fraction=val_fraction, val_key=val_key, donor_key=donor_key,
+        preset, wide=wide, deep=deep, backbone=backbone, in_chans=int(channels) if channels else None,
+        pretrained=pretrained, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, loss=loss,
+        class_weights=class_weights, mask_fraction=mask_fraction, val_fraction=val_fraction, val_key=val_key,
+        donor_key=donor_key,
         patience=patience, seed=seed, device=device)
     checkpoint_dir = checkpoint_dir or output.with_name(output.name + ".ckpt")
     report_dir = report_dir or output.with_name(output.name + ".report")
@@ -419,6 +429,24 @@ def evaluate_command(annotated: Path, model: Path, truth_subtype: str | None, tr
         key, column = (truth_subtype, "cellpix_subtype") if truth_subtype else (truth_base, "cellpix_base")
         truth = apply_mapping(adata.obs[key], table)
         plot_confusion(confusion_frame(truth, adata.obs[column].astype(str).to_numpy()), confusion, key)
+
+
+# -- inspect ---------------------------------------------------------------------
+@cli.command()
+@click.argument("bundle", type=H5AD)
+@click.option("--json", "as_json", is_flag=True, help="The summary as JSON.")
+def inspect(bundle: Path, as_json: bool) -> None:
+    """What a model BUNDLE is: network, hierarchy, gene panel, training and its validation scores."""
+    from cellpix.trained import TrainedModel
+
+    model = TrainedModel.load(bundle)
+    summary = model.summary()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    for key, value in summary.items():
+        click.echo(f"{key:>20}: {json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}")
+
 
 
 # -- run and demo ----------------------------------------------------------------

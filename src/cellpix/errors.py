@@ -40,6 +40,10 @@ class BundleError(CellpixError):
     """A model bundle is missing, corrupt, foreign or from an unsupported schema."""
 
 
+class TrainingFailedError(CellpixError):
+    """Training ended with a model that scores near chance on its validation cells; no bundle is written."""
+
+
 class MissingDependencyError(CellpixError):
     """An optional package (or R) that a step or method needs is not installed."""
 

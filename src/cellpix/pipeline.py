@@ -106,6 +106,6 @@ def run_demo(outdir: str | Path = "cellpix-demo", epochs: int = 25, progress: bo
     reference, query = demo_split(adata, "bulk_labels")
     hierarchy = resolve_hierarchy("pbmc-sorted")
     qc = QCOptions(min_genes=50, min_cells=3, n_top_genes=5000)
-    config = TrainConfig(epochs=epochs, batch_size=32, lr=2e-3, patience=8, val_fraction=0.15)
+    config = TrainConfig(epochs=epochs, batch_size=32, patience=8, val_fraction=0.15)
     return run_pipeline(reference, query, "bulk_labels", hierarchy, outdir, qc=qc, config=config, use_raw=True,
                         truth_key="bulk_labels", progress=progress)

@@ -36,6 +36,17 @@ class TrainedModel:
     def novelty(self) -> dict[str, Any]:
         return self.metadata.get("novelty", {})
 
+    def summary(self) -> dict[str, Any]:
+        """The facts a user checks before trusting a bundle (``cellpix inspect``), from its metadata alone."""
+        training = self.metadata.get("training", {})
+        return {"network": self.model.config.describe(), "checksum_sha256": self.checksum,
+                "hierarchy": self.hierarchy.name, "base_types": len(self.hierarchy.bases),
+                "labels": len(self.space.labels), "genes": self.layout.n_genes,
+                "image": f"{self.layout.size}x{self.layout.size}", "reference": training.get("reference", ""),
+                "cells": training.get("n_cells"), "epochs_run": training.get("epochs_run"),
+                "best_epoch": training.get("best_epoch"), "validation": training.get("validation_metrics", {}),
+                "cellpix_version": self.metadata.get("cellpix_version", "")}
+
     def to(self, device: str | torch.device) -> TrainedModel:
         self.model.to(device)
         self.renderer.to(device)

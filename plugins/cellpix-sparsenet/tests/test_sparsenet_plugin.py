@@ -62,7 +62,8 @@ def test_trains_on_zheng_well_above_chance(tmp_path):
     rows = np.random.default_rng(0).choice(raw.n_obs, 1200, replace=False)
     ref = prepare_reference(raw[np.sort(rows)].copy(), QCOptions(n_top_genes=2000))
     layout = fit_layout(ref, method="pca", groupby="cell_type", symbol_column="gene_symbol", max_cells=600)
-    config = TrainConfig(backbone="sparsepixnet", epochs=6, min_epochs=6, batch_size=64, lr=2e-3,
+    config = TrainConfig(backbone="sparsepixnet", deep=True, wide=False, optimizer="adamw",
+                         epochs=6, min_epochs=6, batch_size=64, lr=2e-3,
                          val_fraction=0.25)
     model = train(ref, layout, resolve_hierarchy("pbmc-sorted"), "cell_type", config, progress=False)
     metrics = model.metadata["training"]["validation_metrics"]

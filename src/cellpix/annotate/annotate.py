@@ -149,7 +149,7 @@ def _run_metadata(models: list[TrainedModel], readers: list[PanelReader], option
                   n_obs: int) -> dict[str, Any]:
     return {
         "cellpix_version": __version__,
-        "models": {f"model_{i}": {"checksum_sha256": m.checksum, "backbone": m.model.config.backbone,
+        "models": {f"model_{i}": {"checksum_sha256": m.checksum, "network": m.model.config.describe(),
                                   "trained_with": m.metadata.get("cellpix_version", "")}
                    for i, m in enumerate(models)},
         "gene_matching": {f"model_{i}": r.report() for i, r in enumerate(readers)},

@@ -63,6 +63,8 @@ def inference_copy(model: HierarchicalClassifier) -> nn.Module:
     torch.fx cannot trace (a plugin's dynamic control flow) runs unfused: folding is a speed-up, not a need.
     """
     clone = copy.deepcopy(model).eval()
+    if clone.backbone is None:  # the wide path alone has no convolution to fold
+        return clone
     try:
         clone.backbone = fuse(clone.backbone, inplace=True)
     except Exception:  # torch.fx signals untraceable code with several exception types (TraceError, TypeError)

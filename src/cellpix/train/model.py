@@ -20,9 +20,18 @@ class ModelConfig:
     pixels: int
     hidden: int = 256
     dropout: float = 0.3
+    # The per-pixel ("wide") path; bundles written before it existed have none.
+    wide: bool = False
+    # Whether the convolutional trunk runs at all (``False`` is the ablation "wide path alone").
+    deep: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def describe(self) -> str:
+        """The network in words, as inspection output and annotation metadata name it."""
+        paths = (["per-pixel read-out"] if self.wide else []) + ([self.backbone] if self.deep else [])
+        return " + ".join(paths)
 
 
 def mlp_head(in_features: int, hidden: int, n_out: int, dropout: float) -> nn.Sequential:
@@ -46,8 +55,40 @@ def feature_width(backbone: nn.Module) -> int:
     return int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
 
 
+class PixelLogits(nn.Module):
+    """The wide path: a linear read-out of every pixel of the full-resolution image into each head's logits.
+
+    A convolutional trunk downsamples 4× in its stem and averages its last map
+    globally, so its features no longer say *which* gene a pixel holds: on Zheng
+    fold 0 a logistic regression on 4×4-pooled images scored the CNN's own
+    subtype macro-F1 (0.75), against 0.84 on the full image
+    (``python -m benchmarks.design --probes``). This path keeps each pixel's
+    identity: one weight per pixel and output, for the base head and for every
+    subtype head. It has no normalisation layer, so nothing in it depends on the
+    reference's batch statistics.
+    """
+
+    def __init__(self, pixels: int, n_base: int, n_subtypes: list[int]) -> None:
+        super().__init__()
+        self.base = nn.Linear(pixels * pixels, n_base)
+        self.subtypes = nn.ModuleList([nn.Linear(pixels * pixels, n) for n in n_subtypes])
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        grey = images[:, 0].flatten(1).float()  # extra channels repeat the grey image
+        # float32 even under bfloat16 inference: a 5,000-term dot product of 8-bit mantissas drifts, and this
+        # path costs a thousandth of the trunk
+        with torch.autocast(images.device.type, enabled=False):
+            return self.base(grey), [head(grey) for head in self.subtypes]
+
+
 class HierarchicalClassifier(nn.Module):
     """Images → base-type logits and, for each branching base type, subtype logits.
+
+    Two paths read the image and their logits add up: the timm trunk with MLP
+    heads (pooled features: patterns across neighbouring pixels) and, when
+    ``config.wide``, the per-pixel read-out (:class:`PixelLogits`: each gene's
+    own value). ``forward(images, paths=True)`` returns the two paths' logits
+    apart, so training can also score the wide path on its own.
 
     Terminal leaves (bases with zero or one subtype) get no subtype head: the
     base prediction is final. All heads run on every cell (they are tiny), so
@@ -56,21 +97,35 @@ class HierarchicalClassifier(nn.Module):
 
     def __init__(self, hierarchy: Hierarchy, config: ModelConfig, pretrained: str | None = None) -> None:
         super().__init__()
+        if not config.deep and not config.wide:
+            raise ValueError("a model needs the convolutional trunk, the wide path or both")
         self.config = config
         self.n_base = len(hierarchy.bases)
         self.branching = [i for i, b in enumerate(hierarchy.bases) if not b.is_terminal]
-        self.backbone = resolve_backbone(config.backbone).create(config.in_chans, pretrained)
-        features = feature_width(self.backbone)
-        self.base_head = mlp_head(features, config.hidden, self.n_base, config.dropout)
-        self.subtype_heads = nn.ModuleDict(
-            {str(i): mlp_head(features, config.hidden, len(hierarchy.bases[i].subtypes), config.dropout)
-             for i in self.branching}
-        )
+        self.backbone = resolve_backbone(config.backbone).create(config.in_chans, pretrained) if config.deep \
+            else None
+        n_subtypes = [len(hierarchy.bases[i].subtypes) for i in self.branching]
+        self.wide = PixelLogits(config.pixels, self.n_base, n_subtypes) if config.wide else None
+        if self.backbone is not None:
+            features = feature_width(self.backbone)
+            self.base_head = mlp_head(features, config.hidden, self.n_base, config.dropout)
+            self.subtype_heads = nn.ModuleDict(
+                {str(i): mlp_head(features, config.hidden, n, config.dropout)
+                 for i, n in zip(self.branching, n_subtypes, strict=True)})
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        # channels_last lets oneDNN (CPU) and cuDNN (GPU) pick their fast convolution kernels. The weights follow
-        # at load for inference (TrainedModel.load); training leaves them as created.
-        features = self.backbone(images.contiguous(memory_format=torch.channels_last))
-        base_logits = self.base_head(features)
-        sub_logits = [self.subtype_heads[str(i)](features) for i in self.branching]
-        return base_logits, sub_logits
+    def forward(self, images: torch.Tensor, paths: bool = False):
+        """(base logits, [subtype logits per branching base]); with ``paths=True`` a list of both paths' pairs."""
+        outputs = []
+        if self.backbone is not None:
+            # channels_last lets oneDNN (CPU) and cuDNN (GPU) pick their fast convolution kernels. The weights
+            # follow at load for inference (TrainedModel.load); training leaves them as created.
+            features = self.backbone(images.contiguous(memory_format=torch.channels_last))
+            outputs.append((self.base_head(features), [self.subtype_heads[str(i)](features) for i in self.branching]))
+        if self.wide is not None:
+            outputs.append(self.wide(images))
+        if paths:
+            return outputs
+        if len(outputs) == 1:
+            return outputs[0]
+        (deep_base, deep_sub), (wide_base, wide_sub) = outputs
+        return deep_base.float() + wide_base, [d.float() + w for d, w in zip(deep_sub, wide_sub, strict=True)]

@@ -18,14 +18,14 @@ process CELLPIX_ANNOTATE {
 
     script:
     def args = task.ext.args ?: ''
-    def prefix = task.ext.prefix ?: "${meta.id}"
+    prefix = task.ext.prefix ?: "${meta.id}"
     """
     cellpix annotate "$query" --model "$bundle" --output "${prefix}.h5ad" --table "${prefix}.csv" --quiet $args
     """
 
     stub:
     def args = task.ext.args ?: ''
-    def prefix = task.ext.prefix ?: "${meta.id}"
+    prefix = task.ext.prefix ?: "${meta.id}"
     """
     echo $args
     touch "${prefix}.h5ad" "${prefix}.csv"

@@ -18,14 +18,14 @@ process CELLPIX_EXPLAIN {
 
     script:
     def args = task.ext.args ?: ''
-    def prefix = task.ext.prefix ?: "${meta.id}"
+    prefix = task.ext.prefix ?: "${meta.id}"
     """
     cellpix explain "$data" --model "$bundle" --table "${prefix}_shap.csv" --plots "${prefix}_plots" --quiet $args
     """
 
     stub:
     def args = task.ext.args ?: ''
-    def prefix = task.ext.prefix ?: "${meta.id}"
+    prefix = task.ext.prefix ?: "${meta.id}"
     """
     echo $args
     mkdir -p "${prefix}_plots"

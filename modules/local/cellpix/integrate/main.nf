@@ -18,7 +18,7 @@ process CELLPIX_INTEGRATE {
 
     script:
     def args = task.ext.args ?: ''
-    def prefix = task.ext.prefix ?: "${meta.id}"
+    prefix = task.ext.prefix ?: "${meta.id}"
     def reference_arg = reference ? "--reference ${reference}" : ''
     """
     cellpix integrate "$data" --output "${prefix}.h5ad" $reference_arg --report "${prefix}_report" $args
@@ -26,7 +26,7 @@ process CELLPIX_INTEGRATE {
 
     stub:
     def args = task.ext.args ?: ''
-    def prefix = task.ext.prefix ?: "${meta.id}"
+    prefix = task.ext.prefix ?: "${meta.id}"
     """
     echo $args
     touch "${prefix}.h5ad"

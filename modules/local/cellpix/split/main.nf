@@ -18,14 +18,14 @@ process CELLPIX_SPLIT {
 
     script:
     def args = task.ext.args ?: ''
-    def prefix = task.ext.prefix ?: "${meta.id}"
+    prefix = task.ext.prefix ?: "${meta.id}"
     """
     cellpix split "$query" --outdir . --prefix "$prefix" --cells-per-shard $cells_per_shard --quiet $args
     """
 
     stub:
     def args = task.ext.args ?: ''
-    def prefix = task.ext.prefix ?: "${meta.id}"
+    prefix = task.ext.prefix ?: "${meta.id}"
     """
     echo $args
     touch "${prefix}.00000.h5ad"

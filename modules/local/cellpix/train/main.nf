@@ -19,14 +19,14 @@ process CELLPIX_TRAIN {
 
     script:
     def args = task.ext.args ?: ''
-    def prefix = task.ext.prefix ?: "${meta.id}"
+    prefix = task.ext.prefix ?: "${meta.id}"
     """
     cellpix train "$reference" --layout "$layout" --labels "$label_key" --output "${prefix}.cellpix" --report-dir "${prefix}_report" --device auto --quiet $args
     """
 
     stub:
     def args = task.ext.args ?: ''
-    def prefix = task.ext.prefix ?: "${meta.id}"
+    prefix = task.ext.prefix ?: "${meta.id}"
     """
     echo $args
     mkdir -p "${prefix}_report"
