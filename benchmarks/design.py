@@ -187,6 +187,12 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "trunk + wide, SGD": {"model": {"wide": True}, "train": SGD},
     "trunk + wide, SGD, wide scored alone too": {"model": {"wide": True}, "train": {**SGD, "wide_aux": 1.0}},
     "trunk alone, SGD": {"model": {}, "train": SGD},
+    "wide alone + hidden 256, SGD": {"model": {**WIDE, "wide_hidden": 256}, "train": SGD},
+    "wide alone + hidden 256, SGD, dropout 0.5": {"model": {**WIDE, "wide_hidden": 256, "dropout": 0.5}, "train": SGD},
+    "wide alone + hidden 1024, SGD": {"model": {**WIDE, "wide_hidden": 1024}, "train": SGD},
+    "wide alone, SGD lr 0.05": {"model": WIDE, "train": {**SGD, "lr": 0.05}},
+    "wide alone, SGD lr 0.2": {"model": WIDE, "train": {**SGD, "lr": 0.2}},
+    "wide alone, SGD, batch 32": {"model": WIDE, "train": {**SGD, "batch_size": 32}},
 }
 
 

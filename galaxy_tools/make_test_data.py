@@ -59,7 +59,8 @@ def main() -> None:
         leftover.unlink()
     tmp.rmdir()
     run("train", str(OUT / "reference_integrated.h5ad"), "--layout", str(OUT / "layout.json"), "--labels",
-        "cell_type", "--hierarchy", "pbmc-sorted", "--backbone", "test_efficientnet", "--epochs", "20", "--lr", "3e-3",
+        "cell_type", "--hierarchy", "pbmc-sorted", "--backbone", "test_efficientnet", "--no-wide", "--optimizer",
+        "adamw", "--epochs", "20", "--lr", "3e-3",
         "--batch-size", "32", "--val-fraction", "0.2", "-o", str(OUT / "model.cellpix"), "--quiet")
     for folder in (OUT / "model.cellpix.ckpt", OUT / "model.cellpix.report"):
         shutil.rmtree(folder, ignore_errors=True)

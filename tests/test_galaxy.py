@@ -39,7 +39,7 @@ def test_wrapper_command_only_calls_the_cli(wrapper):
             assert line.strip().startswith("&& mv "), line
     emitted = "\n".join(line for line in text.splitlines() if not line.strip().startswith("#"))  # not #if/#for
     # `$mode.min_genes` is the param min_genes inside the conditional `mode`: judge the last name.
-    names = re.findall(r"\$\{?([\w.]+)", re.sub(r"'[^']*'", "", emitted))
+    names = re.findall(r"(?<!\\)\$\{?([\w.]+)", re.sub(r"'[^']*'", "", emitted))
     unquoted = {name.rstrip(".").split(".")[-1] for name in names}
     numeric = numeric_params(wrapper)
     assert unquoted <= numeric, f"unquoted non-numeric Cheetah variables: {unquoted - numeric}"
@@ -84,3 +84,19 @@ def test_tools_and_workflow_pass_in_a_real_galaxy():
     print(run.stdout)
     summary = run.stdout.strip().splitlines()[-1]
     assert summary == f"{len(WRAPPERS) + 1} passed, 0 failed", run.stdout[-4000:] + run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("wrapper", [*WRAPPERS, TOOLS / "macros.xml"], ids=lambda p: p.stem)
+def test_text_validators_are_anchored_and_refuse_a_bad_label(wrapper):
+    """Galaxy applies regex validators with re.match: without ``$`` a pattern accepts any text after a good start."""
+    validators = [v for v in ET.parse(wrapper).getroot().iter("validator") if v.get("type") == "regex"]
+    for validator in validators:
+        pattern = validator.text
+        assert pattern.startswith("^") and pattern.endswith("$"), pattern
+        assert re.match(pattern, "cell_type")
+        assert re.match(pattern, "cell_type'; rm -rf ~ #") is None
+
+
+def test_threads_come_from_galaxy_slots():
+    for wrapper in WRAPPERS:
+        assert "--threads \\${GALAXY_SLOTS:-1}" in ET.parse(wrapper).getroot().find("command").text, wrapper.name

@@ -141,7 +141,7 @@ def run_block(step: str, block: str, workdir: Path, inputs: dict[str, Path | str
               args: str = "") -> list[Path]:
     """Stage inputs as symlinks (as Nextflow does), run the rendered block, return the declared outputs."""
     workdir.mkdir(parents=True)
-    values = {"args": args, "prefix": prefix}
+    values = {"args": args, "prefix": prefix, "task.cpus": "2"}
     for name, value in inputs.items():
         if isinstance(value, list):
             staged = []
@@ -222,3 +222,27 @@ def test_script_blocks_run_the_pipeline_on_real_data(zheng_raw, tmp_path):
     csv, plots = run_block("explain", "script", tmp_path / "explain", {"data": merged, "bundle": bundle}, "query",
                            "--levels base --cells-per-class 4 --nsamples 4")
     assert csv.stat().st_size > 0 and any(plots.glob("shap_base_*.png"))
+
+
+def test_profile_inputs_are_real_labelled_cells():
+    """`-profile test` must run on data, not on the stub tests' empty placeholders."""
+    import re
+
+    config = (ROOT / "nextflow.config").read_text()
+    block = config[config.index("    test {"):]
+    label_key = re.search(r"label_key\s*=\s*'(\w+)'", block).group(1)
+    for param in ("reference", "query"):
+        path = ROOT / re.search(rf'{param}\s*=\s*"\$\{{projectDir\}}/([^"]+)"', block).group(1)
+        assert path.is_file() and 0 < path.stat().st_size < 2_000_000, path
+        data = ad.read_h5ad(path)
+        assert data.n_obs >= 100 and data.n_vars >= 1000 and data.X.nnz > 0, path
+        assert data.obs[label_key].nunique() >= 5, path
+
+
+def test_manifest_admits_only_engines_with_topic_channels():
+    """Every module emits its version to the `versions` topic: Nextflow before 25.04 cannot run them."""
+    import re
+
+    uses_topics = any("topic: versions" in (MODULES / s / "main.nf").read_text() for s in STEPS)
+    wanted = re.search(r"nextflowVersion\s*=\s*'!?>=\s*([\d.]+)'", (ROOT / "nextflow.config").read_text()).group(1)
+    assert not uses_topics or tuple(map(int, wanted.split(".")[:2])) >= (25, 4)

@@ -15,6 +15,19 @@ from cellpix.errors import CellpixError
 H5AD = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
+def _apply_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    from cellpix.io import configure_threads
+
+    if ctx.resilient_parsing:
+        return value
+    return configure_threads(value)
+
+
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), default=None, expose_value=False, callback=_apply_threads,
+    help="Cores to use (torch, BLAS, numba). Default: GALAXY_SLOTS, NSLOTS or OMP_NUM_THREADS, else all cores.")
+
+
 class CellpixGroup(click.Group):
     """Turns user errors into one clear line and exit status 1, without a traceback."""
 
@@ -39,6 +52,7 @@ def cli() -> None:
 
 # -- integrate -------------------------------------------------------------------
 @cli.command()
+@threads_option
 @click.argument("data", type=H5AD)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output h5ad: log1p(CP10k) on the gene panel, ready for `image`/`train` (reference) or "
@@ -137,6 +151,7 @@ def integrate_methods() -> None:
 
 # -- image -----------------------------------------------------------------------
 @cli.command()
+@threads_option
 @click.argument("reference", type=H5AD)
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for layout.json, layout.png and layout_collisions.json.")
@@ -173,6 +188,7 @@ def image(reference: Path, outdir: Path, method: str, perplexity: float, pixels:
 
 # -- train -----------------------------------------------------------------------
 @cli.command("train")
+@threads_option
 @click.argument("reference", type=H5AD)
 @click.option("--layout", "layout_path", required=True, type=H5AD.__class__(exists=True, dir_okay=False),
               help="layout.json from `cellpix image`.")
@@ -260,6 +276,7 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
 
 # -- annotate --------------------------------------------------------------------
 @cli.command()
+@threads_option
 @click.argument("query", type=H5AD)
 @click.option("-m", "--model", "models", required=True, multiple=True, type=H5AD,
               help="Model bundle; repeat for an ensemble (probabilities are averaged).")
@@ -317,6 +334,7 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
 
 # -- explain ---------------------------------------------------------------------
 @cli.command("explain")
+@threads_option
 @click.argument("data", type=H5AD)
 @click.option("-m", "--model", required=True, type=H5AD, help="The model bundle to explain.")
 @click.option("-o", "--table", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -451,6 +469,7 @@ def inspect(bundle: Path, as_json: bool) -> None:
 
 # -- run and demo ----------------------------------------------------------------
 @cli.command()
+@threads_option
 @click.argument("reference", type=H5AD)
 @click.argument("query", type=H5AD)
 @click.option("--labels", "label_key", required=True, help="Reference obs column with subtype labels.")
@@ -472,6 +491,7 @@ def run(reference: Path, query: Path, label_key: str, hierarchy: str, outdir: Pa
 
 
 @cli.command()
+@threads_option
 @click.option("-o", "--outdir", default="cellpix-demo", show_default=True,
               type=click.Path(file_okay=False, path_type=Path))
 @click.option("--epochs", default=25, show_default=True)

@@ -35,11 +35,51 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600; give the file what a plain open() would (0644 under umask 022), so Galaxy's job
+        # user, a container under another UID and colleagues can read the results.
+        if tmp_path.exists():
+            tmp_path.chmod(0o666 & ~current_umask())
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is put back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Limit torch, BLAS/OpenMP and numba to ``threads`` cores, so a job uses the share its scheduler gave it.
+
+    ``None`` takes ``GALAXY_SLOTS``, then ``NSLOTS`` (Grid Engine), then ``OMP_NUM_THREADS``, then every core.
+    Environment variables are set before the libraries that read them at start-up are imported where possible;
+    torch's intra-op pool is set directly.
+    """
+    if threads is None:
+        for variable in ("GALAXY_SLOTS", "NSLOTS", "OMP_NUM_THREADS"):
+            value = os.environ.get(variable, "")
+            if value.isdigit() and int(value) > 0:
+                threads = int(value)
+                break
+        else:
+            threads = os.cpu_count() or 1
+    if threads < 1:
+        raise InputDataError(f"--threads must be at least 1, got {threads}")
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[variable] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    return threads
 
 
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:

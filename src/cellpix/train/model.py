@@ -22,6 +22,8 @@ class ModelConfig:
     dropout: float = 0.3
     # The per-pixel ("wide") path; bundles written before it existed have none.
     wide: bool = False
+    # Width of a hidden ReLU layer beside the per-pixel read-out's linear map (0: none, as in bundles before it).
+    wide_hidden: int = 0
     # Whether the convolutional trunk runs at all (``False`` is the ablation "wide path alone").
     deep: bool = True
 
@@ -68,17 +70,29 @@ class PixelLogits(nn.Module):
     reference's batch statistics.
     """
 
-    def __init__(self, pixels: int, n_base: int, n_subtypes: list[int]) -> None:
+    def __init__(self, pixels: int, n_base: int, n_subtypes: list[int], hidden: int = 0,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.base = nn.Linear(pixels * pixels, n_base)
         self.subtypes = nn.ModuleList([nn.Linear(pixels * pixels, n) for n in n_subtypes])
+        # Optionally, per-pixel features through one hidden ReLU layer (gene interactions), added to the linear map.
+        self.hidden = nn.Sequential(nn.Linear(pixels * pixels, hidden), nn.ReLU(), nn.Dropout(dropout)) \
+            if hidden else None
+        if hidden:
+            self.hidden_base = nn.Linear(hidden, n_base)
+            self.hidden_subtypes = nn.ModuleList([nn.Linear(hidden, n) for n in n_subtypes])
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         grey = images[:, 0].flatten(1).float()  # extra channels repeat the grey image
         # float32 even under bfloat16 inference: a 5,000-term dot product of 8-bit mantissas drifts, and this
         # path costs a thousandth of the trunk
         with torch.autocast(images.device.type, enabled=False):
-            return self.base(grey), [head(grey) for head in self.subtypes]
+            base, subtypes = self.base(grey), [head(grey) for head in self.subtypes]
+            if self.hidden is not None:
+                features = self.hidden(grey)
+                base = base + self.hidden_base(features)
+                subtypes = [s + head(features) for s, head in zip(subtypes, self.hidden_subtypes, strict=True)]
+            return base, subtypes
 
 
 class HierarchicalClassifier(nn.Module):
@@ -105,7 +119,8 @@ class HierarchicalClassifier(nn.Module):
         self.backbone = resolve_backbone(config.backbone).create(config.in_chans, pretrained) if config.deep \
             else None
         n_subtypes = [len(hierarchy.bases[i].subtypes) for i in self.branching]
-        self.wide = PixelLogits(config.pixels, self.n_base, n_subtypes) if config.wide else None
+        self.wide = PixelLogits(config.pixels, self.n_base, n_subtypes, config.wide_hidden, config.dropout) \
+            if config.wide else None
         if self.backbone is not None:
             features = feature_width(self.backbone)
             self.base_head = mlp_head(features, config.hidden, self.n_base, config.dropout)

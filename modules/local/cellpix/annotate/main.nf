@@ -20,7 +20,7 @@ process CELLPIX_ANNOTATE {
     def args = task.ext.args ?: ''
     prefix = task.ext.prefix ?: "${meta.id}"
     """
-    cellpix annotate "$query" --model "$bundle" --output "${prefix}.h5ad" --table "${prefix}.csv" --quiet $args
+    cellpix annotate "$query" --threads ${task.cpus} --model "$bundle" --output "${prefix}.h5ad" --table "${prefix}.csv" --quiet $args
     """
 
     stub:

@@ -20,7 +20,7 @@ process CELLPIX_EXPLAIN {
     def args = task.ext.args ?: ''
     prefix = task.ext.prefix ?: "${meta.id}"
     """
-    cellpix explain "$data" --model "$bundle" --table "${prefix}_shap.csv" --plots "${prefix}_plots" --quiet $args
+    cellpix explain "$data" --threads ${task.cpus} --model "$bundle" --table "${prefix}_shap.csv" --plots "${prefix}_plots" --quiet $args
     """
 
     stub:

@@ -21,7 +21,7 @@ process CELLPIX_IMAGE {
     def args = task.ext.args ?: ''
     prefix = task.ext.prefix ?: "${meta.id}"
     """
-    cellpix image "$reference" --outdir "$prefix" $args
+    cellpix image "$reference" --threads ${task.cpus} --outdir "$prefix" $args
     """
 
     stub:

@@ -21,7 +21,7 @@ process CELLPIX_INTEGRATE {
     prefix = task.ext.prefix ?: "${meta.id}"
     def reference_arg = reference ? "--reference ${reference}" : ''
     """
-    cellpix integrate "$data" --output "${prefix}.h5ad" $reference_arg --report "${prefix}_report" $args
+    cellpix integrate "$data" --threads ${task.cpus} --output "${prefix}.h5ad" $reference_arg --report "${prefix}_report" $args
     """
 
     stub:

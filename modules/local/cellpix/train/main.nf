@@ -21,7 +21,7 @@ process CELLPIX_TRAIN {
     def args = task.ext.args ?: ''
     prefix = task.ext.prefix ?: "${meta.id}"
     """
-    cellpix train "$reference" --layout "$layout" --labels "$label_key" --output "${prefix}.cellpix" --report-dir "${prefix}_report" --device auto --quiet $args
+    cellpix train "$reference" --threads ${task.cpus} --layout "$layout" --labels "$label_key" --output "${prefix}.cellpix" --report-dir "${prefix}_report" --device auto --quiet $args
     """
 
     stub:
