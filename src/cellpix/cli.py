@@ -28,8 +28,30 @@ threads_option = click.option(
     help="Cores to use (torch, BLAS, numba). Default: GALAXY_SLOTS, NSLOTS or OMP_NUM_THREADS, else all cores.")
 
 
+class CellpixCommand(click.Command):
+    """A command that refuses, before any work, to write an output over one of its inputs or outputs."""
+
+    def invoke(self, ctx: click.Context):
+        from cellpix.io import check_outputs_distinct
+
+        inputs, outputs = {}, {}
+        for param in self.params:
+            value = ctx.params.get(param.name)
+            if not isinstance(param.type, click.Path) or value in (None, ()):
+                continue
+            label = param.opts[-1] if isinstance(param, click.Option) else param.human_readable_name
+            values = value if isinstance(value, tuple) else (value,)
+            for i, item in enumerate(values):
+                key = label if len(values) == 1 else f"{label} #{i + 1}"
+                (inputs if param.type.exists else outputs)[key] = item
+        check_outputs_distinct(inputs, outputs)
+        return super().invoke(ctx)
+
+
 class CellpixGroup(click.Group):
     """Turns user errors into one clear line and exit status 1, without a traceback."""
+
+    command_class = CellpixCommand
 
     def invoke(self, ctx: click.Context):
         try:

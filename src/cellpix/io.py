@@ -46,6 +46,23 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def check_outputs_distinct(inputs: dict[str, os.PathLike], outputs: dict[str, os.PathLike]) -> None:
+    """Refuse a run whose output would replace one of its inputs, or another of its outputs.
+
+    Paths are compared after symlinks are followed, so ``-o`` through a link to the input is caught too.
+    ``inputs`` and ``outputs`` map an option's name (as the user typed it) to its path.
+    """
+    seen: dict[Path, str] = {Path(path).resolve(): name for name, path in inputs.items()}
+    for name, path in outputs.items():
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            other = seen[resolved]
+            role = "an input" if other in inputs else "another output"
+            raise InputDataError(f"refusing to write {name} {path}: it is {role} of this run ({other}); "
+                                 "choose another path")
+        seen[resolved] = name
+
+
 def current_umask() -> int:
     """The process umask (reading it means setting it; it is put back at once)."""
     mask = os.umask(0o022)

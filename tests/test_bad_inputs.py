@@ -1,0 +1,79 @@
+"""A catalogue of bad invocations on real files: each gets its exit status and one clear line, and the rule holds
+that no new file appears and no input changes.
+
+The files are the Galaxy tools' test data (real Zheng 2017 cells, committed), copied into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cellpix.cli import cli
+from tests.conftest import ROOT
+
+DATA = ROOT / "galaxy_tools" / "cellpix" / "test-data"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    for name in ("query.h5ad", "model.cellpix", "reference_integrated.h5ad"):
+        shutil.copy(DATA / name, tmp_path / name)
+    (tmp_path / "link.h5ad").symlink_to(tmp_path / "query.h5ad")
+    return tmp_path
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+CASES = [
+    # (arguments, exit status, fragment of the message)
+    (["annotate", "query.h5ad", "-m", "model.cellpix", "-o", "query.h5ad"], 1, "it is an input of this run"),
+    (["annotate", "query.h5ad", "-m", "model.cellpix", "-o", "model.cellpix"], 1, "it is an input of this run"),
+    (["annotate", "query.h5ad", "-m", "model.cellpix", "-o", "link.h5ad"], 1, "it is an input of this run"),
+    (["annotate", "query.h5ad", "-m", "model.cellpix", "-o", "out.h5ad", "--table", "out.h5ad"], 1,
+     "another output of this run"),
+    (["integrate", "query.h5ad", "--reference", "reference_integrated.h5ad", "-o", "reference_integrated.h5ad"], 1,
+     "it is an input of this run"),
+    (["explain", "query.h5ad", "--model", "model.cellpix", "-o", "model.cellpix"], 1, "it is an input of this run"),
+    (["annotate", "query.h5ad", "-m", "model.cellpix", "-o", "out.h5ad", "--threads", "0"], 2, "--threads"),
+    (["train", "reference_integrated.h5ad", "--layout", "model.cellpix", "--labels", "cell_type", "--hierarchy",
+      "pbmc-sorted", "-o", "m.cellpix", "--optimizer", "adam"], 2, "--optimizer"),
+]
+
+
+@pytest.mark.parametrize(("args", "status", "fragment"), CASES, ids=lambda c: " ".join(c) if isinstance(c, list)
+                         else None)
+def test_bad_invocation_is_refused_and_touches_nothing(workdir, args, status, fragment):
+    before = snapshot(workdir)
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        result = CliRunner().invoke(cli, args)
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == status, result.output
+    assert fragment in result.output
+    assert "Traceback" not in result.output
+    assert snapshot(workdir) == before  # no new file, no changed input
+    assert (workdir / "link.h5ad").is_symlink()
+
+
+def test_written_files_get_the_mode_a_plain_open_gives(workdir):
+    """mkstemp makes 0600 files; results must be readable by Galaxy's job user and other UIDs (0644 here)."""
+    old = os.umask(0o022)
+    try:
+        result = CliRunner().invoke(cli, ["annotate", str(workdir / "query.h5ad"), "-m", str(workdir / "model.cellpix"),
+                                          "-o", str(workdir / "out.h5ad"), "--table", str(workdir / "out.csv"),
+                                          "--quiet"])
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    for name in ("out.h5ad", "out.csv"):
+        assert (workdir / name).stat().st_mode & 0o777 == 0o644, name
