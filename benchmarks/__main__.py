@@ -1,7 +1,7 @@
 """`python -m benchmarks WHAT [--quick] [--folds 0,1] [--epochs N]`.
 
 WHAT: speed, annotate-grid, explain-markers, accuracy, ablation, convergence, cross, default-choice, integration,
-novelty, small-reference, shift, report or all.
+novelty, small-reference, shift, cost, report or all.
 
 A full run writes ``benchmarks/results/*.csv`` and regenerates ``docs/benchmarks.md``.
 ``--quick`` checks the whole harness in under 10 minutes on 2 cores (fold 0, a
@@ -152,7 +152,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["speed", "annotate-grid", "explain-markers", *CV_RUNS, "cross", "integration",
-                                         "novelty", "small-reference", "shift", "report", "all"])
+                                         "novelty", "small-reference", "shift", "cost", "report",
+                                         "all"])
     parser.add_argument("--quick", action="store_true", help="the whole harness in < 10 min (see above)")
     parser.add_argument("--folds", type=fold_list, default=None, help="comma-separated folds 0-4 (default: all 5)")
     parser.add_argument("--epochs", type=positive_int, default=None, help="epochs for every cellpix contender")
@@ -208,6 +209,10 @@ def main() -> None:
         from benchmarks import shift
 
         shift.run_shift(only, on_row=lambda frame: save(frame, "shift.csv"))
+    if args.what == "cost":
+        from benchmarks import cost
+
+        cost.run(on_row=lambda frame: save(frame, "cost.csv"))
     report.write(results, report.DOC if not args.quick else results / "benchmarks.md")
 
 

@@ -1,0 +1,144 @@
+"""Whole-process cost of annotating 10,000 Zheng cells: `cellpix annotate` beside the `celltypist` CLI.
+
+``python -m benchmarks cost``. Both tools get a model trained on every Zheng cell and annotate the same 10,000
+cells (resampled from the real ones, with their real sparsity), each as one process started from the shell,
+timed by ``/usr/bin/time`` (wall time and peak RSS). cellpix reads raw counts with Ensembl IDs, as a user's file
+would be; CellTypist is given what its CLI requires (log1p CP10k, gene symbols). Then one cellpix run under
+cProfile says where its time goes.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import pandas as pd
+
+from benchmarks.common import ROOT, ZHENG, require, synthetic_query
+
+N_CELLS = 10_000
+PHASES = {  # cProfile function names → the phase they belong to (cumulative time of each, summed)
+    "load model": ["load_models"],
+    "read and normalise chunks": ["rows"],
+    "value checks": ["value_kind", "check_cells"],
+    "rendering": ["render_csr"],
+    "forward pass": ["conditional_probabilities"],
+}
+
+
+def timed(command: list[str], cwd: Path) -> dict[str, float]:
+    """Wall seconds and peak RSS (MB) of one process, as /usr/bin/time measures them."""
+    report = cwd / "time.txt"
+    start = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-f", "%e %M", "-o", str(report), *command], cwd=cwd,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed:\n{proc.stderr[-2000:]}")
+    _, rss_kb = report.read_text().split()[-2:]
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(int(rss_kb) / 1024, 0)}
+
+
+def train_models(folder: Path) -> tuple[Path, Path, float]:
+    """A cellpix default bundle and a CellTypist model, both trained on every Zheng cell."""
+    import celltypist
+
+    from benchmarks.accuracy import LABEL, OvRLogisticRegression, log_normalised
+    from cellpix.imaging.layout import fit_layout
+    from cellpix.integrate.reference import QCOptions, prepare_reference
+    from cellpix.pipeline import resolve_hierarchy
+    from cellpix.train.trainer import TrainConfig, train
+
+    data = ad.read_h5ad(require(ZHENG))
+    start = time.perf_counter()
+    ref = prepare_reference(data, QCOptions())
+    layout = fit_layout(ref, groupby=LABEL, symbol_column="gene_symbol", max_cells=1500)
+    model = train(ref, layout, resolve_hierarchy("pbmc-sorted"), LABEL, TrainConfig(), progress=False)
+    train_s = time.perf_counter() - start
+    bundle = folder / "zheng.cellpix"
+    model.save(bundle)
+    log = ad.AnnData(X=log_normalised(data), obs=data.obs[[LABEL]].copy())
+    log.var_names = data.var["gene_symbol"].astype(str).to_numpy()
+    log.var_names_make_unique()
+    import importlib
+    from unittest.mock import patch
+
+    training_module = importlib.import_module("celltypist.train")
+    with patch.object(training_module, "LogisticRegression", OvRLogisticRegression):
+        typist = celltypist.train(log, labels=LABEL, feature_selection=True, n_jobs=2, check_expression=False)
+    typist_path = folder / "zheng_celltypist.pkl"
+    typist.write(str(typist_path))
+    return bundle, typist_path, train_s
+
+
+def celltypist_input(query: Path, folder: Path) -> Path:
+    from benchmarks.accuracy import log_normalised
+
+    counts = ad.read_h5ad(query)
+    log = ad.AnnData(X=log_normalised(counts), obs=counts.obs.copy())
+    log.var_names = counts.var["gene_symbol"].astype(str).to_numpy()
+    log.var_names_make_unique()
+    path = folder / "query_log_symbols.h5ad"
+    log.write_h5ad(path)
+    return path
+
+
+def phases(bundle: Path, query: Path, folder: Path) -> dict[str, float]:
+    """Seconds per phase of one in-process annotation (imports timed apart, in a fresh interpreter)."""
+    imports = subprocess.run([sys.executable, "-c", "import time; t = time.perf_counter(); "
+                              "import cellpix.annotate.annotate, cellpix.trained; print(time.perf_counter() - t)"],
+                             capture_output=True, text=True, check=True, cwd=ROOT)
+    from cellpix.annotate.annotate import AnnotateOptions, annotate_file, load_models
+
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    models = load_models([bundle])
+    annotate_file(query, folder / "profiled.h5ad", models, AnnotateOptions(progress=False))
+    profiler.disable()
+    total = time.perf_counter() - start
+    stats = pstats.Stats(profiler).stats
+    out = {"imports": round(float(imports.stdout.strip()), 2), "annotate (in process)": round(total, 2)}
+    for phase, names in PHASES.items():
+        out[phase] = round(sum(v[3] for (_, _, name), v in stats.items() if name in names), 2)
+    out["writing and the rest"] = round(total - sum(out[p] for p in PHASES), 2)
+    return out
+
+
+def run(on_row=None) -> pd.DataFrame:
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        bundle, typist, train_s = train_models(folder)
+        query = synthetic_query(ad.read_h5ad(require(ZHENG)), N_CELLS, folder / "query.h5ad", seed=0)
+        typist_query = celltypist_input(query, folder)
+        cellpix_bin = str(Path(sys.executable).parent / "cellpix")
+        typist_bin = str(Path(sys.executable).parent / "celltypist")
+        for repeat in range(2):
+            rows.append({"tool": "cellpix annotate (default model)", "repeat": repeat, "cells": N_CELLS,
+                         **timed([cellpix_bin, "annotate", str(query), "-m", str(bundle), "-o",
+                                  str(folder / f"out{repeat}.h5ad"), "--quiet"], folder),
+                         "model_train_s": round(train_s, 1)})
+            rows.append({"tool": "celltypist CLI (retrained on Zheng)", "repeat": repeat, "cells": N_CELLS,
+                         **timed([typist_bin, "--indata", str(typist_query), "--model", str(typist), "--outdir",
+                                  str(folder / f"typist{repeat}")], folder)})
+            for row in rows[-2:]:
+                print(row, flush=True)
+        breakdown = phases(bundle, query, folder)
+        print(breakdown, flush=True)
+        rows.append({"tool": "cellpix annotate, where the time goes (s)", "cells": N_CELLS, **breakdown})
+    frame = pd.DataFrame(rows)
+    if on_row is not None:
+        on_row(frame)
+    return frame
+
+
+if __name__ == "__main__":
+    run()
