@@ -102,6 +102,7 @@ def _stream(models: list[TrainedModel], readers: list[PanelReader], options: Ann
     source = readers[0].source
     bar = tqdm(total=source.n_obs, desc="annotating", unit="cell", disable=not options.progress)
     for start, stop, raw in source.chunks(options.chunk_size):
+        readers[0].check(raw, start)  # every chunk, not only the rows sampled to classify the file
         blocks = [reader.align(raw) for reader in readers]
         pred = predict_matrix(pairs, blocks, space, options.inference_batch, options.device,
                               options.restrict_to, options.precision)

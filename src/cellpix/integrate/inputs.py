@@ -24,6 +24,7 @@ TARGET_SUM = 1e4
 LOG_MAX = 30.0  # log1p(CP10k) tops out near 9; log2(TPM+1) near 20
 COUNT_LAYER_NAMES = ("counts", "raw_counts", "count", "umi", "X_counts")
 SAMPLE_ROWS = 2000
+MAX_COUNT = 1e7  # no cell holds ten million UMIs of one gene: larger values are corrupt or overflowed
 
 
 @dataclass
@@ -138,6 +139,32 @@ def _refusal(kind: str, where: str) -> str:
         what = f"{where} holds normalised values that are not log-transformed (values above {LOG_MAX:g})"
     return (f"{what}, which cannot be brought back to the model's log1p(counts per 10,000). Pass raw counts or "
             "log1p-normalised data: keep them in .raw, in a layer named 'counts' (or pick one with --layer), or in X.")
+
+
+def check_block(block: sp.csr_matrix, kind: str, where: str, first_row: int = 0,
+                cell_names: pd.Index | None = None) -> None:
+    """Refuse a streamed block whose values the sample that classified the file did not show.
+
+    :func:`value_kind` judges a file on a sample of rows; this runs on every block read afterwards (one pass
+    over values already in memory), so NaN, negative, fractional "counts" or overflowed values anywhere in
+    the file stop the run at the first bad cell instead of becoming confident labels.
+    """
+    data = block.data
+    if data.size == 0:
+        return
+    bad = ~np.isfinite(data) | (data < 0)
+    if kind == "counts":
+        bad |= (np.mod(data, 1) != 0) | (data > MAX_COUNT)
+        problem = f"a value that is not a count (negative, fractional, NaN, infinite or above {MAX_COUNT:g})"
+    else:
+        bad |= data > LOG_MAX
+        problem = f"a value outside log-normalised data (negative, NaN, infinite or above {LOG_MAX:g})"
+    if not bad.any():
+        return
+    row = int(np.searchsorted(block.indptr, int(np.flatnonzero(bad)[0]), side="right") - 1) + first_row
+    name = f" ({cell_names[row]!s})" if cell_names is not None and row < len(cell_names) else ""
+    raise InputDataError(f"{where}: cell {row}{name} holds {problem}, unlike the rows sampled to classify the "
+                         f"file as {kind}; fix or drop that cell first. Nothing was written")
 
 
 def normalise_rows(block: sp.csr_matrix, kind: str) -> sp.csr_matrix:

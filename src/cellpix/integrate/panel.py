@@ -8,10 +8,11 @@ from typing import Any
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from cellpix.integrate.genes import DEFAULT_MIN_COVERAGE, GeneMatch, match_genes
-from cellpix.integrate.inputs import MatrixSource, check_cells, choose_source, normalise_rows
+from cellpix.integrate.inputs import MatrixSource, check_block, check_cells, choose_source, normalise_rows
 
 
 @dataclass
@@ -21,6 +22,7 @@ class PanelReader:
     source: MatrixSource
     kind: str
     match: GeneMatch
+    cell_names: pd.Index | None = None  # to name the first bad cell of a block
 
     def __post_init__(self) -> None:
         self._selector = self.match.selector()
@@ -34,11 +36,17 @@ class PanelReader:
         aligned.sort_indices()
         return aligned.astype(np.float32, copy=False)
 
+    def check(self, block: sp.csr_matrix, first_row: int | None = None) -> sp.csr_matrix:
+        """The raw block, once its values are checked (:func:`check_block`); ``first_row`` names bad cells."""
+        check_block(block, self.kind, self.source.name, first_row or 0,
+                    self.cell_names if first_row is not None else None)
+        return block
+
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
-        return self.align(self.source.rows(start, stop))
+        return self.align(self.check(self.source.rows(start, stop), start))
 
     def take(self, indices: np.ndarray) -> sp.csr_matrix:
-        return self.align(self.source.take(indices))
+        return self.align(self.check(self.source.take(indices)))
 
     def chunks(self, chunk_size: int) -> Iterator[tuple[int, int, sp.csr_matrix]]:
         for start in range(0, self.n_obs, chunk_size):
@@ -62,4 +70,4 @@ def open_on_panel(
     check_cells(adata)
     source, kind = choose_source(adata, layer=layer, use_raw=use_raw)
     match = match_genes(source.var, panel_ids, panel_symbols, gene_column=gene_column, min_coverage=min_coverage)
-    return PanelReader(source, kind, match)
+    return PanelReader(source, kind, match, pd.Index(adata.obs_names))

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 
 from cellpix.errors import InputDataError
 from cellpix.integrate.genes import id_type
-from cellpix.integrate.inputs import check_cells, choose_source, normalise_rows
+from cellpix.integrate.inputs import check_block, check_cells, choose_source, normalise_rows
 
 SYMBOL_COLUMNS = ("gene_symbol", "gene_symbols", "symbol", "symbols", "gene_name", "gene_names", "feature_name",
                   "gene_ids_symbol")
@@ -72,6 +72,7 @@ def prepare_reference(adata: ad.AnnData, options: QCOptions | None = None, layer
     check_cells(adata)
     source, kind = choose_source(adata, layer=layer, use_raw=use_raw)
     matrix = source.rows(0, source.n_obs)
+    check_block(matrix, kind, source.name, 0, pd.Index(adata.obs_names))
     var = source.var.copy()
     if var.index.has_duplicates:
         keep = ~var.index.duplicated()
