@@ -23,6 +23,8 @@ CANONICAL_MARKERS = {
     "CD34+": {"CD34"},
 }
 R_REQUIRED = os.environ.get("CELLPIX_REQUIRE_R") == "1"  # .ci/run installs R + Seurat and sets this
+# .ci/run sets this: there the real-data suite must run, so a missing ../shared is a failure, not a skip.
+DATA_REQUIRED = os.environ.get("CELLPIX_REQUIRE_DATA") == "1"
 SHARED = Path(os.environ.get("CELLPIX_SHARED_DATA", ROOT.parent / "shared" / "data"))
 ZHENG = SHARED / "zheng2017_pbmc_sorted.h5ad"
 
@@ -30,8 +32,13 @@ torch.set_num_threads(2)
 
 
 def require(path: Path) -> Path:
+    """``path``, or skip the test when it is missing: a fresh clone runs the suite on the committed fixtures
+    (tests/data/, galaxy_tools/cellpix/test-data/); with CELLPIX_REQUIRE_DATA=1 (CI) a missing file fails."""
     if not path.exists():
-        pytest.fail(f"real test data missing: {path} (set CELLPIX_SHARED_DATA)")
+        message = f"real data not here: {path} (set CELLPIX_SHARED_DATA; CI requires it)"
+        if DATA_REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 

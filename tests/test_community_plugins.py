@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cellpix.plugin_docs import render
-from tests.conftest import ROOT, SHARED
+from tests.conftest import ROOT, SHARED, require
 
 PLUGINS = sorted(p for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists())
 
@@ -39,6 +39,7 @@ def test_there_are_two_independent_plugins():
 
 @pytest.mark.parametrize("plugin", PLUGINS, ids=lambda p: p.name)
 def test_plugin_passes_its_own_tests_when_installed(plugin, tmp_path):
+    require(SHARED / "zheng2017_pbmc_sorted.h5ad")  # both plugins test on the real Zheng cells
     pip_install_target(plugin, tmp_path / "site")
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", str(plugin / "tests")],
                          capture_output=True, text=True, cwd=tmp_path,

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from tests.conftest import ROOT, STEP_EXTRAS, STEP_IMAGES
+from tests.conftest import ROOT, STEP_EXTRAS, STEP_IMAGES, require
 from tests.nextflow_tools import (
     balanced,
     config_params,
@@ -42,10 +42,7 @@ DIRECTIVES = {"tag", "label", "conda", "container"}
 
 
 def schema(name: str) -> Draft202012Validator:
-    path = SCHEMAS / name
-    if not path.exists():
-        pytest.fail(f"nf-core schema missing: {path}")
-    return Draft202012Validator(json.loads(path.read_text()))
+    return Draft202012Validator(json.loads(require(SCHEMAS / name).read_text()))
 
 
 def test_every_step_has_a_module():
