@@ -230,21 +230,26 @@ def image(reference: Path, outdir: Path, method: str, perplexity: float, pixels:
                    "the trunk on.")
 @click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="Image channels.")
 @click.option("--pretrained", default=None, help="Local checkpoint file, or 'hub' to download (needs network).")
-@click.option("--epochs", type=int, default=None)
-@click.option("--batch-size", type=int, default=None)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs (default 30).")
+@click.option("--keep", type=click.Choice(["best", "last"]), default=None,
+              help="best: early stopping, the best epoch on the validation split (default); last: every epoch.")
+@click.option("--batch-size", type=click.IntRange(min=2), default=None)
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None,
               help="sgd (Nesterov momentum; the cpu and trunk presets) or adamw (the paper preset).")
-@click.option("--lr", type=float, default=None, help="Peak learning rate (default 0.1 for sgd, 0.001 for adamw).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate (default 0.1 for sgd, 0.001 for adamw).")
 @click.option("--loss", type=click.Choice(["ahfl", "focal", "ce"]), default=None,
               help="ahfl (adaptive α, default), focal (static α) or ce (cross-entropy).")
 @click.option("--class-weights/--no-class-weights", default=None, help="scTab class weights.")
-@click.option("--mask-fraction", type=float, default=None,
+@click.option("--mask-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Share of gene pixels zeroed per training image (random-masking augmentation; default 0.1). "
                    "0 turns it off, which cost 0.05 subtype macro-F1 on a Zheng fold (docs/benchmarks.md).")
-@click.option("--val-fraction", type=float, default=None, help="Validation share (stratified).")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Validation share (stratified).")
 @click.option("--val-key", default=None, help="Split validation by this obs column (donor/batch) instead.")
 @click.option("--donor-key", default=None, help="obs column of donors: enables scTab donor augmentation.")
-@click.option("--patience", type=int, default=None, help="Early stopping on validation subtype macro-F1.")
+@click.option("--patience", type=click.IntRange(min=1), default=None,
+              help="Early stopping on validation subtype macro-F1.")
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:1…")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -256,7 +261,8 @@ def image(reference: Path, outdir: Path, method: str, perplexity: float, pixels:
 def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: str | None,
                   hierarchy_from_obs: str | None, output: Path, preset: str, wide: bool | None,
                   deep: bool | None, backbone: str | None,
-                  channels: str | None, pretrained: str | None, epochs: int | None, batch_size: int | None,
+                  channels: str | None, pretrained: str | None, epochs: int | None, keep: str | None,
+                  batch_size: int | None,
                   optimizer: str | None, lr: float | None, loss: str | None, class_weights: bool | None,
                   mask_fraction: float | None,
                   val_fraction: float | None, val_key: str | None, donor_key: str | None, patience: int | None,
@@ -282,7 +288,7 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
         tree = resolve_hierarchy(hierarchy)
     config = TrainConfig.from_preset(
         preset, wide=wide, deep=deep, backbone=backbone, in_chans=int(channels) if channels else None,
-        pretrained=pretrained, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, loss=loss,
+        pretrained=pretrained, epochs=epochs, keep=keep, batch_size=batch_size, optimizer=optimizer, lr=lr, loss=loss,
         class_weights=class_weights, mask_fraction=mask_fraction, val_fraction=val_fraction, val_key=val_key,
         donor_key=donor_key,
         patience=patience, seed=seed, device=device)
