@@ -193,6 +193,11 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "wide alone, SGD lr 0.05": {"model": WIDE, "train": {**SGD, "lr": 0.05}},
     "wide alone, SGD lr 0.2": {"model": WIDE, "train": {**SGD, "lr": 0.2}},
     "wide alone, SGD, batch 32": {"model": WIDE, "train": {**SGD, "batch_size": 32}},
+    "wide alone, SGD, cross-entropy (gamma 0, alpha fixed)": {"model": WIDE, "train": {**SGD, "gamma": 0.0,
+                                                                                       "adaptive": False}},
+    "wide alone, SGD, gamma 1": {"model": WIDE, "train": {**SGD, "gamma": 1.0}},
+    "wide alone, SGD, weight decay 1e-3, 24 epochs": {"model": WIDE, "train": {**SGD, "weight_decay": 1e-3},
+                                                       "epochs": 24},
 }
 
 

@@ -104,3 +104,33 @@ def test_bad_values_outside_the_sampled_rows_stop_the_stream(zheng_raw, workdir,
     first = rows.start
     assert f"cell {first} ({query.obs_names[first]})" in result.output
     assert snapshot(workdir) == before
+
+
+def test_split_prefix_cannot_escape_the_output_folder(workdir):
+    result = CliRunner().invoke(cli, ["split", str(workdir / "query.h5ad"), "-o", str(workdir / "shards"),
+                                      "--prefix", "../../escaped", "-n", "20"])
+    assert result.exit_code == 1 and "plain file-name stem" in result.output
+    assert not list(workdir.parent.parent.glob("escaped*")) and not (workdir / "shards").exists()
+
+
+def test_merge_refuses_a_repeated_shard_and_shards_of_another_model(workdir):
+    """Before, merge kept the first shard's checksum for all and wrote duplicate cell names without a word."""
+    runner = CliRunner()
+    shards = workdir / "shards"
+    assert runner.invoke(cli, ["split", str(workdir / "query.h5ad"), "-o", str(shards), "-n", "30"]).exit_code == 0
+    other = workdir / "other.cellpix"
+    trained = runner.invoke(cli, ["train", str(workdir / "reference_integrated.h5ad"), "--layout",
+                                  str(DATA / "layout.json"), "--labels", "cell_type", "--hierarchy", "pbmc-sorted",
+                                  "-o", str(other), "--epochs", "3", "--quiet"])
+    assert trained.exit_code == 0, trained.output
+    annotated = []
+    for shard, model in zip(sorted(shards.glob("*.h5ad")), [workdir / "model.cellpix", other], strict=True):
+        out = shard.with_name(shard.name.replace(".h5ad", ".cellpix.h5ad"))
+        assert runner.invoke(cli, ["annotate", str(shard), "-m", str(model), "-o", str(out), "--quiet"]).exit_code == 0
+        annotated.append(out)
+    merged = workdir / "merged.h5ad"
+    mixed = runner.invoke(cli, ["merge", *map(str, annotated), "-o", str(merged)])
+    assert mixed.exit_code == 1 and "another model" in mixed.output
+    twice = runner.invoke(cli, ["merge", str(annotated[0]), str(annotated[0]), "-o", str(merged)])
+    assert twice.exit_code == 1 and "twice" in twice.output
+    assert not merged.exists()

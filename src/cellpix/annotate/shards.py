@@ -26,6 +26,9 @@ def split_h5ad(query: str | Path, outdir: str | Path, cells_per_shard: int, pref
     """Write ``prefix.00000.h5ad`` … with at most ``cells_per_shard`` cells each (rows in order)."""
     if cells_per_shard < 1:
         raise CellpixError("--cells-per-shard must be at least 1")
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", prefix) or prefix.startswith("."):
+        raise CellpixError(f"--prefix {prefix!r} must be a plain file-name stem (letters, digits, _ . -, not "
+                           "starting with a dot): shards are written inside --outdir")
     adata = read_h5ad(query, backed=True)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -60,13 +63,28 @@ def merge_h5ad(shards: list[str | Path], output: str | Path) -> Path:
     ordered = shard_order(shards)
     if not ordered:
         raise CellpixError("no shards to merge")
-    totals = 0
+    if len({p.resolve() for p in ordered}) < len(ordered):
+        raise InputDataError("the same shard is given twice; each shard must be merged once")
+    totals, models = 0, {}
+    seen_cells: set[str] = set()
     for path in ordered:
         with h5py.File(check_h5ad_path(path), "r") as f:
             if "uns/cellpix" not in f:
                 raise InputDataError(f"{path} is not annotated by cellpix (no uns['cellpix']); annotate every "
                                      "shard before merging")
-            totals += int(f["obs"][f["obs"].attrs["_index"]].shape[0])
+            meta = read_elem(f["uns/cellpix"])
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["obs"][f["obs"].attrs["_index"]][:]]
+        checksums = tuple(sorted(str(m.get("checksum_sha256", "")) for m in meta.get("models", {}).values()))
+        models[path] = checksums
+        if checksums != models[ordered[0]]:
+            raise InputDataError(f"{path} was annotated by another model than {ordered[0]} (bundle checksums "
+                                 "differ); merge shards of one annotation run only")
+        duplicates = seen_cells.intersection(names)
+        if duplicates:
+            raise InputDataError(f"{path} repeats cells of an earlier shard (e.g. {sorted(duplicates)[0]}); "
+                                 "each cell must be in one shard")
+        seen_cells.update(names)
+        totals += len(names)
     with atomic_path(output) as tmp:
         concat_on_disk([str(p) for p in ordered], str(tmp), max_loaded_elems=10_000_000)
         with h5py.File(ordered[0], "r") as first:
