@@ -134,3 +134,33 @@ def test_merge_refuses_a_repeated_shard_and_shards_of_another_model(workdir):
     twice = runner.invoke(cli, ["merge", str(annotated[0]), str(annotated[0]), "-o", str(merged)])
     assert twice.exit_code == 1 and "twice" in twice.output
     assert not merged.exists()
+
+
+def test_evaluate_leaves_out_missing_truth_and_refuses_foreign_labels(workdir):
+    import anndata as ad
+    import json
+
+    runner = CliRunner()
+    out = workdir / "annotated.h5ad"
+    assert runner.invoke(cli, ["annotate", str(workdir / "query.h5ad"), "-m", str(workdir / "model.cellpix"), "-o",
+                               str(out), "--quiet"]).exit_code == 0
+    annotated = ad.read_h5ad(out)
+    truth = annotated.obs["cell_type"].astype(object).copy()
+    truth.iloc[:10] = np.nan
+    annotated.obs["partial"] = truth
+    annotated.obs["foreign"] = "hepatocyte"
+    annotated.write_h5ad(out)
+    result = runner.invoke(cli, ["evaluate", str(out), "-m", str(workdir / "model.cellpix"), "--truth-subtype",
+                                 "partial"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    assert metrics["cells_without_truth"] == 10 and metrics["cells_scored"] == annotated.n_obs - 10
+    kept = annotated.obs.iloc[10:]
+    expected = (kept["cellpix_subtype"].astype(str) == kept["cell_type"].astype(str)).mean()
+    assert abs(metrics["subtype"]["accuracy"] - expected) < 1e-9
+    foreign = runner.invoke(cli, ["evaluate", str(out), "-m", str(workdir / "model.cellpix"), "--truth-subtype",
+                                  "foreign"])
+    assert foreign.exit_code == 1 and "--mapping" in foreign.output
+    missing = runner.invoke(cli, ["evaluate", str(out), "-m", str(workdir / "model.cellpix"), "--truth-subtype",
+                                  "nope"])
+    assert missing.exit_code == 1 and "no truth column 'nope'" in missing.output

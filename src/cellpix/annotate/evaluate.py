@@ -52,6 +52,26 @@ def read_mapping(path: str | Path) -> dict[str, str]:
     return dict(zip(frame[0].str.strip(), frame[1].str.strip(), strict=True))
 
 
+def truth_labels(adata: ad.AnnData, key: str, mapping: dict[str, str] | None, known: list[str]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, mask of cells that have one): a missing truth label is left out of the scores, not counted wrong.
+
+    Stops when the column is absent or when none of its labels is one the model can predict (a wrong column
+    or a missing ``--mapping`` would otherwise score 0.0 without a word).
+    """
+    if key not in adata.obs.columns:
+        raise CellpixError(f"no truth column {key!r} in obs; columns: {', '.join(map(str, adata.obs.columns))}")
+    column = adata.obs[key]
+    present = column.notna().to_numpy() & ~column.astype(str).str.strip().isin(["", "nan", "NA", "None"]).to_numpy()
+    labels = apply_mapping(column, mapping)
+    if present.any() and not np.isin(labels[present], known).any():
+        raise CellpixError(f"none of the labels in {key!r} (e.g. {labels[present][0]!r}) is a label of the model's "
+                           "hierarchy; map them with --mapping TRUTH,MODEL")
+    if not present.any():
+        raise CellpixError(f"truth column {key!r} holds no labels")
+    return labels, present
+
+
 def evaluate(adata: ad.AnnData, hierarchy: Hierarchy, subtype_key: str | None = None, base_key: str | None = None,
              mapping: dict[str, str] | None = None) -> dict[str, Any]:
     """Metrics for an annotated AnnData (output of ``cellpix annotate``)."""
@@ -68,21 +88,27 @@ def evaluate(adata: ad.AnnData, hierarchy: Hierarchy, subtype_key: str | None = 
     consistent = np.array([l2b.get(s) == b for s, b in zip(pred_sub, pred_base, strict=True)])
     result["hierarchy_consistency"] = float(consistent.mean())
     if subtype_key:
-        truth = apply_mapping(adata.obs[subtype_key], mapping)
+        truth, keep = truth_labels(adata, subtype_key, mapping, labels or hierarchy.labels)
+        result["cells_scored"], result["cells_without_truth"] = int(keep.sum()), int((~keep).sum())
         proba = adata.obsm.get("cellpix_subtype_proba")
         joint = None
         if proba is not None and "cellpix_base_proba" in adata.obsm:
-            joint = _joint(np.asarray(adata.obsm["cellpix_base_proba"]), np.asarray(proba), bases, labels, l2b)
-        result["subtype"] = _level_metrics(truth, pred_sub, joint, labels)
+            joint = _joint(np.asarray(adata.obsm["cellpix_base_proba"]), np.asarray(proba), bases, labels, l2b)[keep]
+        result["subtype"] = _level_metrics(truth[keep], pred_sub[keep], joint, labels)
         if base_key is None:
-            truth_base = np.array([l2b.get(t, t) for t in truth])
-            result["base"] = _level_metrics(truth_base, pred_base, _base_proba(adata), bases)
+            truth_base = np.array([l2b.get(t, t) for t in truth[keep]])
+            base_p = _base_proba(adata)
+            result["base"] = _level_metrics(truth_base, pred_base[keep], None if base_p is None else base_p[keep],
+                                            bases)
         ids = hierarchy.ontology_ids()
         if ids:
-            result["subtype_ontology_aware_accuracy"] = _ontology_accuracy(truth, pred_sub, ids)
+            result["subtype_ontology_aware_accuracy"] = _ontology_accuracy(truth[keep], pred_sub[keep], ids)
     if base_key:
-        truth_base = apply_mapping(adata.obs[base_key], mapping)
-        result["base"] = _level_metrics(truth_base, pred_base, _base_proba(adata), bases)
+        truth_base, keep = truth_labels(adata, base_key, mapping, bases or hierarchy.base_names)
+        result["base_cells_scored"], result["base_cells_without_truth"] = int(keep.sum()), int((~keep).sum())
+        base_p = _base_proba(adata)
+        result["base"] = _level_metrics(truth_base[keep], pred_base[keep], None if base_p is None else base_p[keep],
+                                        bases)
     return result
 
 
