@@ -137,8 +137,9 @@ def test_merge_refuses_a_repeated_shard_and_shards_of_another_model(workdir):
 
 
 def test_evaluate_leaves_out_missing_truth_and_refuses_foreign_labels(workdir):
-    import anndata as ad
     import json
+
+    import anndata as ad
 
     runner = CliRunner()
     out = workdir / "annotated.h5ad"
