@@ -28,7 +28,8 @@ class UnknownNameError(CellpixError):
 
     def __init__(self, kind: str, name: str, known: list[str]) -> None:
         listing = ", ".join(sorted(known)) or "(none registered)"
-        super().__init__(f"unknown {kind} {name!r}. Known {kind}s: {listing}")
+        plural = kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
+        super().__init__(f"unknown {kind} {name!r}. Known {plural}: {listing}")
         self.kind, self.name, self.known = kind, name, known
 
 
