@@ -177,18 +177,23 @@ def integrate_methods() -> None:
 @click.argument("reference", type=H5AD)
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for layout.json, layout.png and layout_collisions.json.")
-@click.option("--method", default="tsne", show_default=True, help="Gene manifold: tsne, umap, pca, kpca or a plugin's.")
-@click.option("--perplexity", default=30.0, show_default=True, help="t-SNE perplexity (the paper tunes it).")
-@click.option("--pixels", type=int, default=None,
+@click.option("--preset", type=click.Choice(["default", "paper"]), default="default", show_default=True,
+              help="paper: the published layout (224 px, t-SNE perplexity 70, early exaggeration 8, fitted on "
+                   "every cell); options given explicitly still win.")
+@click.option("--method", default=None, help="Gene manifold: tsne (default), umap, pca, kpca or a plugin's.")
+@click.option("--perplexity", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="t-SNE perplexity (default 30; the paper 70).")
+@click.option("--pixels", type=click.IntRange(min=2), default=None,
               help="Grid side. Default: smallest square holding every gene (71 for 5,000); 224 = the paper.")
 @click.option("--discretization", default="lsa", show_default=True,
               type=click.Choice(["lsa", "bin", "qtb", "sla", "ags"]), help="Gene → pixel assignment.")
-@click.option("--max-cells", default=2000, show_default=True, help="Cells (stratified) used to fit the manifold.")
+@click.option("--max-cells", type=click.IntRange(min=2), default=None,
+              help="Cells (stratified) used to fit the manifold (default 2,000; the paper preset: all).")
 @click.option("--groupby", default=None, help="obs column to stratify the cell subsample by.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--write-images", default=0, show_default=True, help="Also export this many images (npz) to look at.")
-def image(reference: Path, outdir: Path, method: str, perplexity: float, pixels: int | None, discretization: str,
-          max_cells: int, groupby: str | None, seed: int, write_images: int) -> None:
+def image(reference: Path, outdir: Path, preset: str, method: str | None, perplexity: float | None, pixels: int | None,
+          discretization: str, max_cells: int | None, groupby: str | None, seed: int, write_images: int) -> None:
     """Fit the gene → pixel layout (DeepInsight) on an integrated REFERENCE.
 
     Images themselves are never stored: training and annotation render them
@@ -196,13 +201,16 @@ def image(reference: Path, outdir: Path, method: str, perplexity: float, pixels:
     information (one pixel per gene) does not, so the default grid is the
     smallest that holds the panel.
     """
+    from cellpix.imaging.layout import PAPER_LAYOUT
     from cellpix.imaging.step import image_step
     from cellpix.io import read_h5ad
 
-    params = {"perplexity": perplexity} if method == "tsne" else {}
-    layout = image_step(read_h5ad(reference), outdir, pixels=pixels, method=method, discretization=discretization,
-                        max_cells=max_cells, groupby=groupby, random_state=seed, write_images=write_images,
-                        **params)
+    given = {"pixels": pixels, "method": method, "perplexity": perplexity, "max_cells": max_cells}
+    options = {**(PAPER_LAYOUT if preset == "paper" else {}), **{k: v for k, v in given.items() if v is not None}}
+    if options.get("method", "tsne") != "tsne":
+        options = {k: v for k, v in options.items() if k not in ("perplexity", "early_exaggeration")}
+    layout = image_step(read_h5ad(reference), outdir, discretization=discretization, groupby=groupby,
+                        random_state=seed, write_images=write_images, **options)
     report = layout.collision_report()
     click.echo(f"{layout.n_genes} genes on {layout.size}×{layout.size}, {report['genes_sharing_a_pixel']} sharing a "
                f"pixel; fitted in {layout.fit_info['fit_seconds']} s → {outdir}/layout.json")

@@ -186,12 +186,19 @@ def stratified_subsample(labels: pd.Series | None, n_obs: int, max_cells: int, s
     return np.sort(np.concatenate(picked))
 
 
+# The published layout (scHDeepInsight; docs in ../shared/docs/method.md): 224 px, one gene per pixel, t-SNE with
+# cosine distance (the built-in t-SNE's metric), perplexity 70, early exaggeration 8, PCA initialisation, fitted on
+# every reference cell rather than a subsample.
+PAPER_LAYOUT: dict[str, Any] = {"pixels": 224, "method": "tsne", "perplexity": 70.0, "early_exaggeration": 8.0,
+                                "max_cells": None}
+
+
 def fit_layout(
     adata: ad.AnnData,
     method: str = "tsne",
     pixels: int | None = None,
     discretization: str = "lsa",
-    max_cells: int = 2000,
+    max_cells: int | None = 2000,
     groupby: str | None = None,
     symbol_column: str | None = None,
     random_state: int = 0,
@@ -220,7 +227,10 @@ def fit_layout(
     estimator = factory(random_state=random_state, **method_params)
 
     labels = adata.obs[groupby] if groupby else None
-    rows_used = stratified_subsample(labels, adata.n_obs, max_cells, random_state)
+    if max_cells is not None and max_cells < 2:
+        raise CellpixError(f"--max-cells must be at least 2, got {max_cells}")
+    rows_used = stratified_subsample(labels, adata.n_obs, adata.n_obs if max_cells is None else max_cells,
+                                     random_state)
     X = adata.X[rows_used]
     X = X.toarray() if sp.issparse(X) else np.asarray(X)
     X = X.astype(np.float32)
