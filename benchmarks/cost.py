@@ -73,6 +73,15 @@ def train_models(folder: Path) -> tuple[Path, Path, float]:
     training_module = importlib.import_module("celltypist.train")
     with patch.object(training_module, "LogisticRegression", OvRLogisticRegression):
         typist = celltypist.train(log, labels=LABEL, feature_selection=True, n_jobs=2, check_expression=False)
+    # The one-vs-rest stand-in lives in this package, which the celltypist CLI cannot import: store the same
+    # coefficients in scikit-learn's own class.
+    from sklearn.linear_model import LogisticRegression
+
+    plain = LogisticRegression()
+    for attribute, value in vars(typist.classifier).items():
+        if attribute.endswith("_") or attribute == "features":  # fitted values, and the genes celltypist adds
+            setattr(plain, attribute, value)
+    typist.classifier = plain
     typist_path = folder / "zheng_celltypist.pkl"
     typist.write(str(typist_path))
     return bundle, typist_path, train_s
@@ -122,6 +131,7 @@ def run(on_row=None) -> pd.DataFrame:
         cellpix_bin = str(Path(sys.executable).parent / "cellpix")
         typist_bin = str(Path(sys.executable).parent / "celltypist")
         for repeat in range(2):
+            (folder / f"typist{repeat}").mkdir()  # the celltypist CLI wants an existing --outdir
             rows.append({"tool": "cellpix annotate (default model)", "repeat": repeat, "cells": N_CELLS,
                          **timed([cellpix_bin, "annotate", str(query), "-m", str(bundle), "-o",
                                   str(folder / f"out{repeat}.h5ad"), "--quiet"], folder),
