@@ -21,7 +21,7 @@ def test_builtins_are_registered_like_plugins():
 
 
 def test_unknown_names_list_what_exists():
-    with pytest.raises(UnknownNameError, match="Known hierarchies: (.+, )?immune-schdeepinsight, pbmc-sorted"):
+    with pytest.raises(UnknownNameError, match=r"Known hierarchies: (.+, )?immune-schdeepinsight, pbmc-sorted"):
         plugins.lookup("hierarchies", "lung-atlas", "hierarchy")
     from cellpix.train.backbones import resolve_backbone
 
