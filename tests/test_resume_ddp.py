@@ -27,7 +27,8 @@ def small_reference(zheng_ref, zheng_layout, tmp_path_factory):
 def train_args(folder: Path, output: Path, epochs: int) -> list[str]:
     # The trunk preset: the read-out alone finishes 5 epochs within a second of its first checkpoint, before the
     # test can kill it; the trunk makes each epoch long enough to be interrupted, and its optimiser has state.
-    return ["train", "--preset", "trunk", str(folder / "ref.h5ad"), "--layout", str(folder / "layout.json"), "--labels", "cell_type",
+    return ["train", "--preset", "trunk", str(folder / "ref.h5ad"), "--layout", str(folder / "layout.json"),
+            "--labels", "cell_type",
             "--hierarchy", "pbmc-sorted", "-o", str(output), "--epochs", str(epochs), "--batch-size", "32",
             "--patience", "50", "--device", "cpu", "--quiet"]
 
