@@ -165,3 +165,26 @@ def test_evaluate_leaves_out_missing_truth_and_refuses_foreign_labels(workdir):
     missing = runner.invoke(cli, ["evaluate", str(out), "-m", str(workdir / "model.cellpix"), "--truth-subtype",
                                   "nope"])
     assert missing.exit_code == 1 and "no truth column 'nope'" in missing.output
+
+
+def test_inspect_reports_the_bundles_network_and_validation(workdir):
+    import json
+
+    result = CliRunner().invoke(cli, ["inspect", str(workdir / "model.cellpix"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["hierarchy"] == "pbmc-sorted" and summary["genes"] == 400
+    assert set(summary["validation"]) >= {"val_base_f1", "val_subtype_f1"}
+    missing = CliRunner().invoke(cli, ["inspect", str(workdir / "nope.cellpix")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_image_paper_preset_fits_the_published_layout_options(workdir, tmp_path):
+    from cellpix.imaging.layout import GeneLayout
+
+    out = tmp_path / "layout"
+    result = CliRunner().invoke(cli, ["image", str(workdir / "reference_integrated.h5ad"), "-o", str(out),
+                                      "--preset", "paper", "--pixels", "24", "--max-cells", "120"])
+    assert result.exit_code == 0, result.output
+    layout = GeneLayout.load(out / "layout.json")
+    assert layout.size == 24 and layout.params["perplexity"] == 70.0 and layout.params["early_exaggeration"] == 8.0

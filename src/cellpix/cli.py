@@ -201,14 +201,11 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
     information (one pixel per gene) does not, so the default grid is the
     smallest that holds the panel.
     """
-    from cellpix.imaging.layout import PAPER_LAYOUT
+    from cellpix.imaging.layout import layout_options
     from cellpix.imaging.step import image_step
     from cellpix.io import read_h5ad
 
-    given = {"pixels": pixels, "method": method, "perplexity": perplexity, "max_cells": max_cells}
-    options = {**(PAPER_LAYOUT if preset == "paper" else {}), **{k: v for k, v in given.items() if v is not None}}
-    if options.get("method", "tsne") != "tsne":
-        options = {k: v for k, v in options.items() if k not in ("perplexity", "early_exaggeration")}
+    options = layout_options(preset, pixels=pixels, method=method, perplexity=perplexity, max_cells=max_cells)
     layout = image_step(read_h5ad(reference), outdir, discretization=discretization, groupby=groupby,
                         random_state=seed, write_images=write_images, **options)
     report = layout.collision_report()

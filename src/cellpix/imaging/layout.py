@@ -193,6 +193,19 @@ PAPER_LAYOUT: dict[str, Any] = {"pixels": 224, "method": "tsne", "perplexity": 7
                                 "max_cells": None}
 
 
+def layout_options(preset: str = "default", **given: Any) -> dict[str, Any]:
+    """``fit_layout`` keyword arguments for a preset ("default" or "paper"); options given (not None) win.
+
+    t-SNE's own parameters are dropped when another manifold method is chosen.
+    """
+    if preset not in ("default", "paper"):
+        raise CellpixError(f"unknown layout preset {preset!r}; choose default or paper")
+    options = {**(PAPER_LAYOUT if preset == "paper" else {}), **{k: v for k, v in given.items() if v is not None}}
+    if options.get("method", "tsne") != "tsne":
+        options = {k: v for k, v in options.items() if k not in ("perplexity", "early_exaggeration")}
+    return options
+
+
 def fit_layout(
     adata: ad.AnnData,
     method: str = "tsne",
