@@ -63,7 +63,8 @@ def accuracy_contenders(quick: bool, epochs: int | None = None) -> dict:
 
 
 def ablation_contenders(quick: bool, epochs: int | None = None, paper_grid: bool = False) -> dict:
-    """One change at a time from the default: optimiser, loss, masking, the two paths, gene ranking, grid size.
+    """One change at a time from the default: optimiser, loss, class weights, read-out decay, masking, the two paths,
+    gene ranking, grid size.
 
     The 224-px grid is opt-in (``--paper-grid``): ResNet-10-T at 224 px took 1,473 s per fold for 8 epochs on
     2 CPU cores (7.7x the 71-px default), about an hour at the 20 epochs of a full run.
@@ -78,7 +79,9 @@ def ablation_contenders(quick: bool, epochs: int | None = None, paper_grid: bool
         f"plain cross-entropy instead of AHFL, {n} ep": acc.cellpix_contender(**base, loss="ce"),
         f"focal, static alpha 0.5, {n} ep": acc.cellpix_contender(**base, loss="focal"),
         f"no masking, {n} ep": acc.cellpix_contender(**base, mask_fraction=0.0),
-        f"class weights on, {n} ep": acc.cellpix_contender(**base, class_weights=True),
+        f"no class weights, {n} ep": acc.cellpix_contender(**base, class_weights=False),
+        f"read-out weight decay 1e-4 (the trunk's) instead of 0.03, {n} ep": acc.cellpix_contender(
+            **base, readout_weight_decay=1e-4),
         f"no per-pixel read-out: the resnet10t trunk alone, SGD, {min(n, 12)} ep": acc.cellpix_contender(
             **{**base, "epochs": min(n, 12)}, wide=False, deep=True),
         f"the trunk added beside the read-out, {min(n, 12)} ep": acc.cellpix_contender(

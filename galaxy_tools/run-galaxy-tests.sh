@@ -75,7 +75,7 @@ for tool in "$TOOLS"/cellpix_*.xml; do
     if galaxy-tool-test -u "$URL" -k "$USER_KEY" -a "$KEY" -t "$id" -j "$CACHE/$id.json" > "$CACHE/$id.log" 2>&1; then
         echo "PASS $id"; passed=$((passed + 1))
     else
-        echo "FAIL $id"; tail -40 "$CACHE/$id.log"; failed=$((failed + 1))
+        echo "FAIL $id"; tail -60 "$CACHE/$id.log" | LC_ALL=C tr -cd "[:print:]\n" | cut -c1-400; failed=$((failed + 1))
     fi
 done
 
@@ -86,7 +86,7 @@ for wf in "$ROOT"/galaxy_tools/workflows/*.gxwf.yml; do
         --test_output_json "$CACHE/workflow.json" "$wf" > "$CACHE/workflow.log" 2>&1; then
         echo "PASS $(basename "$wf")"; passed=$((passed + 1))
     else
-        echo "FAIL $(basename "$wf")"; tail -40 "$CACHE/workflow.log"; failed=$((failed + 1))
+        echo "FAIL $(basename "$wf")"; tail -60 "$CACHE/workflow.log" | LC_ALL=C tr -cd "[:print:]\n" | cut -c1-400; failed=$((failed + 1))
     fi
 done
 

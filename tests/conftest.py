@@ -124,3 +124,23 @@ def zheng_trunk_model(zheng_marker_ref, tmp_path_factory):
     path = tmp_path_factory.mktemp("trunk") / "zheng_trunk.cellpix"
     model.save(path)
     return path
+
+
+GALAXY_RUN_TEST = "tests/test_galaxy.py::test_tools_and_workflow_pass_in_a_real_galaxy"
+GALAXY_INSTALL_TESTS = (GALAXY_RUN_TEST, "tests/test_galaxy.py::test_planemo_lint_is_clean")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests that need the Galaxy install go last; the real-Galaxy run starts now, in the background."""
+    late = [item for item in items if item.nodeid in GALAXY_INSTALL_TESTS]
+    items[:] = [item for item in items if item not in late] + late
+    if any(item.nodeid == GALAXY_RUN_TEST for item in late) and not config.option.collectonly:
+        from tests import galaxy_run
+
+        galaxy_run.start()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests import galaxy_run
+
+    galaxy_run.stop()

@@ -245,7 +245,10 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
               help="Peak learning rate (default 0.1 for sgd, 0.001 for adamw).")
 @click.option("--loss", type=click.Choice(["ahfl", "focal", "ce"]), default=None,
               help="ahfl (adaptive α, default), focal (static α) or ce (cross-entropy).")
-@click.option("--class-weights/--no-class-weights", default=None, help="scTab class weights.")
+@click.option("--class-weights/--no-class-weights", default=None,
+              help="scTab balanced class weights in the loss (on in the cpu and trunk presets).")
+@click.option("--readout-decay", type=click.FloatRange(min=0), default=None,
+              help="L2 weight decay on the per-pixel read-out (default 0.03; the trunk keeps 1e-4).")
 @click.option("--mask-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Share of gene pixels zeroed per training image (random-masking augmentation; default 0.1). "
                    "0 turns it off, which cost 0.05 subtype macro-F1 on a Zheng fold (docs/benchmarks.md).")
@@ -269,7 +272,7 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
                   channels: str | None, pretrained: str | None, epochs: int | None, keep: str | None,
                   batch_size: int | None,
                   optimizer: str | None, lr: float | None, loss: str | None, class_weights: bool | None,
-                  mask_fraction: float | None,
+                  readout_decay: float | None, mask_fraction: float | None,
                   val_fraction: float | None, val_key: str | None, donor_key: str | None, patience: int | None,
                   seed: int | None, device: str | None, checkpoint_dir: Path | None, resume: bool,
                   report_dir: Path | None, quiet: bool) -> None:
@@ -294,8 +297,8 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
     config = TrainConfig.from_preset(
         preset, wide=wide, deep=deep, backbone=backbone, in_chans=int(channels) if channels else None,
         pretrained=pretrained, epochs=epochs, keep=keep, batch_size=batch_size, optimizer=optimizer, lr=lr, loss=loss,
-        class_weights=class_weights, mask_fraction=mask_fraction, val_fraction=val_fraction, val_key=val_key,
-        donor_key=donor_key,
+        class_weights=class_weights, readout_weight_decay=readout_decay, mask_fraction=mask_fraction,
+        val_fraction=val_fraction, val_key=val_key, donor_key=donor_key,
         patience=patience, seed=seed, device=device)
     checkpoint_dir = checkpoint_dir or output.with_name(output.name + ".ckpt")
     report_dir = report_dir or output.with_name(output.name + ".report")
