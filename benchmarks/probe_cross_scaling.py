@@ -16,7 +16,8 @@ from benchmarks.accuracy import LABEL, lineage
 from benchmarks.common import ZHENG, require
 
 
-def main() -> None:
+def cross_setting() -> tuple[ad.AnnData, ad.AnnData, np.ndarray, np.ndarray]:
+    """(Zheng integrated on the genes pbmc68k_reduced has, pbmc68k_reduced, both as dense log values)."""
     from cellpix.integrate.reference import QCOptions, prepare_reference
 
     query = sc.datasets.pbmc68k_reduced()
@@ -24,8 +25,12 @@ def main() -> None:
     ref = prepare_reference(raw, QCOptions(n_top_genes=raw.n_vars))
     ref = ref[:, ref.var["gene_symbol"].astype(str).isin(set(query.raw.var_names)).to_numpy()].copy()
     genes = ref.var["gene_symbol"].astype(str).tolist()
-    x_ref = ref.X.toarray()
-    x_query = np.asarray(query.raw[:, genes].X.todense() if hasattr(query.raw.X, "todense") else query.raw[:, genes].X)
+    values = query.raw[:, genes].X
+    return ref, query, ref.X.toarray(), np.asarray(values.todense() if hasattr(values, "todense") else values)
+
+
+def main() -> None:
+    ref, query, x_ref, x_query = cross_setting()
     truth = query.obs["bulk_labels"].astype(str).to_numpy()
     known = truth != "Dendritic"
     low, high = x_ref.min(0), x_ref.max(0)

@@ -16,7 +16,6 @@ from typing import Any
 
 import anndata as ad
 import numpy as np
-import scanpy as sc
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
@@ -24,6 +23,7 @@ from sklearn.metrics import f1_score
 from benchmarks.accuracy import LABEL, folds, lineage, log_normalised
 from benchmarks.common import ZHENG, require
 from benchmarks.design import fit_one
+from benchmarks.probe_cross_scaling import cross_setting
 
 WIDE = {"wide": True, "deep": False}
 SGD = {"optimizer": "sgd", "lr": 0.1}
@@ -72,13 +72,9 @@ def build() -> dict[str, Any]:
     from cellpix.integrate.reference import QCOptions, prepare_reference
     from cellpix.pipeline import resolve_hierarchy
 
-    query = sc.datasets.pbmc68k_reduced()
+    ref, query, x_ref, x_query = cross_setting()
     raw = ad.read_h5ad(require(ZHENG))
-    ref = prepare_reference(raw, QCOptions(n_top_genes=raw.n_vars))
-    ref = ref[:, ref.var["gene_symbol"].astype(str).isin(set(query.raw.var_names)).to_numpy()].copy()
-    genes = ref.var["gene_symbol"].astype(str).tolist()
-    x_ref = ref.X.toarray()
-    x_query = np.asarray(query.raw[:, genes].X.todense() if hasattr(query.raw.X, "todense") else query.raw[:, genes].X)
+    genes = ref.var_names
     low, high = x_ref.min(0), x_ref.max(0)
     span = np.where(high > low, high - low, 1.0)
     pix_ref, pix_query = np.clip((x_ref - low) / span, 0, 1), np.clip((x_query - low) / span, 0, 1)
