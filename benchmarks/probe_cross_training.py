@@ -28,7 +28,7 @@ from benchmarks.probe_cross_scaling import cross_setting
 WIDE = {"wide": True, "deep": False}
 SGD = {"optimizer": "sgd", "lr": 0.1}
 CANDIDATES: dict[str, dict[str, Any]] = {
-    "default (SGD 0.1, AHFL, mask 0.1, wd 1e-4, 12 ep)": {},
+    "previous default (SGD 0.1, AHFL, mask 0.1, wd 1e-4, 12 ep)": {},
     "cross-entropy": {"gamma": 0.0, "adaptive": False},
     "weight decay 1e-3": {"weight_decay": 1e-3},
     "weight decay 3e-3": {"weight_decay": 3e-3},

@@ -55,15 +55,12 @@ def cellpix_and_linear(ref: ad.AnnData, hierarchy, seed: int, epochs: int) -> tu
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 def test_default_keeps_pace_with_a_logistic_regression_on_zheng(zheng_ref, seed):
-    """The old trunk-only default lost 0.09 subtype macro-F1 to this peer (0.75 vs 0.84 on a Zheng fold).
-
-    The margin is 0.04: the read-out's class weights and weight decay, which lifted cross-dataset lineage
-    accuracy from 0.65 to 0.82 (the test below), cost about 0.01 here (seed 0: 0.795 against 0.826)."""
+    """The old trunk-only default lost 0.09 subtype macro-F1 to this peer (0.75 vs 0.84 on a Zheng fold)."""
     from cellpix.pipeline import resolve_hierarchy
 
     ours, linear, _ = cellpix_and_linear(zheng_ref, resolve_hierarchy("pbmc-sorted"), seed, epochs=12)
     print(f"seed {seed}: cellpix {ours:.3f}, logistic regression {linear:.3f}")
-    assert ours >= linear - 0.04
+    assert ours >= linear - 0.03
     assert ours > 0.75
 
 

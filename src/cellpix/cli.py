@@ -248,7 +248,7 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
 @click.option("--class-weights/--no-class-weights", default=None,
               help="scTab balanced class weights in the loss (on in the cpu and trunk presets).")
 @click.option("--readout-decay", type=click.FloatRange(min=0), default=None,
-              help="L2 weight decay on the per-pixel read-out (default 0.03; the trunk keeps 1e-4).")
+              help="L2 weight decay on the per-pixel read-out, stronger by default than the trunk's.")
 @click.option("--mask-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Share of gene pixels zeroed per training image (random-masking augmentation; default 0.1). "
                    "0 turns it off, which cost 0.05 subtype macro-F1 on a Zheng fold (docs/benchmarks.md).")
