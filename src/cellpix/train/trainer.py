@@ -392,7 +392,11 @@ def train(
                "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 2), **metrics}
         state.history.append(row)
         score = metrics.get("val_subtype_f1", -row["train_loss"])
-        improved = score > state.best_score
+        # A tie counts as progress and keeps the later, longer-trained epoch: on a small reference the validation
+        # score saturates (1.0 on the 14 validation cells of Puram's 135 from the first epoch), and keeping the first
+        # epoch to reach it shipped a model trained for one epoch (held-out macro-F1 0.93-0.96 over 4 seeds; 0.98 for
+        # each seed when ties move on).
+        improved = score >= state.best_score
         if improved:
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
         else:
