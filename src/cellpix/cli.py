@@ -101,6 +101,9 @@ def cli() -> None:
 @click.option("--keep-genes", default="",
               help="Reference mode: comma-separated genes (symbols or IDs) always in the panel, e.g. markers to "
                    "image and explain that are not highly variable.")
+@click.option("--genes-from", "genes_from", multiple=True, type=H5AD,
+              help="Reference mode: choose the panel among the genes this query has (repeatable: every query). "
+                   "QC and normalisation still use all of the reference's genes.")
 @click.option("--max-reference-cells", default=20_000, show_default=True,
               help="Query mode: reference cells (random sample) that join the correction.")
 @click.option("--gene-column", default=None, help="Query mode: var column with gene names to match (auto by default).")
@@ -111,8 +114,9 @@ def cli() -> None:
 @click.option("--seed", default=0, show_default=True)
 def integrate(data: Path, output: Path, reference: Path | None, method: str, batch_key: str | None,
               report_dir: Path | None, min_genes: int, min_cells: int, max_mito: float, n_top_genes: int,
-              hvg_flavor: str, keep_genes: str, max_reference_cells: int, gene_column: str | None,
-              min_gene_coverage: float, layer: str | None, use_raw: bool | None, seed: int) -> None:
+              hvg_flavor: str, keep_genes: str, genes_from: tuple[Path, ...], max_reference_cells: int,
+              gene_column: str | None, min_gene_coverage: float, layer: str | None, use_raw: bool | None,
+              seed: int) -> None:
     """QC, normalise and select the panel of a labelled reference, or bring a query to a reference.
 
     Reference mode (no --reference): QC filters, log1p(CP10k), highly
@@ -126,16 +130,27 @@ def integrate(data: Path, output: Path, reference: Path | None, method: str, bat
     from cellpix.io import read_h5ad, write_h5ad_atomic
 
     adata = read_h5ad(data)
+    if genes_from and reference is not None:
+        raise CellpixError("--genes-from chooses a reference's panel: it does not apply with --reference")
     if reference is None:
-        from cellpix.integrate.reference import QCOptions, prepare_reference
+        from cellpix.integrate.reference import QCOptions, prepare_reference, query_gene_table
         from cellpix.integrate.report import write_reference_report
 
         options = QCOptions(min_genes, min_cells, max_mito, n_top_genes, batch_key, hvg_flavor, method,
                             keep_genes=tuple(g.strip() for g in keep_genes.split(",") if g.strip()))
-        out = prepare_reference(adata, options, layer=layer, use_raw=use_raw)
+        tables = []
+        for path in genes_from:  # only the genes are needed: X stays on disk
+            query = read_h5ad(path, backed=True)
+            tables.append(query_gene_table(query).copy())
+            query.file.close()
+        out = prepare_reference(adata, options, layer=layer, use_raw=use_raw, genes_from=tables)
         write_h5ad_atomic(out, output)
         summary = out.uns["cellpix_integrate"]
-        click.echo(f"{summary['n_cells_out']} cells × {summary['n_genes_out']} genes → {output} "
+        for line in summary["warnings"]:
+            click.echo(f"warning: {line}", err=True)
+        shared = f", chosen among {summary['genes_from']['shared_genes']} genes the queries have" \
+            if "genes_from" in summary else ""
+        click.echo(f"{summary['n_cells_out']} cells × {summary['n_genes_out']} genes{shared} → {output} "
                    f"({summary['n_cells_removed']} cells, {summary['n_genes_removed']} genes removed by QC)")
         if report_dir:
             write_reference_report(out, report_dir)
@@ -335,11 +350,13 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16"]),
               help="Arithmetic of the forward passes. auto: bfloat16 where the hardware computes it natively "
                    "(CUDA; CPUs with AVX512-BF16 or AMX), about 2x faster; float32 elsewhere.")
+@click.option("--force", is_flag=True,
+              help="Annotate even a query whose values are on another scale than the reference's (recorded in uns).")
 @click.option("--quiet", is_flag=True)
 def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | None, plots: Path | None,
              gene_column: str | None, layer: str | None, use_raw: bool | None, min_gene_coverage: float,
              restrict_to: str | None, novelty_rule: str, chunk_size: int | None, device: str, precision: str,
-             quiet: bool) -> None:
+             force: bool, quiet: bool) -> None:
     """Annotate QUERY (h5ad) with base types, subtypes, probabilities and novelty flags.
 
     The query is streamed in chunks, so memory does not grow with its size.
@@ -352,14 +369,15 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
 
     options = AnnotateOptions(gene_column, layer, use_raw, min_gene_coverage,
                               [s.strip() for s in restrict_to.split(",")] if restrict_to else None, novelty_rule,
-                              device=device, precision=precision, progress=not quiet)
+                              device=device, precision=precision, progress=not quiet, force=force)
     if chunk_size is not None:
         options.chunk_size = chunk_size
     result = annotate_file(query, output, load_models(list(models), device), options)
     coverage = result.metadata["gene_matching"]["model_0"]
     click.echo(f"{result.metadata['n_cells']} cells annotated → {output}; gene coverage "
                f"{coverage['coverage']:.1%} ({coverage['matched_genes']}/{coverage['panel_genes']}); "
-               f"{int(result.obs['cellpix_is_novel'].sum())} flagged novel/rare")
+               f"{int(result.obs['cellpix_is_novel'].sum())} flagged novel/rare, "
+               f"{int(result.obs['cellpix_out_of_reference'].sum())} outside the reference's range")
     if table:
         write_text_atomic(table, annotation_table(result.obs))
     if plots:

@@ -21,7 +21,7 @@ from cellpix.annotate.plots import plot_annotation, plot_confusion
 from cellpix.errors import CellpixError
 from cellpix.hierarchy import Hierarchy
 from cellpix.imaging.step import image_step
-from cellpix.integrate.reference import QCOptions, prepare_reference
+from cellpix.integrate.reference import QCOptions, prepare_reference, query_gene_table
 from cellpix.io import write_h5ad_atomic, write_text_atomic
 from cellpix.train.data import stratified_split
 from cellpix.train.trainer import TrainConfig, train
@@ -48,13 +48,21 @@ def run_pipeline(reference: ad.AnnData, query: ad.AnnData, label_key: str, hiera
                  qc: QCOptions | None = None, config: TrainConfig | None = None, use_raw: bool | None = None,
                  layout_options: dict[str, Any] | None = None, truth_key: str | None = None,
                  progress: bool = True) -> PipelineResult:
-    """Run every step and write the reference, layout, bundle, annotated query, CSV, plots and metrics."""
+    """Run every step and write the reference, layout, bundle, annotated query, CSV, plots and metrics.
+
+    The query is checked first (readable, its values of a kind annotation accepts, in every chunk), and the
+    reference panel is chosen among the genes the query has: a model trained for genes the query lacks would
+    image them as zero. Warnings from integration and annotation go to ``summary.json['warnings']``.
+    """
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
-    ref = prepare_reference(reference, qc, use_raw=use_raw)
+    query_genes = query_gene_table(query, use_raw=use_raw, check_values=True)
+    outdir.mkdir(parents=True, exist_ok=True)
+    ref = prepare_reference(reference, qc, use_raw=use_raw, genes_from=[query_genes])
+    for line in ref.uns["cellpix_integrate"]["warnings"]:
+        _warn(line)
     write_h5ad_atomic(ref, outdir / "reference.h5ad")
     timings["integrate_s"] = time.perf_counter() - started
 
@@ -78,7 +86,10 @@ def run_pipeline(reference: ad.AnnData, query: ad.AnnData, label_key: str, hiera
     metrics: dict[str, Any] = {"timings": {k: round(v, 1) for k, v in timings.items()},
                                "n_reference_cells": int(ref.n_obs), "n_query_cells": int(query.n_obs),
                                "n_genes": layout.n_genes, "image_size": layout.size,
-                               "gene_coverage": annotated.uns["cellpix"]["gene_matching"]["model_0"]["coverage"]}
+                               "gene_coverage": annotated.uns["cellpix"]["gene_matching"]["model_0"]["coverage"],
+                               "panel_from_query": ref.uns["cellpix_integrate"]["genes_from"],
+                               "warnings": list(ref.uns["cellpix_integrate"]["warnings"])
+                               + list(annotated.uns["cellpix"].get("warnings", []))}
     if truth_key:
         metrics.update(evaluate(annotated, model.hierarchy, subtype_key=truth_key))
         truth = annotated.obs[truth_key].astype(str).to_numpy()
@@ -86,6 +97,13 @@ def run_pipeline(reference: ad.AnnData, query: ad.AnnData, label_key: str, hiera
                        outdir / "plots" / "confusion_subtype.png", "subtype confusion (held-out cells)")
     write_text_atomic(outdir / "summary.json", json.dumps(metrics, indent=2, default=float))
     return PipelineResult(model, annotated, metrics, outdir)
+
+
+def _warn(line: str) -> None:
+    """One line on stderr for the console user; the same text is kept in the run's summary."""
+    import click
+
+    click.echo(f"warning: {line}", err=True)
 
 
 def demo_split(adata: ad.AnnData, label_key: str, query_fraction: float = 0.2, seed: int = 0

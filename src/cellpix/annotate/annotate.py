@@ -9,6 +9,7 @@ columns, written to a temporary file and renamed only when complete.
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +25,10 @@ from tqdm.auto import tqdm
 from cellpix import __version__
 from cellpix.annotate.novelty import flag_calibrated, flag_percentile
 from cellpix.annotate.predict import LabelSpace, Predictions, inference_copy, predict_matrix, resolve_precision
-from cellpix.errors import CellpixError
+from cellpix.errors import CellpixError, InputDataError
 from cellpix.integrate.genes import DEFAULT_MIN_COVERAGE
 from cellpix.integrate.panel import PanelReader, open_on_panel
+from cellpix.integrate.shift import cell_statistics, compare, other_scale_message
 from cellpix.io import atomic_path, read_h5ad, release_freed_memory
 from cellpix.trained import TrainedModel
 
@@ -34,6 +36,8 @@ NOVELTY_RULES = ("calibrated", "percentile")
 PREFIX = "cellpix_"
 
 
+# One class taking more than this share of a query, where no reference class holds half of the cells, is a symptom.
+ONE_CLASS_SHARE = 0.9
 CPU_BATCH = 64
 GPU_BATCH = 512
 # Cells read, normalised and predicted at a time. Annotating 10,000 cells with resnet18 on 2 cores peaked at
@@ -54,6 +58,7 @@ class AnnotateOptions:
     device: str = "cpu"
     precision: str = "auto"  # see cellpix.annotate.predict.PRECISIONS
     progress: bool = True
+    force: bool = False  # annotate a query whose values are on another scale than the reference's
 
     @property
     def inference_batch(self) -> int:
@@ -96,7 +101,7 @@ def _readers(adata: ad.AnnData, models: list[TrainedModel], options: AnnotateOpt
 
 
 def _stream(models: list[TrainedModel], readers: list[PanelReader], options: AnnotateOptions
-            ) -> Iterator[tuple[int, int, Predictions]]:
+            ) -> Iterator[tuple[int, int, Predictions, np.ndarray]]:
     space = models[0].space
     pairs = [(inference_copy(m.model), m.renderer) for m in models]
     source = readers[0].source
@@ -104,12 +109,13 @@ def _stream(models: list[TrainedModel], readers: list[PanelReader], options: Ann
     for start, stop, raw in source.chunks(options.chunk_size):
         readers[0].check(raw, start)  # every chunk, not only the rows sampled to classify the file
         blocks = [reader.align(raw) for reader in readers]
+        stats = cell_statistics(blocks[0])  # the shift guards' per-cell statistics, on the first model's panel
         pred = predict_matrix(pairs, blocks, space, options.inference_batch, options.device,
                               options.restrict_to, options.precision)
         del raw, blocks
         release_freed_memory()
         bar.update(stop - start)
-        yield start, stop, pred
+        yield start, stop, pred, stats
     bar.close()
 
 
@@ -123,8 +129,41 @@ def _flags(pred: Predictions, space: LabelSpace, models: list[TrainedModel], rul
     return flag_calibrated(pred, space, calibration)
 
 
+def _guards(models: list[TrainedModel], pred: Predictions, stats: np.ndarray, options: AnnotateOptions
+            ) -> tuple[np.ndarray, dict[str, Any], list[str]]:
+    """The shift comparison and the all-one-class symptom; refuses a query on another scale unless forced."""
+    out_of_reference, report, warnings = compare(models[0].metadata.get("shift_profile"), stats)
+    if report.get("other_scale"):
+        if not options.force:
+            raise InputDataError(other_scale_message(report))
+        warnings.append("forced: " + other_scale_message(report))
+    warnings += _one_class_warnings(models[0], pred)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    return out_of_reference, report, warnings
+
+
+def _one_class_warnings(model: TrainedModel, pred: Predictions) -> list[str]:
+    """A query called almost all one class, where the reference is mixed, or near-uniform probabilities."""
+    found = []
+    n = len(pred.label_index)
+    shares = model.metadata.get("label_shares") or {}
+    if n >= 50 and shares and max(shares.values()) < 0.5:
+        counts = np.bincount(pred.label_index, minlength=len(model.space.labels))
+        top = int(counts.argmax())
+        if counts[top] / n > ONE_CLASS_SHARE:
+            found.append(f"{counts[top] / n:.0%} of the query was called {model.space.labels[top]!r}, which is "
+                         f"{shares.get(model.space.labels[top], 0.0):.0%} of the reference: a shifted query or a "
+                         "model that did not learn; check obs['cellpix_out_of_reference'] and uns['cellpix']")
+    uniform = 1.0 / max(1, len(model.space.bases))
+    if n and float(np.mean(pred.base_confidence)) < 1.5 * uniform:
+        found.append(f"the mean base-type probability is {float(np.mean(pred.base_confidence)):.2f}, near the "
+                     f"uniform {uniform:.2f}: the model cannot tell these cells apart")
+    return found
+
+
 def _obs_frame(pred: Predictions, flags: np.ndarray, space: LabelSpace, models: list[TrainedModel],
-               index: pd.Index) -> pd.DataFrame:
+               index: pd.Index, out_of_reference: np.ndarray) -> pd.DataFrame:
     ids = models[0].hierarchy.ontology_ids()
     base = pd.Categorical.from_codes(pred.base_index, categories=space.bases)
     label = pd.Categorical.from_codes(pred.label_index, categories=space.labels)
@@ -137,6 +176,7 @@ def _obs_frame(pred: Predictions, flags: np.ndarray, space: LabelSpace, models: 
             f"{PREFIX}novelty_score": pred.novelty_score,
             f"{PREFIX}is_novel": flags,
             f"{PREFIX}uncertainty": pred.uncertainty,
+            f"{PREFIX}out_of_reference": out_of_reference,
         },
         index=index,
     )
@@ -147,8 +187,10 @@ def _obs_frame(pred: Predictions, flags: np.ndarray, space: LabelSpace, models: 
 
 
 def _run_metadata(models: list[TrainedModel], readers: list[PanelReader], options: AnnotateOptions,
-                  n_obs: int) -> dict[str, Any]:
+                  n_obs: int, shift: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
     return {
+        "shift": shift,
+        "warnings": list(warnings),
         "cellpix_version": __version__,
         "models": {f"model_{i}": {"checksum_sha256": m.checksum, "network": m.model.config.describe(),
                                   "trained_with": m.metadata.get("cellpix_version", "")}
@@ -173,15 +215,16 @@ def annotate_adata(adata: ad.AnnData, models: list[TrainedModel], options: Annot
     _check_rule(options)
     readers = _readers(adata, models, options)
     parts = list(_stream(models, readers, options))
-    pred = _concat([p for _, _, p in parts])
+    pred = _concat([p for _, _, p, _ in parts])
+    out_of_reference, shift, warnings = _guards(models, pred, np.vstack([s for *_, s in parts]), options)
     space = models[0].space
     flags = _flags(pred, space, models, options.novelty_rule)
     out = adata.copy()
-    for column, values in _obs_frame(pred, flags, space, models, out.obs_names).items():
+    for column, values in _obs_frame(pred, flags, space, models, out.obs_names, out_of_reference).items():
         out.obs[column] = values
     out.obsm[f"{PREFIX}base_proba"] = pred.base_proba
     out.obsm[f"{PREFIX}subtype_proba"] = pred.subtype_proba
-    out.uns["cellpix"] = _run_metadata(models, readers, options, adata.n_obs)
+    out.uns["cellpix"] = _run_metadata(models, readers, options, adata.n_obs, shift, warnings)
     return out
 
 
@@ -198,23 +241,26 @@ def annotate_file(query: str | Path, output: str | Path, models: list[TrainedMod
         with atomic_path(output) as tmp:
             shutil.copyfile(query, tmp)
             scalars: list[Predictions] = []
+            cell_stats: list[np.ndarray] = []
             with h5py.File(tmp, "r+") as f:
                 base_ds = _new_matrix(f, f"obsm/{PREFIX}base_proba", (n, len(space.bases)))
                 sub_ds = _new_matrix(f, f"obsm/{PREFIX}subtype_proba", (n, len(space.labels)))
-                for start, stop, pred in _stream(models, readers, options):
+                for start, stop, pred, stats in _stream(models, readers, options):
                     base_ds[start:stop] = pred.base_proba
                     sub_ds[start:stop] = pred.subtype_proba
                     pred.base_proba = pred.subtype_proba = np.empty((0, 0), np.float32)  # keep only per-cell scalars
                     scalars.append(pred)
+                    cell_stats.append(stats)
                 pred = _concat(scalars)
+                out_of_reference, shift, warnings = _guards(models, pred, np.vstack(cell_stats), options)
                 flags = _flags(pred, space, models, options.novelty_rule)
                 obs = adata.obs.copy()
-                new = _obs_frame(pred, flags, space, models, obs.index)
+                new = _obs_frame(pred, flags, space, models, obs.index, out_of_reference)
                 for column, values in new.items():
                     obs[column] = values
                 del f["obs"]
                 write_elem(f, "obs", obs)
-                meta = _run_metadata(models, readers, options, n)
+                meta = _run_metadata(models, readers, options, n, shift, warnings)
                 if "uns" not in f:
                     write_elem(f, "uns", {})
                 if "cellpix" in f["uns"]:

@@ -91,8 +91,53 @@ def value_kind(source: MatrixSource) -> str:
     if np.all(np.mod(data, 1) == 0):
         return "counts"
     if data.max() <= LOG_MAX:
-        return "log"
+        return log_convention(sample)
     return "linear"
+
+
+def _row_totals(sample: sp.csr_matrix, inverse) -> np.ndarray:
+    linear = sample.copy().astype(np.float64)
+    linear.data = inverse(linear.data)
+    totals = np.asarray(linear.sum(axis=1)).ravel()
+    return totals[np.diff(sample.indptr) > 0]
+
+
+def _constant(totals: np.ndarray) -> bool:
+    """Every cell normalised to one total (to float32 rounding): the whole transcriptome is present."""
+    return totals.size > 0 and float(np.quantile(np.abs(totals / np.median(totals) - 1.0), 0.9)) < 0.01
+
+
+def log_convention(sample: sp.csr_matrix) -> str:
+    """Which log-normalisation a block of log values went through, when the values themselves say so.
+
+    Every cell normalised to one total over all of its genes undoes exactly: ``log1p`` of another target
+    (scanpy's ``normalize_total`` default is the median total; CP1M) gives ``'log1p@T'``, ``log2(x + 1)``
+    (log2 TPM + 1) gives ``'log2@T'``, and both are brought to log1p(CP10k) by :func:`normalise_rows`.
+    ``'log'``: log1p(CP10k) itself, or a gene subset of some log-normalisation (the totals over the genes
+    present vary from cell to cell, so the target cannot be read back); such values pass as they are, and the
+    shift guards at annotation compare them with the reference's.
+    """
+    natural = _row_totals(sample, np.expm1)
+    if _constant(natural):
+        target = float(np.median(natural))
+        return "log" if abs(target / TARGET_SUM - 1.0) < 0.01 else f"log1p@{target:.6g}"
+    with np.errstate(over="ignore"):
+        base2 = _row_totals(sample, lambda v: np.exp2(v) - 1.0)
+    if _constant(base2):
+        return f"log2@{float(np.median(base2)):.6g}"
+    return "log"
+
+
+def _log_parts(kind: str) -> tuple[str, float] | None:
+    """('log1p' | 'log2', target) for a convention that :func:`normalise_rows` converts, else None."""
+    if "@" not in kind:
+        return None
+    base, target = kind.split("@", 1)
+    return base, float(target)
+
+
+def is_log_kind(kind: str) -> bool:
+    return kind == "log" or _log_parts(kind) is not None
 
 
 def choose_source(adata: ad.AnnData, layer: str | None = None, use_raw: bool | None = None) -> tuple[MatrixSource, str]:
@@ -113,7 +158,7 @@ def choose_source(adata: ad.AnnData, layer: str | None = None, use_raw: bool | N
         return source, _usable_kind(source)
     source = MatrixSource(adata.X, adata.var, "X")
     kind = value_kind(source)
-    if kind in ("counts", "log"):
+    if kind == "counts" or is_log_kind(kind):
         return source, kind
     for name in COUNT_LAYER_NAMES:
         if name in adata.layers:
@@ -127,7 +172,7 @@ def choose_source(adata: ad.AnnData, layer: str | None = None, use_raw: bool | N
 
 def _usable_kind(source: MatrixSource) -> str:
     kind = value_kind(source)
-    if kind not in ("counts", "log"):
+    if not (kind == "counts" or is_log_kind(kind)):
         raise InputDataError(_refusal(kind, source.name))
     return kind
 
@@ -168,9 +213,19 @@ def check_block(block: sp.csr_matrix, kind: str, where: str, first_row: int = 0,
 
 
 def normalise_rows(block: sp.csr_matrix, kind: str) -> sp.csr_matrix:
-    """Bring a block of cells (all genes) to log1p(counts per 10,000); log data passes through."""
+    """Bring a block of cells (all genes) to log1p(counts per 10,000).
+
+    ``'log'`` passes through; the conventions :func:`log_convention` recognises are undone and rescaled.
+    """
     if kind == "log":
         return block
+    parts = _log_parts(kind)
+    if parts is not None:
+        base, target = parts
+        out = block.copy().astype(np.float64)
+        linear = np.expm1(out.data) if base == "log1p" else np.exp2(out.data) - 1.0
+        out.data = np.log1p(linear * (TARGET_SUM / target))
+        return sp.csr_matrix(out, dtype=np.float32)
     if kind != "counts":
         raise InputDataError(_refusal(kind, "the data"))
     totals = np.asarray(block.sum(axis=1)).ravel()

@@ -8,6 +8,7 @@ records what was filtered and why.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,8 +19,16 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from cellpix.errors import InputDataError
-from cellpix.integrate.genes import id_type
-from cellpix.integrate.inputs import check_block, check_cells, choose_source, normalise_rows
+from cellpix.integrate.genes import id_type, match_genes
+from cellpix.integrate.inputs import TARGET_SUM, check_block, check_cells, choose_source, normalise_rows
+
+# Fewer panel candidates than this once restricted to the queries' genes: no panel worth imaging.
+MIN_SHARED_GENES = 200
+# Normalisation totals taken over fewer genes than this are not the totals a whole-transcriptome query was
+# normalised by: a reference cut to a query's 2,000 genes before integrate scored lineage accuracy 0.08.
+FEW_GENES_FOR_TOTALS = 10_000
+# QC removing more than this share of the cells usually means the gene counts were taken on a cut-down panel.
+MOST_CELLS_REMOVED = 0.5
 
 SYMBOL_COLUMNS = ("gene_symbol", "gene_symbols", "symbol", "symbols", "gene_name", "gene_names", "feature_name",
                   "gene_ids_symbol")
@@ -66,8 +75,29 @@ def _symbols(var: pd.DataFrame) -> pd.Series:
 
 
 def prepare_reference(adata: ad.AnnData, options: QCOptions | None = None, layer: str | None = None,
-                      use_raw: bool | None = None) -> ad.AnnData:
-    """QC-filter cells and genes, log-normalise, and keep the highly variable panel."""
+                      use_raw: bool | None = None, genes_from: Sequence[pd.DataFrame] = ()) -> ad.AnnData:
+    """QC-filter cells and genes, log-normalise, and keep the highly variable panel.
+
+    Parameters
+    ----------
+    adata
+        The labelled reference: raw counts (X, a counts layer or ``.raw``) or log-normalised values.
+    options
+        QC and panel options.
+    layer, use_raw
+        Where to read the expression from (found automatically by default).
+    genes_from
+        The ``var`` tables of the queries the model is meant for. QC and normalisation still use all of the
+        reference's genes (so each cell's totals are those a whole-transcriptome query was normalised by); the
+        panel is then chosen among the genes every one of these queries has, matched by Ensembl ID or symbol as
+        annotation matches them. A query that lacks most of a default panel otherwise loses those pixels.
+
+    Returns
+    -------
+    AnnData with X = log1p(CP10k) on the panel, ``obs['cellpix_n_genes']``, ``obs['cellpix_mito_fraction']``,
+    ``var['gene_symbol']`` and ``uns['cellpix_integrate']`` (what was filtered and why, the normalisation, the
+    query restriction and any warnings).
+    """
     options = options or QCOptions()
     check_cells(adata)
     source, kind = choose_source(adata, layer=layer, use_raw=use_raw)
@@ -93,15 +123,19 @@ def prepare_reference(adata: ad.AnnData, options: QCOptions | None = None, layer
         mito_frac = np.full(matrix.shape[0], np.nan)
         report["mito_genes"] = int(mito.sum())
         report["mito_filter"] = "skipped (needs raw counts and MT- genes)"
+    warnings: list[str] = []
     if not keep_cells.any():
         raise InputDataError(f"no cell passes QC (min {options.min_genes} genes per cell, mito ≤ "
                              f"{options.max_mito_fraction:.0%}); lower --min-genes or check the input")
     cells_per_gene = np.bincount(matrix[keep_cells].indices, minlength=matrix.shape[1])
     keep_genes = cells_per_gene >= options.min_cells
     report.update({"n_cells_removed": int((~keep_cells).sum()), "n_genes_removed": int((~keep_genes).sum())})
+    warnings += _qc_warnings(keep_cells, int(var.shape[0]), kind, options)
+    report["normalisation"] = {"target_sum": TARGET_SUM, "log1p": True, "totals_over_genes": int(var.shape[0]),
+                               "input_values": kind}
 
     matrix = matrix[np.flatnonzero(keep_cells)][:, np.flatnonzero(keep_genes)]
-    log = normalise_rows(matrix, kind) if kind == "counts" else matrix
+    log = normalise_rows(matrix, kind)
     obs = adata.obs.iloc[np.flatnonzero(keep_cells)].copy()
     obs["cellpix_n_genes"] = genes_per_cell[keep_cells]
     obs["cellpix_mito_fraction"] = mito_frac[keep_cells]
@@ -112,8 +146,15 @@ def prepare_reference(adata: ad.AnnData, options: QCOptions | None = None, layer
     if options.batch_key and options.batch_key not in out.obs.columns:
         raise InputDataError(f"--batch-key {options.batch_key!r} is not an obs column")
     kept = genes_to_keep(out.var, var_in=symbols, options=options, report=report)
+    counts = matrix if kind == "counts" else None
+    if genes_from:
+        shared = shared_with_queries(out.var, genes_from)
+        report["genes_from"] = {"n_queries": len(genes_from), "shared_genes": int(shared.sum()),
+                                "keep_genes_missing_from_queries": sorted(
+                                    out.var["gene_symbol"].astype(str).to_numpy()[kept & ~shared].tolist())}
+        out, kept = out[:, shared].copy(), kept[shared]
+        counts = counts[:, np.flatnonzero(shared)] if counts is not None else None
     if out.n_vars > options.n_top_genes:
-        counts = matrix if kind == "counts" else None
         report["hvg_flavor"] = resolve_hvg_flavor(options.hvg_flavor, has_counts=counts is not None)
         out = out[:, select_variable_genes(out, counts, options) | kept].copy()
     if options.correction == "auto":  # across the reference's own batches only when it has some
@@ -121,9 +162,52 @@ def prepare_reference(adata: ad.AnnData, options: QCOptions | None = None, layer
     if options.correction != "none":
         out = correct_reference_batches(out, options)
         report["correction"] = options.correction
-    report.update({"n_cells_out": int(out.n_obs), "n_genes_out": int(out.n_vars)})
+    report.update({"n_cells_out": int(out.n_obs), "n_genes_out": int(out.n_vars), "warnings": warnings})
     out.uns["cellpix_integrate"] = {"mode": "reference", **_jsonable(report)}
     return out
+
+
+def _qc_warnings(keep_cells: np.ndarray, n_genes: int, kind: str, options: QCOptions) -> list[str]:
+    """What makes a reference quietly wrong for a query: totals on a cut-down gene set, QC that took most cells."""
+    found = []
+    if kind == "counts" and n_genes < FEW_GENES_FOR_TOTALS:
+        found.append(f"the counts hold only {n_genes} genes, so each cell's normalisation totals and its detected-"
+                     "gene count are taken over those alone; a query normalised over its whole transcriptome will "
+                     "not match. Integrate the full reference and choose the panel with --genes-from QUERY instead")
+    removed = 1.0 - float(keep_cells.mean())
+    if removed > MOST_CELLS_REMOVED:
+        found.append(f"QC removed {removed:.0%} of the cells (--min-genes {options.min_genes}, --max-mito "
+                     f"{options.max_mito_fraction:g}) over {n_genes} genes; check that the input holds all genes")
+    return found
+
+
+def query_gene_table(query: ad.AnnData, layer: str | None = None, use_raw: bool | None = None,
+                     check_values: bool = False, chunk_size: int = 4096) -> pd.DataFrame:
+    """The ``var`` of the matrix annotation will read from a query (X, a counts layer or ``.raw``).
+
+    With ``check_values`` every chunk of the query is checked as annotation will check it, so that a query
+    annotation would refuse (NaN, negative counts, overflow, duplicate cell names) stops a run before any fitting.
+    """
+    check_cells(query)
+    source, kind = choose_source(query, layer=layer, use_raw=use_raw)
+    if check_values:
+        names = pd.Index(query.obs_names)
+        for start, _, block in source.chunks(chunk_size):
+            check_block(block, kind, source.name, start, names)
+    return source.var
+
+
+def shared_with_queries(var: pd.DataFrame, queries: Sequence[pd.DataFrame]) -> np.ndarray:
+    """Mask of the reference genes (``var`` with ``gene_symbol``) that every query has, by ID or symbol."""
+    shared = np.ones(var.shape[0], dtype=bool)
+    ids, symbols = var.index.astype(str).tolist(), var["gene_symbol"].astype(str).tolist()
+    for table in queries:
+        shared &= match_genes(table, ids, symbols, min_coverage=0.0).query_columns >= 0
+    if shared.sum() < MIN_SHARED_GENES:
+        raise InputDataError(f"--genes-from: only {int(shared.sum())} of the reference's {var.shape[0]} genes are in "
+                             f"every query (at least {MIN_SHARED_GENES} needed); do the queries name genes the way "
+                             "the reference does (Ensembl IDs or symbols, one species)?")
+    return shared
 
 
 def genes_to_keep(var: pd.DataFrame, var_in: pd.Series, options: QCOptions, report: dict[str, Any]) -> np.ndarray:

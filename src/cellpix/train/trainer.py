@@ -36,6 +36,7 @@ from cellpix.hierarchy import Hierarchy
 from cellpix.imaging.layout import GeneLayout
 from cellpix.imaging.render import ImageRenderer
 from cellpix.integrate.panel import open_on_panel
+from cellpix.integrate.shift import cell_statistics, reference_profile
 from cellpix.io import atomic_path, write_text_atomic
 from cellpix.train.data import (
     ReferenceData,
@@ -427,6 +428,8 @@ def train(
     novelty = calibrate(val_pred, space, config.novelty_fpr) if val_pred is not None else {}
     metadata = _bundle_metadata(hierarchy, layout, model_config, config, state, val_metrics, novelty,
                                 float(loss_fn.alpha), label_key, data, reference_name)
+    metadata["shift_profile"] = _shift_profile(data, config.chunk_size)
+    metadata["label_shares"] = _label_shares(data, space)
     trained = TrainedModel(model.cpu(), renderer.cpu(), layout, hierarchy, metadata)
     if distributed:
         dist.barrier()
@@ -516,6 +519,21 @@ def _render_training_batch(renderer: ImageRenderer, matrix, rows: np.ndarray, da
             dense[i] = (dense[i] + sign * torch.as_tensor(vecs[pick])).clamp(0.0, 9.0)
     mask = renderer.random_gene_mask(len(rows), config.mask_fraction, gen) if config.mask_fraction else None
     return renderer(dense.to(device), None if mask is None else mask.to(device))
+
+
+def _shift_profile(data: ReferenceData, chunk_size: int, max_cells: int = 5000) -> dict[str, Any]:
+    """The panel statistics that annotation's shift guards compare against (:mod:`cellpix.integrate.shift`),
+    on the validation cells, which the model did not fit; on all cells when there is no validation split."""
+    rows = data.val_idx if len(data.val_idx) >= 50 else np.arange(data.reader.n_obs)
+    rows = np.sort(np.random.default_rng(0).permutation(rows)[:max_cells])
+    stats = [cell_statistics(data.reader.take(rows[i:i + chunk_size])) for i in range(0, len(rows), chunk_size)]
+    return reference_profile(np.vstack(stats))
+
+
+def _label_shares(data: ReferenceData, space: LabelSpace) -> dict[str, float]:
+    """Each subtype's share of the reference: annotation compares how mixed the query's calls are."""
+    counts = np.bincount(data.label_index, minlength=len(space.labels))
+    return {label: round(float(c) / max(1, counts.sum()), 4) for label, c in zip(space.labels, counts, strict=True)}
 
 
 def _epoch_line(row: dict[str, Any]) -> str:
