@@ -35,6 +35,11 @@ SHIFTED_SHARE = 0.25
 OTHER_SCALE = 1.8
 
 
+# A query whose typical cell has non-zero values on this many times more panel genes than the reference's 99th
+# percentile is dense (corrected values from integrate --method): its statistics do not compare with counts'.
+DENSE = 2.0
+
+
 def cell_statistics(panel: sp.csr_matrix) -> np.ndarray:
     """Per-cell ``detected`` and ``mean_nonzero`` (columns in :data:`STATISTICS` order) of a log1p panel block."""
     panel = sp.csr_matrix(panel)
@@ -72,6 +77,10 @@ def compare(profile: dict[str, Any] | None, stats: np.ndarray) -> tuple[np.ndarr
     if not profile:
         return np.zeros(len(stats), dtype=bool), {"available": False, "reason": "model trained before shift "
                                                   "profiles were stored (cellpix < 0.9)"}, []
+    if len(stats) and float(np.median(stats[:, 0])) > DENSE * profile["detected"][HIGH]:
+        return np.zeros(len(stats), dtype=bool), {
+            "available": False, "reason": "dense values (a batch-corrected query, as integrate --method writes): "
+            "the guards compare sparse expression", "detected_median": round(float(np.median(stats[:, 0])), 4)}, []
     flags = outside(profile, stats)
     share = float(flags.mean()) if len(flags) else 0.0
     report: dict[str, Any] = {"available": True, "outside_share": round(share, 4),
