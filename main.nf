@@ -2,13 +2,16 @@
 /*
  * cellpix: hierarchical cell-type annotation through gene images.
  *
- *   reference: integrate -> image -> train            (skipped with --model)
- *   query:     integrate (onto the reference panel, --integration_method) -> split ->
- *              annotate (in parallel) -> merge -> explain
+ *   reference: integrate (panel among the queries' genes) -> image -> train     (skipped with --model)
+ *   each query (a samplesheet row, or --query):
+ *              integrate (onto the reference panel, --integration_method) -> split ->
+ *              annotate (every shard of every query in parallel) -> merge -> explain
  *
  * Every process only calls the cellpix CLI; see modules/local/cellpix/.
  */
 nextflow.enable.dsl = 2
+
+include { validateParameters; paramsSummaryLog; samplesheetToList } from 'plugin/nf-schema'
 
 include { CELLPIX_INTEGRATE } from './modules/local/cellpix/integrate/main'
 include { CELLPIX_INTEGRATE as CELLPIX_INTEGRATE_QUERY } from './modules/local/cellpix/integrate/main'
@@ -20,18 +23,30 @@ include { CELLPIX_MERGE     } from './modules/local/cellpix/merge/main'
 include { CELLPIX_EXPLAIN   } from './modules/local/cellpix/explain/main'
 
 workflow {
-    if (!params.query) {
-        error "Give --query QUERY.h5ad (and either --reference REF.h5ad or --model BUNDLE.cellpix)"
+    validateParameters()
+    log.info paramsSummaryLog(workflow)
+    if (!params.input == !params.query) {
+        error "Give --input SAMPLESHEET.csv (sample,h5ad[,batch_key]) or --query QUERY.h5ad, one of the two"
     }
     if (!params.model && !params.reference) {
         error "Give --reference REF.h5ad to train a model, or --model BUNDLE.cellpix to use an existing one"
     }
 
-    // Reference: integrate -> image -> train, unless a bundle is given.
+    // Queries: [meta (id, batch_key), h5ad] per samplesheet row, checked against assets/schema_input.json.
+    ch_samples = params.input
+        ? channel.fromList(samplesheetToList(params.input, "${projectDir}/assets/schema_input.json"))
+        : channel.of([[id: params.query_id], file(params.query, checkIfExists: true)])
+
+    // Reference: integrate -> image -> train, unless a bundle is given. The panel is chosen among the genes
+    // every query has (--genes-from), so no query misses part of it.
     if (params.model) {
         ch_bundle = channel.value(file(params.model, checkIfExists: true))
     } else {
+        ch_genes_from = params.panel_from_queries
+            ? ch_samples.map { _meta, h5ad -> h5ad }.collect().map { files -> [files] }
+            : channel.value([[]])
         ch_reference = channel.of([[id: params.reference_id], file(params.reference, checkIfExists: true), []])
+            .combine(ch_genes_from)
         CELLPIX_INTEGRATE(ch_reference)
         CELLPIX_IMAGE(CELLPIX_INTEGRATE.out.h5ad)
         ch_train_in = CELLPIX_INTEGRATE.out.h5ad.join(CELLPIX_IMAGE.out.layout)
@@ -39,12 +54,12 @@ workflow {
         ch_bundle = CELLPIX_TRAIN.out.bundle.map { _meta, bundle -> bundle }.first()
     }
 
-    // Query: onto the reference panel (batch-corrected toward the integrated reference when one was
-    // built here, else toward the bundle's panel), then shard, annotate in parallel, merge in shard order.
-    ch_query = channel.of([[id: params.query_id], file(params.query, checkIfExists: true)])
+    // Each query onto the reference panel (batch-corrected toward the integrated reference when one was built
+    // here, else toward the bundle's panel), then shard, annotate in parallel, merge each query in shard order.
+    ch_query = ch_samples
     if (params.integrate_query) {
         ch_target = params.model ? ch_bundle : CELLPIX_INTEGRATE.out.h5ad.map { _meta, h5ad -> h5ad }.first()
-        CELLPIX_INTEGRATE_QUERY(ch_query.combine(ch_target))
+        CELLPIX_INTEGRATE_QUERY(ch_samples.combine(ch_target).map { meta, h5ad, target -> [meta, h5ad, target, []] })
         ch_query = CELLPIX_INTEGRATE_QUERY.out.h5ad
     }
     CELLPIX_SPLIT(ch_query, params.cells_per_shard)
@@ -61,4 +76,10 @@ workflow {
         CELLPIX_EXPLAIN(CELLPIX_MERGE.out.h5ad.combine(ch_bundle))
     }
 
+    // One report of every tool version the processes emitted to the `versions` topic.
+    channel.topic('versions')
+        .unique()
+        .map { process, tool, version -> "${process.tokenize(':').last()}:\n    ${tool}: ${version}" }
+        .collectFile(name: 'software_versions.yml', storeDir: "${params.outdir}/pipeline_info", newLine: true,
+                     sort: true)
 }

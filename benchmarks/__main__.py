@@ -35,8 +35,8 @@ def accuracy_contenders(quick: bool, epochs: int | None = None) -> dict:
     """Every contender of the accuracy table; the sparsepixnet plugin joins when it is installed."""
     from benchmarks import accuracy as acc
     from cellpix import plugins
-    from cellpix.imaging.layout import smallest_square
-    from cellpix.train.trainer import TrainConfig
+    from cellpix.steps.imaging.layout import smallest_square
+    from cellpix.steps.train.trainer import TrainConfig
 
     shipped = TrainConfig()
     base = cellpix_settings(quick, epochs, full_epochs=shipped.epochs)
@@ -102,7 +102,7 @@ def convergence_contenders(quick: bool, epochs: int | None = None) -> dict:
     and the peers into one run; this run shows what the shipped default reaches.
     """
     from benchmarks import accuracy as acc
-    from cellpix.train.trainer import TrainConfig
+    from cellpix.steps.train.trainer import TrainConfig
 
     shipped = TrainConfig()
     n = epochs or (QUICK_EPOCHS if quick else shipped.epochs)

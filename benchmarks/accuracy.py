@@ -38,7 +38,7 @@ def folds(labels: np.ndarray, n_splits: int = 5, seed: int = 0) -> list[tuple[np
 
 
 def log_normalised(adata: ad.AnnData) -> sp.csr_matrix:
-    from cellpix.integrate.inputs import normalise_rows
+    from cellpix.data.inputs import normalise_rows
 
     return normalise_rows(sp.csr_matrix(adata.X, dtype=np.float32), "counts")
 
@@ -59,8 +59,8 @@ _LAYOUTS: dict[tuple, Any] = {}
 
 def fold_reference_and_layout(train: ad.AnnData, n_genes: int, pixels: int | None, hvg_flavor: str = "auto"):
     """Integrate and fit the layout once per (fold, panel, grid): contenders that differ only in training share it."""
-    from cellpix.imaging.layout import fit_layout, smallest_square
-    from cellpix.integrate.reference import QCOptions, prepare_reference
+    from cellpix.steps.imaging.layout import fit_layout, smallest_square
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
 
     key = (hash(tuple(train.obs_names)), n_genes, pixels, hvg_flavor)
     if key not in _LAYOUTS:
@@ -78,10 +78,10 @@ def cellpix_contender(**overrides: Any) -> Callable[[ad.AnnData, ad.AnnData], Ou
     """The full cellpix path on one fold: integrate → layout → train → annotate."""
 
     def run(train: ad.AnnData, test: ad.AnnData) -> Outcome:
-        from cellpix.annotate.annotate import AnnotateOptions, annotate_adata
-        from cellpix.pipeline import resolve_hierarchy
-        from cellpix.train.trainer import TrainConfig
-        from cellpix.train.trainer import train as train_model
+        from cellpix.core.hierarchy import resolve_hierarchy
+        from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
+        from cellpix.steps.train.trainer import TrainConfig
+        from cellpix.steps.train.trainer import train as train_model
 
         options = dict(overrides)
         n_genes = options.pop("n_top_genes", 5000)
@@ -304,12 +304,12 @@ def cross_dataset(epochs: int, max_reference_cells: int | None = None) -> pd.Dat
     """
     import scanpy as sc
 
-    from cellpix.annotate.annotate import AnnotateOptions, annotate_adata
-    from cellpix.imaging.layout import fit_layout
-    from cellpix.integrate.reference import QCOptions, prepare_reference
-    from cellpix.pipeline import resolve_hierarchy
-    from cellpix.train.trainer import TrainConfig
-    from cellpix.train.trainer import train as train_model
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
+    from cellpix.steps.imaging.layout import fit_layout
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
+    from cellpix.steps.train.trainer import TrainConfig
+    from cellpix.steps.train.trainer import train as train_model
 
     query = sc.datasets.pbmc68k_reduced()
     reference = ad.read_h5ad(require(ZHENG))

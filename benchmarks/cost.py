@@ -51,10 +51,10 @@ def train_models(folder: Path) -> tuple[Path, Path, float]:
     import celltypist
 
     from benchmarks.accuracy import LABEL, OvRLogisticRegression, log_normalised
-    from cellpix.imaging.layout import fit_layout
-    from cellpix.integrate.reference import QCOptions, prepare_reference
-    from cellpix.pipeline import resolve_hierarchy
-    from cellpix.train.trainer import TrainConfig, train
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.steps.imaging.layout import fit_layout
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
+    from cellpix.steps.train.trainer import TrainConfig, train
 
     data = ad.read_h5ad(require(ZHENG))
     start = time.perf_counter()
@@ -102,9 +102,10 @@ def celltypist_input(query: Path, folder: Path) -> Path:
 def phases(bundle: Path, query: Path, folder: Path) -> dict[str, float]:
     """Seconds per phase of one in-process annotation (imports timed apart, in a fresh interpreter)."""
     imports = subprocess.run([sys.executable, "-c", "import time; t = time.perf_counter(); "
-                              "import cellpix.annotate.annotate, cellpix.trained; print(time.perf_counter() - t)"],
+                              "import cellpix.steps.annotate.annotate, cellpix.core.trained; "
+                              "print(time.perf_counter() - t)"],
                              capture_output=True, text=True, check=True, cwd=ROOT)
-    from cellpix.annotate.annotate import AnnotateOptions, annotate_file, load_models
+    from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_file, load_models
 
     profiler = cProfile.Profile()
     start = time.perf_counter()

@@ -5,7 +5,7 @@ candidate and writes ``benchmarks/results/design.csv``.
 
 The full path (``python -m benchmarks accuracy``) streams, validates and writes bundles; here the
 fold's images are rendered once into memory and every candidate trains with the real network
-(:class:`cellpix.train.model.HierarchicalClassifier`), the real loss (AHFL) and the real masking
+(:class:`cellpix.core.network.HierarchicalClassifier`), the real loss (AHFL) and the real masking
 augmentation for a fixed number of epochs, so a candidate costs seconds to minutes rather than the
 full benchmark's quarter hour. Beside them, on the same cells: a class-balanced logistic regression
 on the exact pixel values, and on the image averaged in 2×2 and 4×4 blocks (what a stride-4 stem
@@ -39,12 +39,12 @@ def fold_images(fold: int, n_genes: int = 5000) -> dict[str, Any]:
     """
     import anndata as ad
 
-    from cellpix.annotate.predict import LabelSpace
-    from cellpix.imaging.layout import GeneLayout
-    from cellpix.imaging.render import ImageRenderer
-    from cellpix.integrate.panel import open_on_panel
-    from cellpix.integrate.reference import QCOptions, prepare_reference
-    from cellpix.pipeline import resolve_hierarchy
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.core.layout import GeneLayout
+    from cellpix.core.predict import LabelSpace
+    from cellpix.core.render import ImageRenderer
+    from cellpix.data.panel import open_on_panel
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
 
     adata = ad.read_h5ad(require(ZHENG))
     train_idx, test_idx = folds(adata.obs[LABEL].astype(str).to_numpy())[fold]
@@ -74,7 +74,7 @@ def fold_images(fold: int, n_genes: int = 5000) -> dict[str, Any]:
 def train_candidate(data: dict[str, Any], model_kwargs: dict[str, Any], epochs: int, seed: int = 0,
                     ensemble: int = 1, **train_kwargs: Any) -> tuple[float, float, float]:
     """(subtype macro-F1, base macro-F1, seconds) of one configuration; ``ensemble`` averages that many seeds."""
-    from cellpix.annotate.predict import finalize
+    from cellpix.core.predict import finalize
 
     start = time.perf_counter()
     outputs = [fit_one(data, model_kwargs, epochs, seed * 100 + k, **train_kwargs) for k in range(ensemble)]
@@ -91,9 +91,9 @@ def fit_one(data: dict[str, Any], model_kwargs: dict[str, Any], epochs: int, see
             adaptive: bool = True, ema: float = 0.0, optimizer: str = "adamw",
             wide_aux: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Train one network; its (base, conditional subtype) probabilities on the held-out cells."""
-    from cellpix.annotate.predict import conditional_probabilities
-    from cellpix.train.loss import AdaptiveHierarchicalFocalLoss, balanced_class_weights
-    from cellpix.train.model import HierarchicalClassifier, ModelConfig
+    from cellpix.core.network import HierarchicalClassifier, ModelConfig
+    from cellpix.core.predict import conditional_probabilities
+    from cellpix.steps.train.loss import AdaptiveHierarchicalFocalLoss, balanced_class_weights
 
     torch.manual_seed(seed)
     space, size = data["space"], data["layout"].size

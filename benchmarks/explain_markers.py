@@ -31,7 +31,7 @@ TOP = 20
 
 def marker_reference(raw: ad.AnnData) -> ad.AnnData:
     """3,000 HVG plus every canonical marker: a gene outside the panel could never be ranked."""
-    from cellpix.integrate.reference import QCOptions, prepare_reference
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
 
     markers = tuple(sorted({gene for genes in MARKERS.values() for gene in genes}))
     return prepare_reference(raw, QCOptions(n_top_genes=3000, keep_genes=markers))
@@ -49,10 +49,10 @@ def marker_ranks(table: pd.DataFrame) -> dict[str, int]:
 
 
 def one_run(reference: ad.AnnData, layout, loss: str, seed: int, epochs: int) -> dict:
-    from cellpix.explain.shap_genes import ExplainOptions, explain
-    from cellpix.integrate.panel import open_on_panel
-    from cellpix.pipeline import resolve_hierarchy
-    from cellpix.train.trainer import TrainConfig, train
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.data.panel import open_on_panel
+    from cellpix.steps.explain.shap_genes import ExplainOptions, explain
+    from cellpix.steps.train.trainer import TrainConfig, train
 
     config = TrainConfig(epochs=epochs, batch_size=64, val_fraction=0.2, min_epochs=epochs, loss=loss,
                          seed=seed)
@@ -81,7 +81,7 @@ def one_run(reference: ad.AnnData, layout, loss: str, seed: int, epochs: int) ->
 
 def run(quick: bool, on_row: Callable[[pd.DataFrame], object], epochs: int | None = None) -> pd.DataFrame:
     """AHFL and cross-entropy, two seeds each (one seed with ``--quick``)."""
-    from cellpix.imaging.layout import fit_layout
+    from cellpix.steps.imaging.layout import fit_layout
 
     reference = marker_reference(ad.read_h5ad(require(ZHENG)))
     layout = fit_layout(reference, groupby="cell_type", symbol_column="gene_symbol", max_cells=600)

@@ -35,12 +35,12 @@ def run(quick: bool = False, reference_cells: int = 1500) -> pd.DataFrame:
     model on 5,000 genes. ``--quick`` uses 150 + 150 cells, 2,000 genes, 1,000
     reference cells, and leaves Seurat out.
     """
-    from cellpix.annotate.annotate import AnnotateOptions, annotate_adata
-    from cellpix.imaging.layout import fit_layout
-    from cellpix.integrate.query import QueryOptions, ReferencePanel, integrate_query
-    from cellpix.integrate.reference import QCOptions, prepare_reference
-    from cellpix.pipeline import resolve_hierarchy
-    from cellpix.train.trainer import TrainConfig, train
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
+    from cellpix.steps.imaging.layout import fit_layout
+    from cellpix.steps.integrate.query import QueryOptions, ReferencePanel, integrate_query
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
+    from cellpix.steps.train.trainer import TrainConfig, train
 
     rng = np.random.default_rng(0)
     zheng = ad.read_h5ad(require(ZHENG))

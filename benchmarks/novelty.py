@@ -44,7 +44,7 @@ YARDSTICK_NEIGHBOURS = 10
 
 def split_without(labels: np.ndarray, held_out: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(reference rows, query rows): the query is a stratified 30 % of known cells plus every held-out cell."""
-    from cellpix.train.data import stratified_split
+    from cellpix.steps.train.data import stratified_split
 
     known = np.flatnonzero(labels != held_out)
     fit, unseen = stratified_split(labels[known], QUERY_SHARE, seed=seed)
@@ -58,7 +58,7 @@ def caught_at(scores: np.ndarray, is_new: np.ndarray, known_rate: float = 0.05) 
 
 def neighbour_distance(reference: ad.AnnData, query: ad.AnnData, layout: Any) -> np.ndarray:
     """Mean distance to the nearest reference cells in a PCA of the panel: novelty without any model."""
-    from cellpix.integrate.panel import open_on_panel
+    from cellpix.data.panel import open_on_panel
 
     reader = open_on_panel(query, layout.genes, layout.symbols)  # as annotate reads it
     ref_x = reference.X.toarray() if sp.issparse(reference.X) else np.asarray(reference.X)
@@ -72,9 +72,9 @@ def neighbour_distance(reference: ad.AnnData, query: ad.AnnData, layout: Any) ->
 def held_out_row(raw: ad.AnnData, held_out: str, seed: int, epochs: int, n_genes: int,
                  yardstick: dict[str, tuple[float, float]]) -> dict[str, Any]:
     """Train without ``held_out`` and score the query; the yardstick is computed once per subtype."""
-    from cellpix.annotate.annotate import AnnotateOptions, annotate_adata
-    from cellpix.pipeline import resolve_hierarchy
-    from cellpix.train.trainer import TrainConfig, train
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
+    from cellpix.steps.train.trainer import TrainConfig, train
 
     labels = raw.obs[LABEL].astype(str).to_numpy()
     ref_rows, query_rows = split_without(labels, held_out)

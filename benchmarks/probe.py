@@ -23,14 +23,14 @@ def _panel(prepared: str, layout: str) -> tuple[Any, Any]:
     """The reference already prepared on the panel, and its layout, both written once by benchmarks.speed."""
     import anndata as ad
 
-    from cellpix.imaging.layout import GeneLayout
+    from cellpix.core.layout import GeneLayout
 
     return ad.read_h5ad(prepared), GeneLayout.load(layout)
 
 
 def render(prepared: str, layout_path: str, n_cells: int, batch: int, pydeepinsight: bool) -> dict[str, Any]:
     """cellpix's scatter renderer vs pyDeepInsight's transform on the same cells, genes and layout size."""
-    from cellpix.imaging.render import ImageRenderer
+    from cellpix.core.render import ImageRenderer
 
     ref, layout = _panel(prepared, layout_path)
     cells = resample_rows(sp.csr_matrix(ref.X), n_cells, np.random.default_rng(0))
@@ -64,7 +64,7 @@ def render(prepared: str, layout_path: str, n_cells: int, batch: int, pydeepinsi
 
 def render_memory(prepared: str, layout_path: str, n_cells: int, batch: int) -> dict[str, Any]:
     """Render ``n_cells`` synthetic cells batch by batch; RSS sampled along the way must stay flat."""
-    from cellpix.imaging.render import ImageRenderer
+    from cellpix.core.render import ImageRenderer
 
     ref, layout = _panel(prepared, layout_path)
     pool = sp.csr_matrix(ref.X)
@@ -93,7 +93,7 @@ def annotate(bundle: str, query: str, chunk_size: int | None = None, batch_size:
     import tempfile
     from pathlib import Path
 
-    from cellpix.annotate.annotate import AnnotateOptions, annotate_file, load_models
+    from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_file, load_models
 
     start = time.perf_counter()
     models = load_models([bundle])
@@ -113,9 +113,9 @@ def stream_predict(bundle: str, reference: str, n_cells: int, chunk_size: int) -
     """Synthetic cells of real sparsity streamed through render + predict in chunks (no disk)."""
     import anndata as ad
 
-    from cellpix.annotate.predict import predict_matrix
-    from cellpix.integrate.panel import open_on_panel
-    from cellpix.trained import TrainedModel
+    from cellpix.core.predict import predict_matrix
+    from cellpix.core.trained import TrainedModel
+    from cellpix.data.panel import open_on_panel
 
     model = TrainedModel.load(bundle)
     reader = open_on_panel(ad.read_h5ad(reference), model.layout.genes, model.layout.symbols)

@@ -18,7 +18,7 @@ from benchmarks.common import ZHENG, require
 
 def cross_setting() -> tuple[ad.AnnData, ad.AnnData, np.ndarray, np.ndarray]:
     """(Zheng integrated on the genes pbmc68k_reduced has, pbmc68k_reduced, both as dense log values)."""
-    from cellpix.integrate.reference import QCOptions, prepare_reference
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
 
     query = sc.datasets.pbmc68k_reduced()
     raw = ad.read_h5ad(require(ZHENG))

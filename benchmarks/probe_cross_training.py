@@ -68,9 +68,9 @@ def as_images(values: np.ndarray, size: int) -> torch.Tensor:
 
 
 def build() -> dict[str, Any]:
-    from cellpix.annotate.predict import LabelSpace
-    from cellpix.integrate.reference import QCOptions, prepare_reference
-    from cellpix.pipeline import resolve_hierarchy
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.core.predict import LabelSpace
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
 
     ref, query, x_ref, x_query = cross_setting()
     raw = ad.read_h5ad(require(ZHENG))
@@ -107,7 +107,7 @@ def data_for(d: dict[str, Any], train: np.ndarray, test_x: np.ndarray, test_y: n
 
 
 def evaluate(d: dict[str, Any], spec: dict[str, Any], seed: int) -> tuple[float, float]:
-    from cellpix.annotate.predict import finalize
+    from cellpix.core.predict import finalize
 
     spec = dict(spec)
     epochs = spec.pop("epochs", 12)

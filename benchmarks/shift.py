@@ -35,7 +35,7 @@ RESTRICTED_GENES = 2000
 
 def panel_values(query: ad.AnnData, reference: ad.AnnData) -> np.ndarray:
     """The query's log1p(CP10k) (or its stored values, if not counts) on the reference panel, zeros where absent."""
-    from cellpix.integrate.inputs import choose_source, normalise_rows
+    from cellpix.data.inputs import choose_source, normalise_rows
 
     source, kind = choose_source(query)
     matrix = source.rows(0, source.n_obs)
@@ -51,11 +51,11 @@ def panel_values(query: ad.AnnData, reference: ad.AnnData) -> np.ndarray:
 
 def fit_cellpix(train: ad.AnnData, hierarchy: str, n_genes: int, seed: int, **config: Any):
     """integrate → image → train through the public API, as the CLI runs them; (reference, model, seconds)."""
-    from cellpix.imaging.layout import fit_layout
-    from cellpix.integrate.reference import QCOptions, prepare_reference
-    from cellpix.pipeline import resolve_hierarchy
-    from cellpix.train.trainer import TrainConfig
-    from cellpix.train.trainer import train as train_model
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.steps.imaging.layout import fit_layout
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
+    from cellpix.steps.train.trainer import TrainConfig
+    from cellpix.steps.train.trainer import train as train_model
 
     start = time.perf_counter()
     ref = prepare_reference(train, QCOptions(n_top_genes=n_genes))
@@ -73,7 +73,7 @@ def fit_linear(ref: ad.AnnData):
 
 
 def cellpix_labels(model, query: ad.AnnData) -> tuple[np.ndarray, dict[str, Any]]:
-    from cellpix.annotate.annotate import AnnotateOptions, annotate_adata
+    from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
 
     out = annotate_adata(query, [model], AnnotateOptions(progress=False, min_gene_coverage=0.0))
     matching = out.uns["cellpix"]["gene_matching"]["model_0"]

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from benchmarks.common import ZHENG, require, run_probe, synthetic_query
-from cellpix.train.trainer import TrainConfig
+from cellpix.steps.train.trainer import TrainConfig
 
 DEFAULT_BACKBONE = TrainConfig.backbone
 DEFAULT = f"cellpix default ({DEFAULT_BACKBONE}, 1 ch)"
@@ -28,8 +28,8 @@ def panel(folder: Path, quick: bool) -> tuple[ad.AnnData, Any, dict[str, Any]]:
     t-SNE on every Zheng cell (3,774; the file has fewer than 5,000) plus LSA
     onto the smallest square grid. ``--quick`` fits PCA + LSA on 2,000 genes.
     """
-    from cellpix.imaging.layout import fit_layout
-    from cellpix.integrate.reference import QCOptions, prepare_reference
+    from cellpix.steps.imaging.layout import fit_layout
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
 
     torch.set_num_threads(2)
     ref = prepare_reference(ad.read_h5ad(require(ZHENG)), QCOptions(n_top_genes=2000 if quick else 5000))
@@ -51,9 +51,9 @@ def bundles(folder: Path, ref: ad.AnnData, layout: Any, quick: bool) -> dict[str
     on how well a network is trained, and the paper configuration cannot be
     trained to convergence on 2 CPU cores. Returns (bundle, seconds per training epoch per 1,000 cells).
     """
-    from cellpix.imaging.layout import fit_layout
-    from cellpix.pipeline import resolve_hierarchy
-    from cellpix.train.trainer import train
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.steps.imaging.layout import fit_layout
+    from cellpix.steps.train.trainer import train
 
     hierarchy = resolve_hierarchy("pbmc-sorted")
     rng = np.random.default_rng(0)
@@ -147,10 +147,10 @@ def annotate_by_grid(quick: bool = False, on_row: Callable[[pd.DataFrame], Any] 
     Layouts here are PCA (inference cost does not depend on where genes sit) and
     weights come from one short epoch, as in :func:`bundles`.
     """
-    from cellpix.imaging.layout import fit_layout, smallest_square
-    from cellpix.integrate.reference import QCOptions, prepare_reference
-    from cellpix.pipeline import resolve_hierarchy
-    from cellpix.train.trainer import train
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.steps.imaging.layout import fit_layout, smallest_square
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
+    from cellpix.steps.train.trainer import train
 
     torch.set_num_threads(2)
     source = ad.read_h5ad(require(ZHENG))

@@ -54,14 +54,14 @@ def zheng_ref(zheng_raw) -> ad.AnnData:
     CD34 and CD3E are not among them. The held-out-novelty figures were measured on this panel; the
     shared model (annotate and explain tests) trains on ``zheng_marker_ref``, which keeps the markers.
     """
-    from cellpix.integrate.reference import QCOptions, prepare_reference
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
 
     return prepare_reference(zheng_raw, QCOptions(n_top_genes=3000))
 
 
 @pytest.fixture(scope="session")
 def zheng_layout(zheng_ref):
-    from cellpix.imaging.layout import fit_layout
+    from cellpix.steps.imaging.layout import fit_layout
 
     return fit_layout(zheng_ref, groupby="cell_type", symbol_column="gene_symbol", max_cells=600)
 
@@ -73,7 +73,7 @@ def zheng_marker_ref(zheng_raw) -> ad.AnnData:
     A gene outside the panel can never be imaged or ranked by SHAP, and CD34 (the
     CD34+ lineage's marker) is not among Zheng's 3,000 most variable genes.
     """
-    from cellpix.integrate.reference import QCOptions, prepare_reference
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
 
     markers = tuple(sorted(set().union(*CANONICAL_MARKERS.values())))
     return prepare_reference(zheng_raw, QCOptions(n_top_genes=3000, keep_genes=markers))
@@ -91,9 +91,9 @@ def zheng_model(zheng_marker_ref, tmp_path_factory):
     this model tests that the explainer recovers the markers a model uses. AHFL training is covered
     by the held-out-novelty model and the trainer tests.
     """
-    from cellpix.imaging.layout import fit_layout
-    from cellpix.pipeline import resolve_hierarchy
-    from cellpix.train.trainer import TrainConfig, train
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.steps.imaging.layout import fit_layout
+    from cellpix.steps.train.trainer import TrainConfig, train
 
     layout = fit_layout(zheng_marker_ref, groupby="cell_type", symbol_column="gene_symbol", max_cells=600)
     config = TrainConfig(epochs=8, batch_size=64, val_fraction=0.2, min_epochs=8, loss="ce")
@@ -112,9 +112,9 @@ def zheng_trunk_model(zheng_marker_ref, tmp_path_factory):
     """
     import numpy as np
 
-    from cellpix.imaging.layout import fit_layout
-    from cellpix.pipeline import resolve_hierarchy
-    from cellpix.train.trainer import TrainConfig, train
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.steps.imaging.layout import fit_layout
+    from cellpix.steps.train.trainer import TrainConfig, train
 
     rows = np.sort(np.random.default_rng(7).choice(zheng_marker_ref.n_obs, 1200, replace=False))
     ref = zheng_marker_ref[rows].copy()

@@ -144,3 +144,48 @@ def include_aliases(main_text: str) -> dict[str, str]:
     for name, alias, module in re.findall(r"include \{\s*(\w+)(?:\s+as\s+(\w+))?\s*\} from '\./(\S+)'", main_text):
         aliases[alias or name] = module
     return aliases
+
+
+# -- nf-schema's samplesheet rules ------------------------------------------------
+def check_samplesheet(csv_path: Path, schema: dict, launch_dir: Path) -> list[str]:
+    """The errors nf-schema's ``samplesheetToList`` would raise for a CSV samplesheet (empty when it passes).
+
+    Modelled: empty cells count as absent; ``required``; every JSON-schema keyword of a property (types,
+    ``pattern``, ``enum``, through jsonschema); ``format: file-path`` with ``exists`` (relative paths resolve
+    against the launch directory, as ``file()`` does); nf-schema's own ``uniqueEntries``; columns the
+    schema does not know.
+    """
+    import csv
+
+    from jsonschema import Draft202012Validator
+
+    item = schema["items"]
+    known = set(item["properties"])
+    errors = []
+    with open(csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        unknown = set(reader.fieldnames or []) - known
+        if unknown:
+            errors.append(f"unknown columns: {', '.join(sorted(unknown))}")
+        rows = [{k: v.strip() for k, v in row.items() if k in known and v and v.strip()} for row in reader]
+    validator = Draft202012Validator({k: v for k, v in item.items() if k != "properties"} |
+                                     {"properties": {name: {k: v for k, v in spec.items()
+                                                            if k not in ("meta", "exists", "errorMessage", "format")}
+                                                     for name, spec in item["properties"].items()}})
+    for number, row in enumerate(rows, start=1):
+        errors += [f"row {number}: {e.message}" for e in validator.iter_errors(row)]
+        for name, spec in item["properties"].items():
+            if name in row and spec.get("format") == "file-path" and spec.get("exists"):
+                path = Path(row[name]) if Path(row[name]).is_absolute() else launch_dir / row[name]
+                if not path.is_file():
+                    errors.append(f"row {number}: {name} {row[name]} does not exist")
+    for columns in [schema.get("uniqueEntries", [])] if schema.get("uniqueEntries") else []:
+        keys = [tuple(row.get(c) for c in columns) for row in rows]
+        if len(set(keys)) != len(keys):
+            errors.append(f"entries of {', '.join(columns)} are not unique")
+    return errors
+
+
+def include_configs(config_text: str) -> list[str]:
+    """The files a config pulls in with ``includeConfig 'path'``."""
+    return re.findall(r"includeConfig\s+'([^']+)'", config_text)

@@ -6,6 +6,7 @@ The files are the Galaxy tools' test data (real Zheng 2017 cells, committed), co
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import shutil
@@ -23,14 +24,48 @@ DATA = ROOT / "galaxy_tools" / "cellpix" / "test-data"
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    for name in ("query.h5ad", "model.cellpix", "reference_integrated.h5ad"):
+    for name in ("query.h5ad", "model.cellpix", "reference_integrated.h5ad", "reference.h5ad", "layout.json"):
         shutil.copy(DATA / name, tmp_path / name)
     (tmp_path / "link.h5ad").symlink_to(tmp_path / "query.h5ad")
+    make_bad_files(tmp_path)
     return tmp_path
 
 
+def make_bad_files(folder: Path) -> None:
+    """Hostile look-alikes of real inputs, each made from the real files."""
+    import anndata as ad
+    import h5py
+
+    from cellpix.core.bundle import ModelBundle
+
+    query = ad.read_h5ad(folder / "query.h5ad")
+    query.write_h5ad(folder / "f16_sparse.h5ad")
+    with h5py.File(folder / "f16_sparse.h5ad", "r+") as handle:  # scipy cannot build float16 sparse matrices
+        data = handle["X/data"][:]
+        del handle["X/data"]
+        handle["X"].create_dataset("data", data=data.astype(np.float16))
+    (folder / "binary.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
+    (folder / "latin1.yaml").write_bytes("name: caf\xe9\nbases:\n  - name: T\xe9\n".encode("latin-1"))
+    (folder / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    bundle = ModelBundle.load(folder / "model.cellpix")
+    for name, change in (("future_field", lambda m: m["model"].update(future_option=1)),
+                         ("model_string", lambda m: m.update(model="resnet18"))):
+        metadata = copy.deepcopy(bundle.metadata)
+        change(metadata)
+        ModelBundle(tensors=bundle.tensors, metadata=metadata).save(folder / f"{name}.cellpix")
+
+
 def snapshot(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+TRAIN = ["train", "reference_integrated.h5ad", "--layout", "layout.json", "--labels", "cell_type", "--hierarchy",
+         "pbmc-sorted", "-o", "m.cellpix"]
+ANNOTATE = ["annotate", "query.h5ad", "-m", "model.cellpix", "-o", "out.h5ad"]
+EXPLAIN = ["explain", "query.h5ad", "-m", "model.cellpix", "-o", "explain.csv"]
+IMAGE = ["image", "reference_integrated.h5ad", "-o", "layout_dir"]
+INTEGRATE = ["integrate", "reference.h5ad", "-o", "integrated.h5ad"]
 
 
 CASES = [
@@ -46,6 +81,53 @@ CASES = [
     (["annotate", "query.h5ad", "-m", "model.cellpix", "-o", "out.h5ad", "--threads", "0"], 2, "--threads"),
     (["train", "reference_integrated.h5ad", "--layout", "model.cellpix", "--labels", "cell_type", "--hierarchy",
       "pbmc-sorted", "-o", "m.cellpix", "--optimizer", "adam"], 2, "--optimizer"),
+    # values scipy cannot hold, text that is not UTF-8, files of another kind
+    (["annotate", "f16_sparse.h5ad", "-m", "model.cellpix", "-o", "out.h5ad"], 1, "float16"),
+    ([*TRAIN[:7], "binary.yaml", "-o", "m.cellpix"], 1, "not a UTF-8 text file"),
+    ([*TRAIN[:7], "latin1.yaml", "-o", "m.cellpix"], 1, "not a UTF-8 text file"),
+    (["hierarchies", "validate", "binary.yaml"], 1, "not a UTF-8 text file"),
+    (["evaluate", "query.h5ad", "-m", "model.cellpix", "--truth-subtype", "cell_type", "--mapping", "picture.png"],
+     1, "not a two-column UTF-8 CSV/TSV"),
+    (["annotate", "picture.png", "-m", "model.cellpix", "-o", "out.h5ad"], 1, "not an h5ad"),
+    (["annotate", "query.h5ad", "-m", "query.h5ad", "-o", "out.h5ad"], 1, "not a cellpix model bundle"),
+    ([*TRAIN[:3], "model.cellpix", *TRAIN[4:]], 1, "not a JSON layout file"),
+    # bundles from a newer or another writer
+    (["annotate", "query.h5ad", "-m", "future_field.cellpix", "-o", "out.h5ad"], 1, "does not know (future_option"),
+    (["annotate", "query.h5ad", "-m", "model_string.cellpix", "-o", "out.h5ad"], 1, "not a mapping"),
+    (["inspect", "model_string.cellpix"], 1, "not a mapping"),
+    # outputs that cannot be written
+    ([*ANNOTATE[:-1], "query.h5ad/out.h5ad"], 1, "is a file, not a folder"),
+    ([*ANNOTATE[:-1], "query.h5ad/deeper/out.h5ad"], 1, "is a file, not a folder"),
+    # devices
+    ([*ANNOTATE, "--device", "tpu9"], 2, "unknown device 'tpu9'"),
+    ([*EXPLAIN, "--device", "tpu9"], 2, "unknown device 'tpu9'"),
+    ([*TRAIN, "--device", "tpu9"], 2, "unknown device 'tpu9'"),
+    # nonsense numbers, refused by the option's type before any work
+    ([*ANNOTATE, "--min-gene-coverage", "-1"], 2, "--min-gene-coverage"),
+    ([*ANNOTATE, "--min-gene-coverage", "nan"], 2, "not a number between 0 and 1"),
+    ([*EXPLAIN, "--min-gene-coverage", "1.5"], 2, "--min-gene-coverage"),
+    ([*TRAIN, "--epochs", "0"], 2, "--epochs"),
+    ([*TRAIN, "--epochs", "-5"], 2, "--epochs"),
+    ([*TRAIN, "--batch-size", "0"], 2, "--batch-size"),
+    ([*TRAIN, "--lr", "-1"], 2, "--lr"),
+    ([*TRAIN, "--val-fraction", "1.5"], 2, "--val-fraction"),
+    (["run", "reference.h5ad", "query.h5ad", "--labels", "cell_type", "--hierarchy", "pbmc-sorted", "-o", "run_out",
+      "--epochs", "-1"], 2, "--epochs"),
+    ([*IMAGE, "--max-cells", "0"], 2, "--max-cells"),
+    ([*IMAGE, "--perplexity", "0"], 2, "--perplexity"),
+    ([*IMAGE, "--pixels", "0"], 2, "--pixels"),
+    ([*IMAGE, "--groupby", "no_such_column"], 1, "--groupby 'no_such_column' is not an obs column"),
+    ([*EXPLAIN, "--cells-per-class", "0"], 2, "--cells-per-class"),
+    ([*EXPLAIN, "--nsamples", "0"], 2, "--nsamples"),
+    ([*EXPLAIN, "--background-size", "0"], 2, "--background-size"),
+    ([*EXPLAIN, "--top-n", "0"], 2, "--top-n"),
+    ([*EXPLAIN, "--levels", "nonsense"], 1, "unknown level(s) nonsense"),
+    ([*INTEGRATE, "--n-top-genes", "0"], 2, "--n-top-genes"),
+    ([*INTEGRATE, "--n-top-genes", "-10"], 2, "--n-top-genes"),
+    ([*INTEGRATE, "--max-mito", "2"], 2, "--max-mito"),
+    ([*INTEGRATE, "--min-genes", "-1"], 2, "--min-genes"),
+    ([*TRAIN[:5], "no_such_column", *TRAIN[6:]], 1, "no label column 'no_such_column'"),
+    (["merge", "query.h5ad", "-o", "merged.h5ad"], 1, "not annotated by cellpix"),
 ]
 
 
@@ -180,7 +262,7 @@ def test_inspect_reports_the_bundles_network_and_validation(workdir):
 
 
 def test_image_paper_preset_fits_the_published_layout_options(workdir, tmp_path):
-    from cellpix.imaging.layout import GeneLayout
+    from cellpix.core.layout import GeneLayout
 
     out = tmp_path / "layout"
     result = CliRunner().invoke(cli, ["image", str(workdir / "reference_integrated.h5ad"), "-o", str(out),
@@ -188,3 +270,128 @@ def test_image_paper_preset_fits_the_published_layout_options(workdir, tmp_path)
     assert result.exit_code == 0, result.output
     layout = GeneLayout.load(out / "layout.json")
     assert layout.size == 24 and layout.params["perplexity"] == 70.0 and layout.params["early_exaggeration"] == 8.0
+
+
+def test_dense_float16_is_read_and_a_newer_bundle_loads_with_a_warning(workdir):
+    """float16 stored densely is widened as it streams; a bundle from a newer cellpix (same schema) loads, warned."""
+    import anndata as ad
+
+    from cellpix.core.bundle import ModelBundle
+
+    query = ad.read_h5ad(workdir / "query.h5ad")
+    dense = query.copy()
+    dense.X = np.asarray(query.X.todense(), dtype=np.float16)
+    dense.write_h5ad(workdir / "f16_dense.h5ad")
+    bundle = ModelBundle.load(workdir / "model.cellpix")
+    metadata = copy.deepcopy(bundle.metadata)
+    metadata["cellpix_version"] = "9.9.9"
+    ModelBundle(tensors=bundle.tensors, metadata=metadata).save(workdir / "newer.cellpix")
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        plain = CliRunner().invoke(cli, ["annotate", "query.h5ad", "-m", "model.cellpix", "-o", "a.h5ad", "--quiet"])
+        half = CliRunner().invoke(cli, ["annotate", "f16_dense.h5ad", "-m", "newer.cellpix", "-o", "b.h5ad",
+                                        "--quiet"])
+    finally:
+        os.chdir(cwd)
+    assert plain.exit_code == 0 and half.exit_code == 0, half.output
+    assert "written by cellpix 9.9.9, newer than this" in half.output
+    calls = [ad.read_h5ad(workdir / name).obs["cellpix_subtype"].astype(str).to_numpy()
+             for name in ("a.h5ad", "b.h5ad")]
+    assert (calls[0] == calls[1]).mean() >= 0.95  # float16 rounding moves a few borderline cells at most
+
+
+def test_a_fifo_output_is_refused_and_a_symlinked_output_is_written_through(workdir):
+    """Atomic writes rename a file into place: over a FIFO (or a device) that would replace the node itself."""
+    import stat
+
+    os.mkfifo(workdir / "pipe.csv")
+    (workdir / "results").mkdir()
+    (workdir / "out_link.h5ad").symlink_to(workdir / "results" / "annotated.h5ad")
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        refused = CliRunner().invoke(cli, [*ANNOTATE, "--table", "pipe.csv", "--quiet"])
+        written = CliRunner().invoke(cli, [*ANNOTATE[:-1], "out_link.h5ad", "--quiet"])
+    finally:
+        os.chdir(cwd)
+    assert refused.exit_code == 1 and "it is a device, FIFO or socket" in refused.output
+    assert stat.S_ISFIFO(os.lstat(workdir / "pipe.csv").st_mode) and not (workdir / "out.h5ad").exists()
+    assert written.exit_code == 0, written.output
+    assert (workdir / "out_link.h5ad").is_symlink()  # the link stays a link; its target holds the result
+    assert (workdir / "results" / "annotated.h5ad").stat().st_size > 0
+
+
+def test_sigterm_removes_unfinished_outputs_and_exits_143(workdir):
+    """What a scheduler sends at its time limit: the run stops, says so, and leaves no temporary file behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "cellpix", "train", *TRAIN[1:], "--epochs", "200", "--patience", "200",
+               "--quiet", "--threads", "1"]
+    proc = subprocess.Popen(command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = workdir / "m.cellpix.ckpt"
+    deadline = time.monotonic() + 120
+    while not (ckpt / "last.safetensors").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # wait until training has begun writing checkpoints
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated (SIGTERM)" in stderr and "Traceback" not in stderr
+    assert not (workdir / "m.cellpix").exists()
+    leftovers = [p.name for p in workdir.rglob(".*") if ".tmp" in p.name]
+    assert leftovers == []
+
+
+def test_a_killed_runs_temporary_files_are_removed_by_the_next_run(workdir):
+    """SIGKILL cannot be caught; its leftovers carry a process id that no longer exists, and the next write
+    beside the same target removes them (a live process's file would be kept)."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = workdir / f".out.h5ad.cellpix-{dead.stdout.strip()}.abc123.tmp.h5ad"
+    stale.write_bytes(b"half-written")
+    live = workdir / f".out.h5ad.cellpix-{os.getpid()}.def456.tmp.h5ad"
+    live.write_bytes(b"being written")
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        result = CliRunner().invoke(cli, [*ANNOTATE, "--quiet"])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    assert not stale.exists() and live.exists() and (workdir / "out.h5ad").is_file()
+
+
+def test_cells_without_panel_expression_are_left_unassigned(workdir):
+    """An all-zero cell renders an empty image that the network would still call something, confidently."""
+    import anndata as ad
+
+    query = ad.read_h5ad(workdir / "query.h5ad")
+    import scipy.sparse as sp
+
+    counts = sp.csr_matrix(query.X).tolil()
+    counts[:7] = 0
+    query.X = sp.csr_matrix(counts)
+    query.X.eliminate_zeros()
+    query.write_h5ad(workdir / "with_empty.h5ad")
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        result = CliRunner().invoke(cli, ["annotate", "with_empty.h5ad", "-m", "model.cellpix", "-o", "out.h5ad",
+                                          "--table", "out.csv", "--quiet"])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    assert "7 cell(s) have no expression on the model's genes" in result.output
+    obs = ad.read_h5ad(workdir / "out.h5ad").obs
+    empty = obs.index[:7]
+    assert (obs.loc[empty, "cellpix_subtype"] == "unassigned").all()
+    assert (obs.loc[empty, "cellpix_base"] == "unassigned").all()
+    assert (obs.loc[empty, "cellpix_subtype_probability"] == 0).all()
+    assert (obs.loc[empty, "cellpix_unassigned"] != "").all()
+    assert (obs["cellpix_subtype"].iloc[7:] != "unassigned").all() and (obs["cellpix_unassigned"].iloc[7:] == "").all()
+    assert "cellpix_unassigned" in (workdir / "out.csv").read_text().splitlines()[0]

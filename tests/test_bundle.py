@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cellpix.bundle import ModelBundle
+from cellpix.core.bundle import ModelBundle
 from cellpix.errors import BundleError
 
 
@@ -65,8 +65,8 @@ def test_truncated_foreign_and_wrong_type(tmp_path):
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv3_small_100", "efficientnet_b0", "test_efficientnet"])
 def test_heads_fit_every_backbone_preset(name):
     """MobileNetV3's pooled output (1,024) differs from its num_features (576); the heads must follow the output."""
-    from cellpix.hierarchy import Hierarchy
-    from cellpix.train.model import HierarchicalClassifier, ModelConfig
+    from cellpix.core.hierarchy import Hierarchy
+    from cellpix.core.network import HierarchicalClassifier, ModelConfig
 
     hierarchy = Hierarchy.from_pairs([("T", "CD4"), ("T", "CD8"), ("B", "B")], name="tiny")
     model = HierarchicalClassifier(hierarchy, ModelConfig(backbone=name, in_chans=1, pixels=32)).eval()

@@ -35,9 +35,9 @@ def dense(adata: ad.AnnData) -> np.ndarray:
 def cellpix_and_linear(ref: ad.AnnData, hierarchy, seed: int, epochs: int) -> tuple[float, float, dict]:
     """Subtype macro-F1 of the default model and of a class-balanced logistic regression on the same held-out cells
     of the same integrated panel, and the model's validation metrics."""
-    from cellpix.annotate.annotate import AnnotateOptions, annotate_adata
-    from cellpix.imaging.layout import fit_layout
-    from cellpix.train.trainer import TrainConfig, train
+    from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
+    from cellpix.steps.imaging.layout import fit_layout
+    from cellpix.steps.train.trainer import TrainConfig, train
 
     labels = ref.obs["cell_type"].astype(str).to_numpy()
     train_rows, test_rows = split(labels, 0.25)
@@ -56,7 +56,7 @@ def cellpix_and_linear(ref: ad.AnnData, hierarchy, seed: int, epochs: int) -> tu
 @pytest.mark.parametrize("seed", SEEDS)
 def test_default_keeps_pace_with_a_logistic_regression_on_zheng(zheng_ref, seed):
     """The old trunk-only default lost 0.09 subtype macro-F1 to this peer (0.75 vs 0.84 on a Zheng fold)."""
-    from cellpix.pipeline import resolve_hierarchy
+    from cellpix.core.hierarchy import resolve_hierarchy
 
     ours, linear, _ = cellpix_and_linear(zheng_ref, resolve_hierarchy("pbmc-sorted"), seed, epochs=12)
     print(f"seed {seed}: cellpix {ours:.3f}, logistic regression {linear:.3f}")
@@ -67,8 +67,8 @@ def test_default_keeps_pace_with_a_logistic_regression_on_zheng(zheng_ref, seed)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_180_cell_reference_trains(seed):
     """Puram 2017, 20 cells per type: the old default stopped at chance here (validation macro-F1 0.02)."""
-    from cellpix.hierarchy import Hierarchy
-    from cellpix.integrate.reference import QCOptions, prepare_reference
+    from cellpix.core.hierarchy import Hierarchy
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
 
     ref = prepare_reference(ad.read_h5ad(require(PURAM)), QCOptions(n_top_genes=3000))
     ours, linear, validation = cellpix_and_linear(ref, Hierarchy.from_yaml(PURAM_HIERARCHY), seed, epochs=20)
@@ -82,7 +82,7 @@ def zheng_on_pbmc68k_genes(zheng_raw):
     """Every Zheng cell, normalised on all its genes, then kept to the genes pbmc68k_reduced has (762)."""
     import scanpy as sc
 
-    from cellpix.integrate.reference import QCOptions, prepare_reference
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
 
     query = sc.datasets.pbmc68k_reduced()
     ref = prepare_reference(zheng_raw, QCOptions(n_top_genes=zheng_raw.n_vars))
@@ -94,10 +94,10 @@ def zheng_on_pbmc68k_genes(zheng_raw):
 def test_the_default_transfers_to_another_pbmc_dataset_as_well_as_a_linear_peer(zheng_on_pbmc68k_genes, seed):
     """Trained on Zheng, applied to pbmc68k_reduced: lineage accuracy was 0.65 against the regression's 0.74 before
     the read-out got class weights and its own weight decay (benchmarks/probe_cross_training.py)."""
-    from cellpix.annotate.annotate import AnnotateOptions, annotate_adata
-    from cellpix.imaging.layout import fit_layout
-    from cellpix.pipeline import resolve_hierarchy
-    from cellpix.train.trainer import TrainConfig, train
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
+    from cellpix.steps.imaging.layout import fit_layout
+    from cellpix.steps.train.trainer import TrainConfig, train
 
     ref, query = zheng_on_pbmc68k_genes
     layout = fit_layout(ref, method="pca", symbol_column="gene_symbol", max_cells=600)
@@ -118,7 +118,7 @@ def test_the_default_transfers_to_another_pbmc_dataset_as_well_as_a_linear_peer(
 def test_a_model_at_chance_is_refused_and_no_bundle_is_written(zheng_ref, tmp_path):
     """Labels shuffled across cells carry nothing to learn: `cellpix train` must stop with status 1, not ship."""
     from cellpix.cli import cli
-    from cellpix.imaging.layout import fit_layout
+    from cellpix.steps.imaging.layout import fit_layout
 
     rows = np.sort(np.random.default_rng(0).choice(zheng_ref.n_obs, 800, replace=False))
     ref = zheng_ref[rows].copy()
@@ -141,7 +141,7 @@ def test_a_model_at_chance_is_refused_and_no_bundle_is_written(zheng_ref, tmp_pa
 
 def test_backbone_named_on_the_cpu_preset_turns_the_trunk_on():
     """`--backbone X` with the default preset must use X, not be ignored by the read-out-only model."""
-    from cellpix.train.trainer import DEFAULT_LR, TrainConfig
+    from cellpix.steps.train.trainer import DEFAULT_LR, TrainConfig
 
     plain = TrainConfig.from_preset("cpu")
     assert plain.wide and not plain.deep and plain.optimizer == "sgd" and plain.lr == DEFAULT_LR["sgd"]

@@ -3,9 +3,8 @@ import textwrap
 import pandas as pd
 import pytest
 
+from cellpix.core.hierarchy import Hierarchy, check_ontology, resolve_hierarchy
 from cellpix.errors import HierarchyError
-from cellpix.hierarchy import Hierarchy, check_ontology
-from cellpix.pipeline import resolve_hierarchy
 
 SHARED_TSV = "immune-hierarchy-schdeepinsight.tsv"
 

@@ -3,8 +3,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from cellpix.imaging.layout import GeneLayout
-from cellpix.imaging.render import ImageRenderer
+from cellpix.core.layout import GeneLayout
+from cellpix.core.render import ImageRenderer
 
 
 def test_lsa_gives_every_gene_its_own_pixel(zheng_layout, zheng_ref):

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from cellpix.data.inputs import normalise_rows
 from cellpix.errors import InputDataError
-from cellpix.integrate.inputs import normalise_rows
-from cellpix.integrate.methods import MissingDependencyError
-from cellpix.integrate.query import QueryOptions, integrate_query, load_reference_panel
-from cellpix.integrate.reference import QCOptions, prepare_reference
+from cellpix.steps.integrate.methods import MissingDependencyError
+from cellpix.steps.integrate.query import QueryOptions, integrate_query, load_reference_panel
+from cellpix.steps.integrate.reference import QCOptions, prepare_reference
 from tests.conftest import R_REQUIRED, ROOT, SHARED, require
 
 KANG = SHARED / "kang2018_pbmc_ifnb.h5ad"
@@ -76,7 +76,7 @@ def test_reference_mode_corrects_across_its_own_batches(kang, tmp_path):
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     corrected = ad.read_h5ad(out)
-    from cellpix.integrate.mixing import batch_mixing
+    from cellpix.steps.integrate.mixing import batch_mixing
 
     labels = corrected.obs["condition"].to_numpy()
     before = batch_mixing(corrected.layers["uncorrected"].toarray(), labels)

@@ -15,10 +15,10 @@ def test_cli_choices_are_the_apis():
     """The CLI spells its choices out so `--help` needs no torch import; they must stay the API's own lists."""
     import click
 
-    from cellpix.annotate.annotate import NOVELTY_RULES
-    from cellpix.annotate.predict import PRECISIONS
     from cellpix.cli import cli
-    from cellpix.train.trainer import LOSSES, PRESETS
+    from cellpix.core.predict import PRECISIONS
+    from cellpix.steps.annotate.annotate import NOVELTY_RULES
+    from cellpix.steps.train.trainer import LOSSES, PRESETS
 
     def choices(command: str, option: str) -> tuple[str, ...]:
         param = next(p for p in cli.commands[command].params if p.name == option)

@@ -3,7 +3,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from cellpix.train.loss import AdaptiveHierarchicalFocalLoss, balanced_class_weights, focal_loss
+from cellpix.steps.train.loss import AdaptiveHierarchicalFocalLoss, balanced_class_weights, focal_loss
 
 
 def test_focal_loss_matches_hand_computation():

@@ -24,9 +24,11 @@ from jsonschema import Draft202012Validator
 from tests.conftest import ROOT, STEP_EXTRAS, STEP_IMAGES, require
 from tests.nextflow_tools import (
     balanced,
+    check_samplesheet,
     config_params,
     emits_used,
     include_aliases,
+    include_configs,
     input_names,
     output_emits,
     params_used,
@@ -91,7 +93,8 @@ def test_pipeline_params_are_in_the_schema():
     document = json.loads((ROOT / "nextflow_schema.json").read_text())
     Draft202012Validator.check_schema(document)
     properties = {k for group in document["$defs"].values() for k in group["properties"]}
-    used = params_used((ROOT / "main.nf").read_text()) | params_used((ROOT / "nextflow.config").read_text())
+    used = set().union(*(params_used(path.read_text())
+                         for path in [ROOT / "main.nf", ROOT / "nextflow.config", *sorted(ROOT.glob("conf/*.config"))]))
     assert used <= properties, used - properties
     assert config_params((ROOT / "nextflow.config").read_text()) == properties
     main = (ROOT / "main.nf").read_text()
@@ -177,7 +180,7 @@ def run_block(step: str, block: str, workdir: Path, inputs: dict[str, Path | str
 def test_stub_blocks_make_every_output(step, tmp_path):
     process = read_process(MODULES / step / "main.nf")
     names = input_names(process)
-    inputs = {name: "stub-input" for name in names if name != "meta"} | {"reference_arg": ""}
+    inputs = {name: "stub-input" for name in names if name != "meta"} | {"reference_arg": "", "genes_from_args": ""}
     run_block(step, "stub", tmp_path / step, inputs, prefix="test")
 
 
@@ -188,9 +191,13 @@ def test_script_blocks_run_the_pipeline_on_real_data(zheng_raw, tmp_path):
     zheng_raw[np.sort(rows[:900])].copy().write_h5ad(tmp_path / "reference.h5ad")
     zheng_raw[np.sort(rows[900:1200])].copy().write_h5ad(tmp_path / "query.h5ad")
 
+    # reference mode, its panel chosen among the query's genes (the pipeline's --panel_from_queries default)
     integrated, qc = run_block("integrate", "script", tmp_path / "integrate",
-                               {"data": tmp_path / "reference.h5ad", "reference_arg": ""}, "ref", "--n-top-genes 1000")
+                               {"data": tmp_path / "reference.h5ad", "reference_arg": "",
+                                "genes_from_args": f"--genes-from {tmp_path / 'query.h5ad'}"}, "ref",
+                               "--n-top-genes 1000")
     assert (qc / "qc.png").exists()
+    assert ad.read_h5ad(integrated, backed="r").uns["cellpix_integrate"]["genes_from"]
     layout, _, _ = run_block("image", "script", tmp_path / "image", {"reference": integrated}, "ref",
                              "--max-cells 300 --method pca")
     bundle, report = run_block("train", "script", tmp_path / "train",
@@ -198,7 +205,7 @@ def test_script_blocks_run_the_pipeline_on_real_data(zheng_raw, tmp_path):
                                "--hierarchy pbmc-sorted --epochs 2 --batch-size 32 --val-fraction 0.2")
     assert (report / "metrics.csv").exists()
     query_inputs = {"data": tmp_path / "query.h5ad", "reference": integrated,
-                    "reference_arg": f"--reference {integrated.name}"}
+                    "reference_arg": f"--reference {integrated.name}", "genes_from_args": ""}
     query_on_panel, mixing = run_block("integrate", "script", tmp_path / "integrate_query", query_inputs,
                                        "query.integrated", "--method combat")
     assert (mixing / "mixing.png").exists() and ad.read_h5ad(query_on_panel).n_vars == 1000
@@ -222,18 +229,61 @@ def test_script_blocks_run_the_pipeline_on_real_data(zheng_raw, tmp_path):
 
 
 def test_profile_inputs_are_real_labelled_cells():
-    """`-profile test` must run on data, not on the stub tests' empty placeholders."""
+    """`-profile test` must run on data, not on the stub tests' empty placeholders: every samplesheet row too."""
     import re
 
-    config = (ROOT / "nextflow.config").read_text()
-    block = config[config.index("    test {"):]
-    label_key = re.search(r"label_key\s*=\s*'(\w+)'", block).group(1)
-    for param in ("reference", "query"):
-        path = ROOT / re.search(rf'{param}\s*=\s*"\$\{{projectDir\}}/([^"]+)"', block).group(1)
+    config = (ROOT / "conf" / "test.config").read_text()
+    assert "includeConfig 'conf/test.config'" in (ROOT / "nextflow.config").read_text()
+    label_key = re.search(r"label_key\s*=\s*'(\w+)'", config).group(1)
+    reference = ROOT / re.search(r'reference\s*=\s*"\$\{projectDir\}/([^"]+)"', config).group(1)
+    sheet = ROOT / re.search(r'input\s*=\s*"\$\{projectDir\}/([^"]+)"', config).group(1)
+    assert check_samplesheet(sheet, json.loads((ROOT / "assets" / "schema_input.json").read_text()), ROOT) == []
+    rows = [line.split(",") for line in sheet.read_text().splitlines()[1:]]
+    assert len(rows) >= 2, "the test profile should annotate more than one sample"
+    for path in [reference] + [ROOT / row[1] for row in rows]:
         assert path.is_file() and 0 < path.stat().st_size < 2_000_000, path
         data = ad.read_h5ad(path)
         assert data.n_obs >= 100 and data.n_vars >= 1000 and data.X.nnz > 0, path
-        assert data.obs[label_key].nunique() >= 5, path
+    assert ad.read_h5ad(reference).obs[label_key].nunique() >= 5
+    for row in rows:  # a batch column named in the sheet must exist in that sample
+        if len(row) > 2 and row[2]:
+            assert row[2] in ad.read_h5ad(ROOT / row[1], backed="r").obs.columns
+
+
+def test_samplesheet_check_refuses_what_nf_schema_refuses(tmp_path):
+    schema = json.loads((ROOT / "assets" / "schema_input.json").read_text())
+    Draft202012Validator.check_schema(schema)
+    good = ROOT / "tests" / "data" / "zheng_query.h5ad"
+    cases = {
+        "duplicate sample": f"sample,h5ad\na,{good}\na,{good}\n",
+        "missing file": f"sample,h5ad\na,{tmp_path / 'absent.h5ad'}\n",
+        "not h5ad": f"sample,h5ad\na,{ROOT / 'README.md'}\n",
+        "space in sample name": f"sample,h5ad\na b,{good}\n",
+        "no h5ad column value": "sample,h5ad\na,\n",
+        "unknown column": f"sample,h5ad,cells\na,{good},3\n",
+    }
+    for name, text in cases.items():
+        (tmp_path / "sheet.csv").write_text(text)
+        assert check_samplesheet(tmp_path / "sheet.csv", schema, tmp_path), name
+    (tmp_path / "sheet.csv").write_text(f"sample,h5ad,batch_key\na,{good},\nb,{good},condition\n")
+    assert check_samplesheet(tmp_path / "sheet.csv", schema, tmp_path) == []
+
+
+def test_nf_schema_validates_the_parameters_and_the_samplesheet():
+    """The plugin is declared, main.nf calls it, --help is on, and the `input` param points at the sheet schema."""
+    config = (ROOT / "nextflow.config").read_text()
+    main = (ROOT / "main.nf").read_text()
+    assert "id 'nf-schema@2." in config and "enabled = true" in config[config.index("validation {"):]
+    assert "from 'plugin/nf-schema'" in main and "validateParameters()" in main
+    assert 'samplesheetToList(params.input, "${projectDir}/assets/schema_input.json")' in main
+    document = json.loads((ROOT / "nextflow_schema.json").read_text())
+    spec = document["$defs"]["input_output_options"]["properties"]["input"]
+    assert (ROOT / spec["schema"]).is_file() and spec["format"] == "file-path" and spec["exists"]
+    for included in include_configs(config):
+        assert (ROOT / included).is_file() and balanced((ROOT / included).read_text()), included
+    assert {"conf/base.config", "conf/modules.config", "conf/test.config"} <= set(include_configs(config))
+    assert "withName" not in config, "process options belong in conf/modules.config"
+    assert "channel.topic('versions')" in main and "software_versions.yml" in main
 
 
 def test_manifest_admits_only_engines_with_topic_channels():

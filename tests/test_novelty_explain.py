@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cellpix.annotate.annotate import AnnotateOptions, annotate_adata
-from cellpix.trained import TrainedModel
+from cellpix.core.trained import TrainedModel
+from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
 from tests.conftest import CANONICAL_MARKERS, ROOT
 
 HELD_OUT = "CD4+/CD25 T Reg"  # the issue's example: ranked high, rarely past the calibrated threshold
@@ -21,8 +21,8 @@ MARKERS = CANONICAL_MARKERS
 def train_without(zheng_ref, zheng_layout, held_out: str) -> tuple[TrainedModel, ad.AnnData]:
     """Train without any cell of ``held_out``; keep a stratified third of the other cells unseen for scoring."""
     from benchmarks.novelty import split_without
-    from cellpix.pipeline import resolve_hierarchy
-    from cellpix.train.trainer import TrainConfig, train
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.steps.train.trainer import TrainConfig, train
 
     reference_rows, query_rows = split_without(zheng_ref.obs["cell_type"].astype(str).to_numpy(), held_out, seed=5)
     config = TrainConfig(epochs=5, batch_size=48, val_fraction=0.2, min_epochs=5)
@@ -81,8 +81,8 @@ def test_held_out_distinct_subtype_is_flagged_far_more_often(zheng_ref, zheng_la
 
 @pytest.fixture(scope="module")
 def explained(zheng_model, tmp_path_factory):
-    from cellpix.explain.shap_genes import ExplainOptions
-    from cellpix.explain.step import explain_file
+    from cellpix.steps.explain.shap_genes import ExplainOptions
+    from cellpix.steps.explain.step import explain_file
     from tests.conftest import ZHENG
 
     folder = tmp_path_factory.mktemp("explain")
@@ -138,11 +138,11 @@ def test_explain_cli_without_labels_and_bad_labels(zheng_model, tmp_path):
 
 def test_explain_a_three_channel_model_of_another_backbone():
     """Attributions sum over channels back to genes, whatever the backbone (a 3-channel EfficientNet here)."""
-    from cellpix.explain.shap_genes import ExplainOptions, explain
-    from cellpix.hierarchy import Hierarchy
-    from cellpix.imaging.layout import GeneLayout
-    from cellpix.integrate.panel import open_on_panel
-    from cellpix.train.trainer import TrainConfig, train
+    from cellpix.core.hierarchy import Hierarchy
+    from cellpix.core.layout import GeneLayout
+    from cellpix.data.panel import open_on_panel
+    from cellpix.steps.explain.shap_genes import ExplainOptions, explain
+    from cellpix.steps.train.trainer import TrainConfig, train
 
     data = ROOT / "galaxy_tools" / "cellpix" / "test-data"
     reference = ad.read_h5ad(data / "reference_integrated.h5ad")

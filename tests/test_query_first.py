@@ -10,7 +10,7 @@ import anndata as ad
 import numpy as np
 import scanpy as sc
 
-from cellpix.integrate.inputs import choose_source, normalise_rows
+from cellpix.data.inputs import choose_source, normalise_rows
 from tests.conftest import ROOT
 
 DATA = ROOT / "tests" / "data"

@@ -44,10 +44,10 @@ def setting():
 
 
 def train_lineage(reference: ad.AnnData, genes_from=()):
-    from cellpix.imaging.layout import fit_layout
-    from cellpix.integrate.reference import QCOptions, prepare_reference
-    from cellpix.pipeline import resolve_hierarchy
-    from cellpix.train.trainer import TrainConfig, train
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.steps.imaging.layout import fit_layout
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
+    from cellpix.steps.train.trainer import TrainConfig, train
 
     ref = prepare_reference(reference, QCOptions(n_top_genes=2000), genes_from=genes_from)
     layout = fit_layout(ref, method="pca", symbol_column="gene_symbol", max_cells=600)
@@ -56,7 +56,7 @@ def train_lineage(reference: ad.AnnData, genes_from=()):
 
 
 def annotate(query: ad.AnnData, model, force: bool = False) -> ad.AnnData:
-    from cellpix.annotate.annotate import AnnotateOptions, annotate_adata
+    from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
 
     return annotate_adata(query, [model], AnnotateOptions(progress=False, force=force))
 

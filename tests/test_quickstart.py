@@ -48,7 +48,7 @@ def test_cli_path_on_committed_cells_keeps_pace_with_a_logistic_regression(integ
 
     ref = ad.read_h5ad(folder / "ref.h5ad")
     query = ad.read_h5ad(DATA / "zheng_query.h5ad")
-    from cellpix.integrate.panel import open_on_panel
+    from cellpix.data.panel import open_on_panel
 
     reader = open_on_panel(query, list(ref.var_names), ref.var["gene_symbol"].astype(str).tolist())
     linear = LogisticRegression(max_iter=500, class_weight="balanced").fit(ref.X.toarray(),

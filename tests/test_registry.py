@@ -23,7 +23,7 @@ def test_builtins_are_registered_like_plugins():
 def test_unknown_names_list_what_exists():
     with pytest.raises(UnknownNameError, match=r"Known hierarchies: (.+, )?immune-schdeepinsight, pbmc-sorted"):
         plugins.lookup("hierarchies", "lung-atlas", "hierarchy")
-    from cellpix.train.backbones import resolve_backbone
+    from cellpix.core.backbones import resolve_backbone
 
     with pytest.raises(UnknownNameError, match="resnet18"):
         resolve_backbone("no_such_net")

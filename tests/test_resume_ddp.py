@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cellpix.train.data import stratified_split
-from cellpix.trained import TrainedModel
+from cellpix.core.trained import TrainedModel
+from cellpix.steps.train.data import stratified_split
 
 
 @pytest.fixture(scope="module")

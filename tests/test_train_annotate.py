@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from cellpix.annotate.annotate import AnnotateOptions, annotate_adata, annotate_file, load_models
+from cellpix.core.trained import TrainedModel
 from cellpix.errors import GeneMatchError, InputDataError
-from cellpix.trained import TrainedModel
+from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata, annotate_file, load_models
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_bfloat16_inference_calls_cells_as_float32_does(zheng_trunk_model, query
 
 
 def test_auto_precision_is_recorded_and_unknown_precision_refused(zheng_model, query, tmp_path):
-    from cellpix.annotate.predict import native_bfloat16
+    from cellpix.core.predict import native_bfloat16
     from cellpix.errors import CellpixError
 
     models = load_models([zheng_model])
@@ -94,8 +94,8 @@ def test_auto_precision_is_recorded_and_unknown_precision_refused(zheng_model, q
 
 def test_batchnorm_folded_copy_predicts_as_the_bundle_does(zheng_trunk_model, query):
     """Annotation folds BatchNorm into the convolutions of a copy; the bundle's own module keeps its layers."""
-    from cellpix.annotate.predict import inference_copy, predict_matrix
-    from cellpix.integrate.panel import open_on_panel
+    from cellpix.core.predict import inference_copy, predict_matrix
+    from cellpix.data.panel import open_on_panel
 
     loaded = TrainedModel.load(zheng_trunk_model)
     folded = inference_copy(loaded.model)
@@ -230,8 +230,8 @@ def test_ensemble_averages(zheng_model, query):
 
 
 def test_split_and_merge_refuse_what_they_cannot_do(query, tmp_path):
-    from cellpix.annotate.shards import merge_h5ad, split_h5ad
     from cellpix.errors import CellpixError
+    from cellpix.steps.annotate.shards import merge_h5ad, split_h5ad
 
     path = tmp_path / "q.h5ad"
     query.write_h5ad(path)

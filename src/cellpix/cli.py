@@ -4,19 +4,62 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 import click
 
 from cellpix import __version__, plugins
-from cellpix.errors import CellpixError
+from cellpix.errors import CellpixError, warn
 
-H5AD = click.Path(exists=True, dir_okay=False, path_type=Path)
+# An existing file: an h5ad, a bundle, a layout or a CSV (each command checks the kind when it reads it).
+INPUT_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+class Fraction(click.FloatRange):
+    """A number in [0, 1]; click's FloatRange lets ``nan`` through (every comparison with it is false)."""
+
+    name = "fraction"
+
+    def __init__(self) -> None:
+        super().__init__(0.0, 1.0)
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if number != number:  # nan
+            self.fail(f"{value!r} is not a number between 0 and 1", param, ctx)
+        return number
+
+
+def coverage_option(help_text: str):
+    """``--min-gene-coverage``, with the one default the data layer defines (``DEFAULT_MIN_COVERAGE``)."""
+    from cellpix.data.genes import DEFAULT_MIN_COVERAGE
+
+    return click.option("--min-gene-coverage", type=Fraction(), default=DEFAULT_MIN_COVERAGE, show_default=True,
+                        help=help_text)
+
+
+def device_option(default: str | None, help_text: str = "auto, cpu, cuda, cuda:1…"):
+    return click.option("--device", default=default, show_default=default is not None, callback=_check_device,
+                        help=help_text)
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a device torch cannot name, or a GPU this machine lacks, before any work."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    from cellpix.data.io import check_device
+
+    try:
+        check_device(value)
+    except CellpixError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+    return value
 
 
 def _apply_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
-    from cellpix.io import configure_threads
+    from cellpix.data.io import configure_threads
 
     if ctx.resilient_parsing:
         return value
@@ -32,7 +75,7 @@ class CellpixCommand(click.Command):
     """A command that refuses, before any work, to write an output over one of its inputs or outputs."""
 
     def invoke(self, ctx: click.Context):
-        from cellpix.io import check_outputs_distinct
+        from cellpix.data.io import check_output_location, check_outputs_distinct
 
         inputs, outputs = {}, {}
         for param in self.params:
@@ -45,6 +88,8 @@ class CellpixCommand(click.Command):
                 key = label if len(values) == 1 else f"{label} #{i + 1}"
                 (inputs if param.type.exists else outputs)[key] = item
         check_outputs_distinct(inputs, outputs)
+        for name, path in outputs.items():
+            check_output_location(name, path)
         return super().invoke(ctx)
 
 
@@ -75,11 +120,11 @@ def cli() -> None:
 # -- integrate -------------------------------------------------------------------
 @cli.command()
 @threads_option
-@click.argument("data", type=H5AD)
+@click.argument("data", type=INPUT_FILE)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output h5ad: log1p(CP10k) on the gene panel, ready for `image`/`train` (reference) or "
                    "`annotate` (query).")
-@click.option("--reference", type=H5AD, default=None,
+@click.option("--reference", type=INPUT_FILE, default=None,
               help="Query mode: the integrated reference h5ad (or a model bundle) whose panel DATA is brought to.")
 @click.option("--method", default="auto", show_default=True,
               help="Batch correction: auto (combat when there is a reference or a --batch-key, else none), none, "
@@ -89,11 +134,14 @@ def cli() -> None:
                    "query's own batches, corrected together with the reference (query mode).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the report: qc.json + qc.png (reference), integration.json + mixing.png (query).")
-@click.option("--min-genes", default=200, show_default=True, help="Reference mode: drop cells with fewer genes.")
-@click.option("--min-cells", default=3, show_default=True, help="Reference mode: drop genes in fewer cells.")
-@click.option("--max-mito", default=0.2, show_default=True, help="Reference mode: drop cells above this "
-              "mitochondrial fraction.")
-@click.option("--n-top-genes", default=5000, show_default=True, help="Reference mode: size of the gene panel.")
+@click.option("--min-genes", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Reference mode: drop cells with fewer genes.")
+@click.option("--min-cells", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Reference mode: drop genes in fewer cells.")
+@click.option("--max-mito", type=Fraction(), default=0.2, show_default=True,
+              help="Reference mode: drop cells above this mitochondrial fraction.")
+@click.option("--n-top-genes", type=click.IntRange(min=10), default=5000, show_default=True,
+              help="Reference mode: size of the gene panel.")
 @click.option("--hvg-flavor", default="auto", show_default=True,
               type=click.Choice(["auto", "seurat", "cell_ranger", "pearson_residuals"]),
               help="Reference mode: gene ranking. auto: pearson_residuals on raw counts (keeps sparse lineage "
@@ -101,14 +149,13 @@ def cli() -> None:
 @click.option("--keep-genes", default="",
               help="Reference mode: comma-separated genes (symbols or IDs) always in the panel, e.g. markers to "
                    "image and explain that are not highly variable.")
-@click.option("--genes-from", "genes_from", multiple=True, type=H5AD,
+@click.option("--genes-from", "genes_from", multiple=True, type=INPUT_FILE,
               help="Reference mode: choose the panel among the genes this query has (repeatable: every query). "
                    "QC and normalisation still use all of the reference's genes.")
-@click.option("--max-reference-cells", default=20_000, show_default=True,
+@click.option("--max-reference-cells", type=click.IntRange(min=50), default=20_000, show_default=True,
               help="Query mode: reference cells (random sample) that join the correction.")
 @click.option("--gene-column", default=None, help="Query mode: var column with gene names to match (auto by default).")
-@click.option("--min-gene-coverage", default=0.5, show_default=True,
-              help="Query mode: stop when less than this share of the panel is found.")
+@coverage_option("Query mode: stop when less than this share of the panel is found.")
 @click.option("--layer", default=None, help="Read expression from this layer instead of X.")
 @click.option("--use-raw", is_flag=True, default=None, help="Read expression from .raw.")
 @click.option("--seed", default=0, show_default=True)
@@ -127,14 +174,14 @@ def integrate(data: Path, output: Path, reference: Path | None, method: str, bat
     Accepts raw counts or log-normalised values; scaled data is refused
     unless .raw or a counts layer holds the unscaled values.
     """
-    from cellpix.io import read_h5ad, write_h5ad_atomic
+    from cellpix.data.io import read_h5ad, write_h5ad_atomic
 
     adata = read_h5ad(data)
     if genes_from and reference is not None:
         raise CellpixError("--genes-from chooses a reference's panel: it does not apply with --reference")
     if reference is None:
-        from cellpix.integrate.reference import QCOptions, prepare_reference, query_gene_table
-        from cellpix.integrate.report import write_reference_report
+        from cellpix.steps.integrate.reference import QCOptions, prepare_reference, query_gene_table
+        from cellpix.steps.integrate.report import write_reference_report
 
         options = QCOptions(min_genes, min_cells, max_mito, n_top_genes, batch_key, hvg_flavor, method,
                             keep_genes=tuple(g.strip() for g in keep_genes.split(",") if g.strip()))
@@ -147,7 +194,7 @@ def integrate(data: Path, output: Path, reference: Path | None, method: str, bat
         write_h5ad_atomic(out, output)
         summary = out.uns["cellpix_integrate"]
         for line in summary["warnings"]:
-            click.echo(f"warning: {line}", err=True)
+            warn(line)
         shared = f", chosen among {summary['genes_from']['shared_genes']} genes the queries have" \
             if "genes_from" in summary else ""
         click.echo(f"{summary['n_cells_out']} cells × {summary['n_genes_out']} genes{shared} → {output} "
@@ -155,8 +202,8 @@ def integrate(data: Path, output: Path, reference: Path | None, method: str, bat
         if report_dir:
             write_reference_report(out, report_dir)
         return
-    from cellpix.integrate.query import QueryOptions, describe_mixing, integrate_query, load_reference_panel
-    from cellpix.integrate.report import write_query_report
+    from cellpix.steps.integrate.query import QueryOptions, describe_mixing, integrate_query, load_reference_panel
+    from cellpix.steps.integrate.report import write_query_report
 
     panel = load_reference_panel(reference, max_reference_cells, seed)
     options = QueryOptions(method, batch_key, max_reference_cells, gene_column, layer, use_raw, min_gene_coverage,
@@ -189,7 +236,7 @@ def integrate_methods() -> None:
 # -- image -----------------------------------------------------------------------
 @cli.command()
 @threads_option
-@click.argument("reference", type=H5AD)
+@click.argument("reference", type=INPUT_FILE)
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for layout.json, layout.png and layout_collisions.json.")
 @click.option("--preset", type=click.Choice(["default", "paper"]), default="default", show_default=True,
@@ -206,7 +253,8 @@ def integrate_methods() -> None:
               help="Cells (stratified) used to fit the manifold (default 2,000; the paper preset: all).")
 @click.option("--groupby", default=None, help="obs column to stratify the cell subsample by.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--write-images", default=0, show_default=True, help="Also export this many images (npz) to look at.")
+@click.option("--write-images", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also export this many images (npz) to look at.")
 def image(reference: Path, outdir: Path, preset: str, method: str | None, perplexity: float | None, pixels: int | None,
           discretization: str, max_cells: int | None, groupby: str | None, seed: int, write_images: int) -> None:
     """Fit the gene → pixel layout (DeepInsight) on an integrated REFERENCE.
@@ -216,9 +264,9 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
     information (one pixel per gene) does not, so the default grid is the
     smallest that holds the panel.
     """
-    from cellpix.imaging.layout import layout_options
-    from cellpix.imaging.step import image_step
-    from cellpix.io import read_h5ad
+    from cellpix.data.io import read_h5ad
+    from cellpix.steps.imaging.layout import layout_options
+    from cellpix.steps.imaging.step import image_step
 
     options = layout_options(preset, pixels=pixels, method=method, perplexity=perplexity, max_cells=max_cells)
     layout = image_step(read_h5ad(reference), outdir, discretization=discretization, groupby=groupby,
@@ -231,8 +279,8 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
 # -- train -----------------------------------------------------------------------
 @cli.command("train")
 @threads_option
-@click.argument("reference", type=H5AD)
-@click.option("--layout", "layout_path", required=True, type=H5AD.__class__(exists=True, dir_okay=False),
+@click.argument("reference", type=INPUT_FILE)
+@click.option("--layout", "layout_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="layout.json from `cellpix image`.")
 @click.option("--labels", "label_key", required=True, help="obs column with the subtype (final) labels.")
 @click.option("--hierarchy", default=None, help="Registered hierarchy name or a YAML file.")
@@ -270,11 +318,14 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Validation share (stratified).")
 @click.option("--val-key", default=None, help="Split validation by this obs column (donor/batch) instead.")
+@click.option("--refit/--no-refit", default=None,
+              help="After early stopping has chosen the epoch count, train again on every cell, validation "
+                   "cells included (on in the cpu preset; off in trunk and paper, where it doubles the cost).")
 @click.option("--donor-key", default=None, help="obs column of donors: enables scTab donor augmentation.")
 @click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Early stopping on validation subtype macro-F1.")
 @click.option("--seed", type=int, default=None)
-@click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:1…")
+@device_option(None, "auto (default), cpu, cuda, cuda:1…")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to checkpoint each epoch (default: OUTPUT.ckpt/).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --checkpoint-dir.")
@@ -288,18 +339,17 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
                   batch_size: int | None,
                   optimizer: str | None, lr: float | None, loss: str | None, class_weights: bool | None,
                   readout_decay: float | None, mask_fraction: float | None,
-                  val_fraction: float | None, val_key: str | None, donor_key: str | None, patience: int | None,
-                  seed: int | None, device: str | None, checkpoint_dir: Path | None, resume: bool,
+                  val_fraction: float | None, val_key: str | None, refit: bool | None, donor_key: str | None,
+                  patience: int | None, seed: int | None, device: str | None, checkpoint_dir: Path | None, resume: bool,
                   report_dir: Path | None, quiet: bool) -> None:
     """Train a hierarchical classifier on an integrated, labelled REFERENCE and write a model bundle.
 
     Works under `torchrun --nproc_per_node N` for multi-GPU (or CPU gloo) DDP.
     """
-    from cellpix.hierarchy import Hierarchy
-    from cellpix.imaging.layout import GeneLayout
-    from cellpix.io import read_h5ad
-    from cellpix.pipeline import resolve_hierarchy
-    from cellpix.train.trainer import TrainConfig, train
+    from cellpix.core.hierarchy import Hierarchy, resolve_hierarchy
+    from cellpix.core.layout import GeneLayout
+    from cellpix.data.io import read_h5ad
+    from cellpix.steps.train.trainer import TrainConfig, train
 
     adata = read_h5ad(reference)
     if bool(hierarchy) == bool(hierarchy_from_obs):
@@ -313,7 +363,7 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
         preset, wide=wide, deep=deep, backbone=backbone, in_chans=int(channels) if channels else None,
         pretrained=pretrained, epochs=epochs, keep=keep, batch_size=batch_size, optimizer=optimizer, lr=lr, loss=loss,
         class_weights=class_weights, readout_weight_decay=readout_decay, mask_fraction=mask_fraction,
-        val_fraction=val_fraction, val_key=val_key, donor_key=donor_key,
+        val_fraction=val_fraction, val_key=val_key, refit=refit, donor_key=donor_key,
         patience=patience, seed=seed, device=device)
     checkpoint_dir = checkpoint_dir or output.with_name(output.name + ".ckpt")
     report_dir = report_dir or output.with_name(output.name + ".report")
@@ -328,8 +378,8 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
 # -- annotate --------------------------------------------------------------------
 @cli.command()
 @threads_option
-@click.argument("query", type=H5AD)
-@click.option("-m", "--model", "models", required=True, multiple=True, type=H5AD,
+@click.argument("query", type=INPUT_FILE)
+@click.option("-m", "--model", "models", required=True, multiple=True, type=INPUT_FILE,
               help="Model bundle; repeat for an ensemble (probabilities are averaged).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Annotated h5ad (the input plus cellpix_* obs/obsm/uns).")
@@ -339,14 +389,13 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
 @click.option("--gene-column", default=None, help="var column holding the gene names to match (auto by default).")
 @click.option("--layer", default=None, help="Read expression from this layer.")
 @click.option("--use-raw", is_flag=True, default=None, help="Read expression from .raw.")
-@click.option("--min-gene-coverage", default=0.5, show_default=True,
-              help="Stop when less than this share of the model's genes is found.")
+@coverage_option("Stop when less than this share of the model's genes is found.")
 @click.option("--restrict-to", default=None, help="Comma-separated base types or subtypes allowed as answers.")
 @click.option("--novelty-rule", default="calibrated", show_default=True,
               type=click.Choice(["calibrated", "percentile"]))
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Cells read and predicted at a time (default 2,048: peak memory stays near 1 GB).")
-@click.option("--device", default="cpu", show_default=True)
+@device_option("cpu")
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16"]),
               help="Arithmetic of the forward passes. auto: bfloat16 where the hardware computes it natively "
                    "(CUDA; CPUs with AVX512-BF16 or AMX), about 2x faster; float32 elsewhere.")
@@ -364,8 +413,8 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
     """
     # Only what annotation needs: the pipeline module would pull scikit-learn, matplotlib and scanpy into the
     # process (about 150 MB of peak RSS on 10,000 cells) before the stream starts.
-    from cellpix.annotate.annotate import AnnotateOptions, annotate_file, annotation_table, load_models
-    from cellpix.io import read_h5ad, write_text_atomic
+    from cellpix.data.io import read_h5ad, write_text_atomic
+    from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_file, annotation_table, load_models
 
     options = AnnotateOptions(gene_column, layer, use_raw, min_gene_coverage,
                               [s.strip() for s in restrict_to.split(",")] if restrict_to else None, novelty_rule,
@@ -381,7 +430,7 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
     if table:
         write_text_atomic(table, annotation_table(result.obs))
     if plots:
-        from cellpix.annotate.plots import plot_annotation
+        from cellpix.steps.annotate.plots import plot_annotation
 
         plot_annotation(read_h5ad(output), plots)
 
@@ -389,8 +438,8 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
 # -- explain ---------------------------------------------------------------------
 @cli.command("explain")
 @threads_option
-@click.argument("data", type=H5AD)
-@click.option("-m", "--model", required=True, type=H5AD, help="The model bundle to explain.")
+@click.argument("data", type=INPUT_FILE)
+@click.option("-m", "--model", required=True, type=INPUT_FILE, help="The model bundle to explain.")
 @click.option("-o", "--table", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="CSV ranking: level, class, gene, gene_symbol, mean_abs_shap, mean_shap, n_cells, rank.")
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -402,19 +451,22 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
 @click.option("--levels", default="base,subtype", show_default=True, help="Heads to explain: base, subtype or both.")
 @click.option("--background", type=click.Choice(["zeros", "data"]), default="zeros", show_default=True,
               help="SHAP reference: an empty image (credit to expressed genes) or a label-stratified cell sample.")
-@click.option("--background-size", default=64, show_default=True, help="Cells in the SHAP background sample.")
+@click.option("--background-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Cells in the SHAP background sample.")
 @click.option("--target", type=click.Choice(["centred-logit", "logit"]), default="centred-logit", show_default=True,
               help="What SHAP explains: the class's logit minus its head's mean logit (what sets the class apart), "
                    "or the raw logit.")
-@click.option("--cells-per-class", default=40, show_default=True, help="Cells explained per class (caps runtime).")
-@click.option("--nsamples", default=32, show_default=True, help="Expected-gradients samples per cell.")
-@click.option("--top-n", default=20, show_default=True, help="Genes per bar plot.")
+@click.option("--cells-per-class", type=click.IntRange(min=1), default=40, show_default=True,
+              help="Cells explained per class (caps runtime).")
+@click.option("--nsamples", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Expected-gradients samples per cell.")
+@click.option("--top-n", type=click.IntRange(min=1), default=20, show_default=True, help="Genes per bar plot.")
 @click.option("--gene-column", default=None, help="var column holding the gene names to match (auto by default).")
 @click.option("--layer", default=None, help="Read expression from this layer.")
 @click.option("--use-raw", is_flag=True, default=None, help="Read expression from .raw.")
-@click.option("--min-gene-coverage", default=0.5, show_default=True)
+@coverage_option("Stop when less than this share of the model's genes is found.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@device_option("cpu")
 @click.option("--quiet", is_flag=True)
 def explain_command(data: Path, model: Path, table: Path, plots: Path | None, output_h5ad: Path | None,
                     label_key: str | None, levels: str, background: str, background_size: int, target: str,
@@ -426,9 +478,9 @@ def explain_command(data: Path, model: Path, table: Path, plots: Path | None, ou
     mapped back to genes through the layout; each class is explained on its
     own cells for its own (centred) logit.
     """
-    from cellpix.explain.shap_genes import ExplainOptions
-    from cellpix.explain.step import explain_file
-    from cellpix.trained import TrainedModel
+    from cellpix.core.trained import TrainedModel
+    from cellpix.steps.explain.shap_genes import ExplainOptions
+    from cellpix.steps.explain.step import explain_file
 
     options = ExplainOptions(label_key=label_key, levels=tuple(x.strip() for x in levels.split(",") if x.strip()),
                              background=background, background_size=background_size, output=target,
@@ -444,25 +496,25 @@ def explain_command(data: Path, model: Path, table: Path, plots: Path | None, ou
 
 # -- split / merge ---------------------------------------------------------------
 @cli.command("split")
-@click.argument("query", type=H5AD)
+@click.argument("query", type=INPUT_FILE)
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("-n", "--cells-per-shard", default=100_000, show_default=True, help="Cells per shard.")
 @click.option("--prefix", default="shard", show_default=True, help="Shard file names: PREFIX.00000.h5ad, …")
 @click.option("--quiet", is_flag=True)
 def split_command(query: Path, outdir: Path, cells_per_shard: int, prefix: str, quiet: bool) -> None:
     """Split QUERY (h5ad) into shards of N cells, read backed, for parallel annotation."""
-    from cellpix.annotate.shards import split_h5ad
+    from cellpix.steps.annotate.shards import split_h5ad
 
     paths = split_h5ad(query, outdir, cells_per_shard, prefix, progress=not quiet)
     click.echo(f"{len(paths)} shards of ≤ {cells_per_shard} cells → {outdir}")
 
 
 @cli.command("merge")
-@click.argument("shards", nargs=-1, required=True, type=H5AD)
+@click.argument("shards", nargs=-1, required=True, type=INPUT_FILE)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 def merge_command(shards: tuple[Path, ...], output: Path) -> None:
     """Merge annotated SHARDS (from `cellpix split` + `cellpix annotate`) on disk, in shard order."""
-    from cellpix.annotate.shards import merge_h5ad
+    from cellpix.steps.annotate.shards import merge_h5ad
 
     merge_h5ad(list(shards), output)
     click.echo(f"{len(shards)} shards merged → {output}")
@@ -470,11 +522,12 @@ def merge_command(shards: tuple[Path, ...], output: Path) -> None:
 
 # -- evaluate --------------------------------------------------------------------
 @cli.command("evaluate")
-@click.argument("annotated", type=H5AD)
-@click.option("-m", "--model", required=True, type=H5AD, help="The bundle that made the annotation (its hierarchy).")
+@click.argument("annotated", type=INPUT_FILE)
+@click.option("-m", "--model", required=True, type=INPUT_FILE,
+              help="The bundle that made the annotation (its hierarchy).")
 @click.option("--truth-subtype", default=None, help="obs column with true subtype labels.")
 @click.option("--truth-base", default=None, help="obs column with true base labels.")
-@click.option("--mapping", type=H5AD, default=None, help="Two-column CSV/TSV: truth label → model label.")
+@click.option("--mapping", type=INPUT_FILE, default=None, help="Two-column CSV/TSV: truth label → model label.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Metrics JSON (printed when omitted).")
 @click.option("--confusion", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -482,11 +535,11 @@ def merge_command(shards: tuple[Path, ...], output: Path) -> None:
 def evaluate_command(annotated: Path, model: Path, truth_subtype: str | None, truth_base: str | None,
                      mapping: Path | None, output: Path | None, confusion: Path | None) -> None:
     """Score an ANNOTATED h5ad against truth columns (accuracy, precision, macro-F1, AUPRC)."""
-    from cellpix.annotate.evaluate import apply_mapping, confusion_frame, evaluate, read_mapping
-    from cellpix.annotate.plots import plot_confusion
-    from cellpix.bundle import read_metadata
-    from cellpix.hierarchy import Hierarchy
-    from cellpix.io import read_h5ad, write_text_atomic
+    from cellpix.core.bundle import read_metadata
+    from cellpix.core.hierarchy import Hierarchy
+    from cellpix.data.io import read_h5ad, write_text_atomic
+    from cellpix.steps.annotate.evaluate import apply_mapping, confusion_frame, evaluate, read_mapping
+    from cellpix.steps.annotate.plots import plot_confusion
 
     adata = read_h5ad(annotated)
     tree = Hierarchy.from_dict(read_metadata(model)["hierarchy"])
@@ -505,11 +558,11 @@ def evaluate_command(annotated: Path, model: Path, truth_subtype: str | None, tr
 
 # -- inspect ---------------------------------------------------------------------
 @cli.command()
-@click.argument("bundle", type=H5AD)
+@click.argument("bundle", type=INPUT_FILE)
 @click.option("--json", "as_json", is_flag=True, help="The summary as JSON.")
 def inspect(bundle: Path, as_json: bool) -> None:
     """What a model BUNDLE is: network, hierarchy, gene panel, training and its validation scores."""
-    from cellpix.trained import TrainedModel
+    from cellpix.core.trained import TrainedModel
 
     model = TrainedModel.load(bundle)
     summary = model.summary()
@@ -524,20 +577,21 @@ def inspect(bundle: Path, as_json: bool) -> None:
 # -- run and demo ----------------------------------------------------------------
 @cli.command()
 @threads_option
-@click.argument("reference", type=H5AD)
-@click.argument("query", type=H5AD)
+@click.argument("reference", type=INPUT_FILE)
+@click.argument("query", type=INPUT_FILE)
 @click.option("--labels", "label_key", required=True, help="Reference obs column with subtype labels.")
 @click.option("--hierarchy", required=True, help="Registered hierarchy name or YAML file.")
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--truth", default=None, help="Query obs column to evaluate against, if known.")
-@click.option("--epochs", default=30, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--use-raw", is_flag=True, default=None, help="Read both datasets from .raw.")
 def run(reference: Path, query: Path, label_key: str, hierarchy: str, outdir: Path, truth: str | None, epochs: int,
         use_raw: bool | None) -> None:
     """All steps: integrate, image and train on REFERENCE, then annotate (and evaluate) QUERY."""
-    from cellpix.io import read_h5ad
-    from cellpix.pipeline import resolve_hierarchy, run_pipeline
-    from cellpix.train.trainer import TrainConfig
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.data.io import read_h5ad
+    from cellpix.pipeline import run_pipeline
+    from cellpix.steps.train.trainer import TrainConfig
 
     result = run_pipeline(read_h5ad(reference), read_h5ad(query), label_key, resolve_hierarchy(hierarchy), outdir,
                           config=TrainConfig(epochs=epochs), use_raw=use_raw, truth_key=truth)
@@ -548,7 +602,7 @@ def run(reference: Path, query: Path, label_key: str, hierarchy: str, outdir: Pa
 @threads_option
 @click.option("-o", "--outdir", default="cellpix-demo", show_default=True,
               type=click.Path(file_okay=False, path_type=Path))
-@click.option("--epochs", default=25, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=25, show_default=True)
 @click.option("--quiet", is_flag=True)
 def demo(outdir: Path, epochs: int, quiet: bool) -> None:
     """Train on 80 % of scanpy's bundled pbmc68k_reduced and annotate the rest (offline, a few minutes)."""
@@ -598,7 +652,7 @@ def plugins_new(name: str, dest: Path) -> None:
               help="Write here (e.g. docs/plugins.md) instead of printing.")
 def plugins_docs(output: Path | None) -> None:
     """The plugin author's guide, with the hook reference generated from cellpix's hookspecs."""
-    from cellpix.io import write_text_atomic
+    from cellpix.data.io import write_text_atomic
     from cellpix.plugin_docs import render
 
     if output:
@@ -625,7 +679,7 @@ def hierarchies_list() -> None:
 @click.argument("name")
 def hierarchies_show(name: str) -> None:
     """Print a registered hierarchy (or a YAML file) as YAML."""
-    from cellpix.pipeline import resolve_hierarchy
+    from cellpix.core.hierarchy import resolve_hierarchy
 
     click.echo(resolve_hierarchy(name).to_yaml(), nl=False)
 
@@ -636,7 +690,7 @@ def hierarchies_show(name: str) -> None:
               help="Also check Cell Ontology IDs offline (cellxgene-ontology-guide).")
 def hierarchies_validate(path: Path, ontology: bool) -> None:
     """Validate a hierarchy YAML: structure, duplicates, orphans, cycles and CL IDs."""
-    from cellpix.hierarchy import Hierarchy, check_ontology
+    from cellpix.core.hierarchy import Hierarchy, check_ontology
 
     tree = Hierarchy.from_yaml(path)
     problems = check_ontology(tree) if ontology else []
@@ -661,9 +715,23 @@ def _register_plugin_commands() -> None:
         click.echo(f"warning: {exc}", err=True)
 
 
+class Terminated(BaseException):
+    """SIGTERM (what schedulers send before a kill), raised in the main thread so that every ``finally`` and
+    :func:`cellpix.data.io.atomic_path` cleanup runs, as it does for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
     _register_plugin_commands()
-    cli(prog_name="cellpix")
+    try:
+        cli(prog_name="cellpix")
+    except Terminated:
+        click.echo("cellpix: terminated (SIGTERM); outputs not yet complete were removed", err=True)
+        sys.exit(143)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,17 @@ non-zero, while programming errors still surface with a full traceback.
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
+
+
+def warn(message: str) -> None:
+    """One ``warning: ...`` line on stderr, the one way every part of cellpix tells the console user.
+
+    Whatever warns also records the same text where the result keeps it (``uns[...]['warnings']``,
+    ``summary.json``), so a warning is never only on a screen.
+    """
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 class CellpixError(Exception):

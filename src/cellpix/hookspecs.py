@@ -30,7 +30,7 @@ def cellpix_hierarchies():
 def cellpix_backbones():
     """Return ``{name: BackboneSpec}`` of CNN feature extractors.
 
-    A ``BackboneSpec`` (``cellpix.train.backbones``) holds a builder
+    A ``BackboneSpec`` (``cellpix.core.backbones``) holds a builder
     ``build(in_chans, pretrained) -> torch.nn.Module`` whose module maps a
     ``(batch, in_chans, H, W)`` image to ``(batch, num_features)`` and exposes
     ``num_features``. Any timm model name works without a plugin.
@@ -41,7 +41,7 @@ def cellpix_backbones():
 def cellpix_integration_methods():
     """Return ``{name: IntegrationMethod}`` of batch-correction methods.
 
-    An ``IntegrationMethod`` (``cellpix.integrate.methods``) has a ``name``,
+    An ``IntegrationMethod`` (``cellpix.steps.integrate.methods``) has a ``name``,
     a ``description``, the Python modules it needs (checked before any work,
     with an ``install_hint``) and ``run(task) -> ndarray``. ``task`` holds
     dense log1p(CP10k) expression of all cells (reference first), their batch

@@ -14,26 +14,17 @@ from typing import Any
 import anndata as ad
 import numpy as np
 
-from cellpix import plugins
-from cellpix.annotate.annotate import AnnotateOptions, annotate_adata, annotation_table
-from cellpix.annotate.evaluate import confusion_frame, evaluate
-from cellpix.annotate.plots import plot_annotation, plot_confusion
-from cellpix.errors import CellpixError
-from cellpix.hierarchy import Hierarchy
-from cellpix.imaging.step import image_step
-from cellpix.integrate.reference import QCOptions, prepare_reference, query_gene_table
-from cellpix.io import write_h5ad_atomic, write_text_atomic
-from cellpix.train.data import stratified_split
-from cellpix.train.trainer import TrainConfig, train
-from cellpix.trained import TrainedModel
-
-
-def resolve_hierarchy(spec: str) -> Hierarchy:
-    """A registered hierarchy name, or a path to a YAML file."""
-    path = Path(spec)
-    if path.suffix.lower() in {".yaml", ".yml"} or path.is_file():
-        return Hierarchy.from_yaml(path)
-    return plugins.resolve_lazy(plugins.lookup("hierarchies", spec, "hierarchy"))
+from cellpix.core.hierarchy import Hierarchy, resolve_hierarchy
+from cellpix.core.trained import TrainedModel
+from cellpix.data.io import write_h5ad_atomic, write_text_atomic
+from cellpix.errors import CellpixError, warn
+from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata, annotation_table
+from cellpix.steps.annotate.evaluate import confusion_frame, evaluate
+from cellpix.steps.annotate.plots import plot_annotation, plot_confusion
+from cellpix.steps.imaging.step import image_step
+from cellpix.steps.integrate.reference import QCOptions, prepare_reference, query_gene_table
+from cellpix.steps.train.data import stratified_split
+from cellpix.steps.train.trainer import TrainConfig, train
 
 
 @dataclass
@@ -62,7 +53,7 @@ def run_pipeline(reference: ad.AnnData, query: ad.AnnData, label_key: str, hiera
     outdir.mkdir(parents=True, exist_ok=True)
     ref = prepare_reference(reference, qc, use_raw=use_raw, genes_from=[query_genes])
     for line in ref.uns["cellpix_integrate"]["warnings"]:
-        _warn(line)
+        warn(line)
     write_h5ad_atomic(ref, outdir / "reference.h5ad")
     timings["integrate_s"] = time.perf_counter() - started
 
@@ -97,13 +88,6 @@ def run_pipeline(reference: ad.AnnData, query: ad.AnnData, label_key: str, hiera
                        outdir / "plots" / "confusion_subtype.png", "subtype confusion (held-out cells)")
     write_text_atomic(outdir / "summary.json", json.dumps(metrics, indent=2, default=float))
     return PipelineResult(model, annotated, metrics, outdir)
-
-
-def _warn(line: str) -> None:
-    """One line on stderr for the console user; the same text is kept in the run's summary."""
-    import click
-
-    click.echo(f"warning: {line}", err=True)
 
 
 def demo_split(adata: ad.AnnData, label_key: str, query_fraction: float = 0.2, seed: int = 0

@@ -42,7 +42,7 @@ cellpix_lung_atlas = "cellpix_lung_atlas"
 and the module implements hooks with `cellpix.hookspecs.hookimpl`:
 
 ```python
-from cellpix.hookspecs import hookimpl
+from cellpix.plugins import hookimpl
 
 @hookimpl
 def cellpix_hierarchies():

@@ -4,6 +4,10 @@ Built-in hierarchies, backbones, integration and layout methods live in
 :mod:`cellpix.builtin` and are registered from :data:`DEFAULT_PLUGINS`, exactly
 like a third-party package that declares a ``cellpix`` entry point.
 
+Plugin authors import everything they implement against from here::
+
+    from cellpix.plugins import BackboneSpec, Hierarchy, IntegrationMethod, hookimpl
+
 Set ``CELLPIX_DISABLE_PLUGINS=1`` to load only the built-ins (useful when a
 broken plugin stops cellpix from starting), or to a comma-separated list of
 plugin names to block just those.
@@ -128,3 +132,22 @@ def _own_version() -> str:
     from cellpix import __version__
 
     return __version__
+
+
+# The contract types a plugin implements against, importable from this one module (loaded on first use, so the
+# registry itself stays light).
+CONTRACT = {
+    "hookimpl": "cellpix.hookspecs",
+    "BackboneSpec": "cellpix.core.backbones",
+    "Hierarchy": "cellpix.core.hierarchy",
+    "BaseType": "cellpix.core.hierarchy",
+    "CellType": "cellpix.core.hierarchy",
+    "IntegrationMethod": "cellpix.steps.integrate.methods",
+    "CellpixError": "cellpix.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in CONTRACT:
+        return getattr(importlib.import_module(CONTRACT[name]), name)
+    raise AttributeError(f"module 'cellpix.plugins' has no attribute {name!r}")

@@ -54,7 +54,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from cellpix.hierarchy import Hierarchy
+from cellpix.core.hierarchy import Hierarchy
 from cellpix.hookspecs import hookimpl
 
 HIERARCHY_DIR = Path(__file__).with_name("hierarchies")
@@ -90,7 +90,7 @@ import subprocess
 import sys
 
 from cellpix import plugins
-from cellpix.hierarchy import check_ontology
+from cellpix.core.hierarchy import check_ontology
 
 
 def test_cellpix_lists_the_plugin():

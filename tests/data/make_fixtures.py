@@ -6,9 +6,13 @@
   FACS-sorted populations), 30 per ``cell_type``, stratified with seed 0; raw UMI counts, Ensembl IDs with
   ``var.gene_symbol``, every gene detected in at least 3 of these cells.
 - ``zheng_query.h5ad``: 100 other cells of the same file (10 per type), the same genes.
+- ``kang_ifnb.h5ad``: 200 cells of Kang et al. 2018 (Nat Biotechnol 36:89; PBMC, 10x, interferon-beta
+  stimulated and control), 100 per ``obs.condition`` (ctrl / stim) with seed 0; raw UMI counts, gene symbols,
+  every gene detected in at least 3 of these cells. Unlabelled: a second query with a batch column.
 
-Both are what the Nextflow ``-profile test`` runs on. The counts are 10x Genomics public data, shared under
-the terms 10x Genomics gives its datasets (Creative Commons Attribution); cite Zheng et al. 2017.
+These are what the Nextflow ``-profile test`` runs on (``assets/samplesheet_test.csv`` names the two queries).
+The Zheng counts are 10x Genomics public data, shared under the terms 10x Genomics gives its datasets (Creative
+Commons Attribution); cite Zheng et al. 2017. The Kang counts are public (GEO GSE96583); cite Kang et al. 2018.
 """
 
 from __future__ import annotations
@@ -48,8 +52,24 @@ def main() -> None:
         subset.uns = {"source": {**dict(data.uns.get("source", {})),
                                  "subset": "stratified by cell_type with seed 0 by tests/data/make_fixtures.py"}}
         subset.write_h5ad(OUT / f"{name}.h5ad", compression="gzip")
-        print(f"{name}.h5ad: {subset.n_obs} cells x {subset.n_vars} genes, "
-              f"{(OUT / f'{name}.h5ad').stat().st_size / 1e6:.2f} MB")
+        report(name, subset)
+    kang = ad.read_h5ad(SHARED / "kang2018_pbmc_ifnb.h5ad")
+    rows = stratified(kang.obs["condition"].astype(str).to_numpy(), 100, np.random.default_rng(0),
+                      np.array([], dtype=int))
+    counts = sp.csr_matrix(kang.X[rows], dtype=np.float32)
+    genes = np.flatnonzero(np.bincount(counts.indices, minlength=kang.n_vars) >= 3)
+    subset = kang[rows][:, genes].copy()
+    subset.X = sp.csr_matrix(subset.X, dtype=np.float32)
+    subset.obs = subset.obs[["condition"]].copy()
+    subset.uns = {"source": {**dict(kang.uns.get("source", {})),
+                             "subset": "stratified by condition with seed 0 by tests/data/make_fixtures.py"}}
+    subset.write_h5ad(OUT / "kang_ifnb.h5ad", compression="gzip")
+    report("kang_ifnb", subset)
+
+
+def report(name: str, subset: ad.AnnData) -> None:
+    print(f"{name}.h5ad: {subset.n_obs} cells x {subset.n_vars} genes, "
+          f"{(OUT / f'{name}.h5ad').stat().st_size / 1e6:.2f} MB")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from cellpix.core.backbones import resolve_backbone
 from cellpix.errors import CellpixError
-from cellpix.train.backbones import resolve_backbone
 
 DATA = Path(os.environ.get("CELLPIX_SHARED_DATA", Path(__file__).resolve().parents[4] / "shared" / "data"))
 ZHENG = DATA / "zheng2017_pbmc_sorted.h5ad"
@@ -53,10 +53,10 @@ def test_local_weights_load_and_foreign_ones_are_refused(tmp_path):
 def test_trains_on_zheng_well_above_chance(tmp_path):
     if not ZHENG.exists():
         pytest.fail(f"real test data missing: {ZHENG} (set CELLPIX_SHARED_DATA)")
-    from cellpix.imaging.layout import fit_layout
-    from cellpix.integrate.reference import QCOptions, prepare_reference
-    from cellpix.pipeline import resolve_hierarchy
-    from cellpix.train.trainer import TrainConfig, train
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.steps.imaging.layout import fit_layout
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
+    from cellpix.steps.train.trainer import TrainConfig, train
 
     raw = ad.read_h5ad(ZHENG)
     rows = np.random.default_rng(0).choice(raw.n_obs, 1200, replace=False)

@@ -19,7 +19,7 @@ from scipy.stats import binom
 from sklearn.model_selection import train_test_split
 
 from cellpix import plugins
-from cellpix.hierarchy import check_ontology
+from cellpix.core.hierarchy import check_ontology
 
 DATA = Path(os.environ.get("CELLPIX_SHARED_DATA", Path(__file__).resolve().parents[4] / "shared" / "data"))
 PURAM = DATA / "puram2017_headneck_tumor.h5ad"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from cellpix.hierarchy import Hierarchy
+from cellpix.core.hierarchy import Hierarchy
 from cellpix.hookspecs import hookimpl
 
 HIERARCHY_DIR = Path(__file__).with_name("hierarchies")

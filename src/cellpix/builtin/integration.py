@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cellpix.hookspecs import hookimpl
-from cellpix.integrate.methods import BUILTIN_METHODS
+from cellpix.steps.integrate.methods import BUILTIN_METHODS
 
 
 @hookimpl

@@ -6,7 +6,7 @@ process CELLPIX_INTEGRATE {
     container "ghcr.io/cellpix/cellpix-integrate:0.1.0"
 
     input:
-    tuple val(meta), path(data), path(reference)
+    tuple val(meta), path(data), path(reference), path(genes_from, stageAs: 'genes_from/?/*')
 
     output:
     tuple val(meta), path("${prefix}.h5ad"), emit: h5ad
@@ -20,8 +20,10 @@ process CELLPIX_INTEGRATE {
     def args = task.ext.args ?: ''
     prefix = task.ext.prefix ?: "${meta.id}"
     def reference_arg = reference ? "--reference ${reference}" : ''
+    // reference mode: choose the panel among the genes every query has; [] (none) keeps the reference's own panel
+    def genes_from_args = [genes_from].flatten().collect { query -> "--genes-from ${query}" }.join(' ')
     """
-    cellpix integrate "$data" --threads ${task.cpus} --output "${prefix}.h5ad" $reference_arg --report "${prefix}_report" $args
+    cellpix integrate "$data" --threads ${task.cpus} --output "${prefix}.h5ad" $reference_arg $genes_from_args --report "${prefix}_report" $args
     """
 
     stub:

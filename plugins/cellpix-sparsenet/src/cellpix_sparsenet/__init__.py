@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cellpix.errors import CellpixError
-from cellpix.hookspecs import hookimpl
-from cellpix.train.backbones import BackboneSpec
+from cellpix.plugins import BackboneSpec, CellpixError, hookimpl
 from cellpix_sparsenet.network import SparsePixNet
 
 __version__ = "0.1.0"

@@ -9,8 +9,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from cellpix.hierarchy import Hierarchy
-from cellpix.hookspecs import hookimpl
+from cellpix.plugins import Hierarchy, hookimpl
 
 __version__ = "0.1.0"
 HIERARCHY_DIR = Path(__file__).with_name("hierarchies")

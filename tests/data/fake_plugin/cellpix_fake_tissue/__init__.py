@@ -1,7 +1,6 @@
 """A third-party cellpix plugin: one gut hierarchy."""
 
-from cellpix.hierarchy import BaseType, CellType, Hierarchy
-from cellpix.hookspecs import hookimpl
+from cellpix.plugins import BaseType, CellType, Hierarchy, hookimpl
 
 
 @hookimpl

@@ -1,0 +1,204 @@
+"""The public Python API: ``import cellpix as cx``, AnnData in and AnnData (or a model) out.
+
+Each function is the step the command line runs, without files in between::
+
+    import cellpix as cx
+
+    reference = cx.integrate(raw_reference, genes_from=[query])      # QC, normalisation, the panel
+    layout = cx.fit_layout(reference, groupby="cell_type")            # genes on a pixel grid
+    model = cx.train(reference, layout, cx.hierarchy("pbmc-sorted"), "cell_type")
+    annotated = cx.annotate(query, model)                             # obs / obsm / uns['cellpix']
+    genes = cx.explain(annotated, model)                              # SHAP gene ranking per class
+    model.save("pbmc.cellpix"); model = cx.load_model("pbmc.cellpix")
+
+The command line, the Galaxy tools and the Nextflow modules call the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the heavy modules load when a function is first called, not on ``import cellpix``
+    import anndata as ad
+
+    from cellpix.core.hierarchy import Hierarchy
+    from cellpix.core.layout import GeneLayout
+    from cellpix.core.trained import TrainedModel
+    from cellpix.steps.annotate.annotate import AnnotateOptions
+    from cellpix.steps.explain.shap_genes import ExplainOptions, Explanation
+    from cellpix.steps.integrate.reference import QCOptions
+    from cellpix.steps.train.trainer import TrainConfig
+
+
+def integrate(adata: ad.AnnData, options: QCOptions | None = None, *, genes_from: Sequence[ad.AnnData] = (),
+              layer: str | None = None, use_raw: bool | None = None) -> ad.AnnData:
+    """Prepare a labelled reference: QC, log1p(counts per 10,000) and the gene panel.
+
+    Parameters
+    ----------
+    adata
+        The reference: raw counts (in X, a ``counts`` layer or ``.raw``) or log-normalised values.
+    options
+        QC and panel options (:class:`cellpix.steps.integrate.reference.QCOptions`: minimum genes and cells, the
+        mitochondrial cut, the panel size and gene ranking).
+    genes_from
+        The queries the model is for. The panel is chosen among the genes every one of them has, so none
+        misses part of it; QC and normalisation still use all of the reference's genes.
+    layer, use_raw
+        Where the expression is (found automatically by default).
+
+    Returns
+    -------
+    AnnData
+        A new object on the panel: X = log1p(CP10k); ``obs['cellpix_n_genes']``, ``obs['cellpix_mito_fraction']``;
+        ``var['gene_symbol']``; ``uns['cellpix_integrate']`` (what QC removed, the normalisation, the queries the
+        panel was chosen for, and warnings).
+    """
+    from cellpix.steps.integrate.reference import prepare_reference, query_gene_table
+
+    tables = [query_gene_table(query) for query in genes_from]
+    return prepare_reference(adata, options, layer=layer, use_raw=use_raw, genes_from=tables)
+
+
+def fit_layout(reference: ad.AnnData, *, groupby: str | None = None, pixels: int | None = None,
+               **options: Any) -> GeneLayout:
+    """Place the panel's genes on a pixel grid (t-SNE of the genes, then one gene per pixel by assignment).
+
+    Parameters
+    ----------
+    reference
+        The output of :func:`integrate` (its ``var_names`` are the panel).
+    groupby
+        obs column to stratify the cells the manifold is fitted on.
+    pixels
+        Grid side; by default the smallest square that gives every gene its own pixel.
+    **options
+        Passed to :func:`cellpix.steps.imaging.layout.fit_layout` (``method``, ``max_cells``, ``discretization``,
+        ``random_state``, the manifold's own parameters such as ``perplexity``).
+
+    Returns
+    -------
+    GeneLayout
+        Gene → pixel coordinates and the per-gene min-max scaling; ``.save(path)`` writes it as JSON.
+    """
+    from cellpix.data.genes import find_symbol_column
+    from cellpix.steps.imaging.layout import fit_layout as fit
+
+    options.setdefault("symbol_column", find_symbol_column(reference.var))
+    return fit(reference, pixels=pixels, groupby=groupby, **options)
+
+
+def train(reference: ad.AnnData, layout: GeneLayout, hierarchy: Hierarchy | str, label_key: str,
+          config: TrainConfig | None = None, *, progress: bool = True) -> TrainedModel:
+    """Train the hierarchical classifier (base-type head, one subtype head per branching base, AHFL).
+
+    Parameters
+    ----------
+    reference
+        The output of :func:`integrate`, with the labels in ``obs[label_key]``.
+    layout
+        The output of :func:`fit_layout`.
+    hierarchy
+        A :class:`Hierarchy` or the name of a registered one (see :func:`hierarchy`).
+    label_key
+        obs column of the final (subtype) labels.
+    config
+        Training options (:class:`cellpix.steps.train.trainer.TrainConfig`; ``TrainConfig.from_preset("paper")`` is the
+        published configuration).
+
+    Returns
+    -------
+    TrainedModel
+        The network, its layout and hierarchy, and the metadata a bundle carries (validation scores, novelty
+        thresholds, the reference's expression profile). Raises
+        :class:`cellpix.errors.TrainingFailedError` rather than return a model that stayed at chance.
+    """
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.steps.train.trainer import train as fit
+
+    tree = resolve_hierarchy(hierarchy) if isinstance(hierarchy, str) else hierarchy
+    return fit(reference, layout, tree, label_key, config, progress=progress)
+
+
+def annotate(query: ad.AnnData, model: TrainedModel | Sequence[TrainedModel] | str | Path,
+             options: AnnotateOptions | None = None) -> ad.AnnData:
+    """Annotate a query with base types, subtypes, confidences and novelty flags.
+
+    Parameters
+    ----------
+    query
+        Raw counts, log-normalised values, or scaled X with the counts in ``.raw``; Ensembl IDs or symbols.
+    model
+        A trained model, several trained on the same hierarchy (an ensemble: probabilities are averaged), or
+        the path of a bundle.
+    options
+        :class:`cellpix.steps.annotate.annotate.AnnotateOptions` (gene matching, coverage, novelty rule, device).
+
+    Returns
+    -------
+    AnnData
+        A copy of ``query`` with ``obs['cellpix_base']``, ``obs['cellpix_subtype']`` (``unassigned`` for cells
+        without expression on the model's genes, reason in ``obs['cellpix_unassigned']``),
+        ``obs['cellpix_base_probability']``, ``obs['cellpix_subtype_probability']``,
+        ``obs['cellpix_novelty_score']``, ``obs['cellpix_is_novel']``, ``obs['cellpix_uncertainty']``,
+        ``obs['cellpix_out_of_reference']`` and, where the hierarchy has Cell Ontology IDs,
+        ``obs['cellpix_base_ontology_id']`` and ``obs['cellpix_subtype_ontology_id']``;
+        ``obsm['cellpix_base_proba']`` and ``obsm['cellpix_subtype_proba']`` (columns in
+        ``uns['cellpix']['base_types']`` and ``['subtypes']`` order); ``uns['cellpix']`` (models, gene matching,
+        novelty rule, the shift comparison and warnings).
+    """
+    from cellpix.steps.annotate.annotate import annotate_adata
+
+    models = [load_model(model)] if isinstance(model, (str, Path)) else \
+        list(model) if isinstance(model, Sequence) else [model]
+    return annotate_adata(query, models, options)
+
+
+def explain(adata: ad.AnnData, model: TrainedModel | str | Path, options: ExplainOptions | None = None, *,
+            label_key: str | None = None) -> Explanation:
+    """SHAP gene importance for every base type and subtype (expected gradients through the network).
+
+    Parameters
+    ----------
+    adata
+        Cells to explain: a query, annotated or not, or the reference.
+    model
+        The trained model or its bundle's path.
+    options
+        :class:`cellpix.steps.explain.shap_genes.ExplainOptions` (levels, cells per class, samples, background).
+    label_key
+        obs column of true labels to group cells by; without it, cells are grouped by the model's call.
+
+    Returns
+    -------
+    Explanation
+        ``.table``: one row per (level, class, gene) with ``mean_abs_shap``, ``mean_shap`` and the rank;
+        ``.top(level, name, n)`` the top genes of a class. ``adata`` is not changed.
+    """
+    from dataclasses import replace
+
+    from cellpix.data.panel import open_on_panel
+    from cellpix.steps.explain.shap_genes import ExplainOptions as Options
+    from cellpix.steps.explain.shap_genes import explain as run
+
+    trained = load_model(model) if isinstance(model, (str, Path)) else model
+    options = replace(options or Options(), label_key=label_key or (options.label_key if options else None))
+    labels = adata.obs[options.label_key].astype(str).to_numpy() if options.label_key else None
+    reader = open_on_panel(adata, trained.layout.genes, trained.layout.symbols)
+    return run(reader, trained, labels, options)
+
+
+def load_model(path: str | Path, device: str = "cpu") -> TrainedModel:
+    """Load a ``.cellpix`` bundle (safetensors weights plus JSON metadata; the checksum is verified)."""
+    from cellpix.core.trained import TrainedModel as Loaded
+
+    return Loaded.load(path, device=device)
+
+
+def hierarchy(name_or_path: str) -> Hierarchy:
+    """A registered hierarchy by name (``cellpix hierarchies list``) or one read from a YAML file."""
+    from cellpix.core.hierarchy import resolve_hierarchy as resolve
+
+    return resolve(name_or_path)

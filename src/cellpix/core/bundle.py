@@ -1,0 +1,103 @@
+"""The model bundle: one self-describing, pickle-free file a user can pass around.
+
+A bundle is a valid safetensors file. Its tensors are the network weights;
+its header metadata carries a JSON document (gene panel, normalisation,
+scaling and gene → pixel layout, hierarchy, backbone configuration, training
+provenance and metrics, novelty calibration) under a schema version, plus a
+SHA-256 checksum over that JSON and every tensor's bytes. Loading verifies
+the checksum, so a file corrupted in storage or transfer, or edited without
+recomputing it, is refused rather than producing silent nonsense. The
+checksum is not keyed: anyone who edits a bundle can recompute it, so it is
+no proof of who wrote the file. Trust a bundle by where it came from, and
+compare its checksum (``cellpix inspect``) with the one its author published.
+Nothing in it is executable, so loading cannot run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from cellpix.data.io import atomic_path
+from cellpix.errors import BundleError
+
+BUNDLE_FORMAT = "cellpix-bundle"
+BUNDLE_SCHEMA = 1
+
+
+def _canonical_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def compute_checksum(metadata_json: str, tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the metadata JSON and each tensor (name, dtype, shape, bytes) in name order."""
+    digest = hashlib.sha256(metadata_json.encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+@dataclass
+class ModelBundle:
+    """Weights plus everything needed to render and annotate a query exactly as in training."""
+
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, Any]
+    checksum: str = ""
+
+    def save(self, path: str | Path) -> str:
+        """Write atomically; returns the checksum."""
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}
+        meta_json = _canonical_json(self.metadata)
+        self.checksum = compute_checksum(meta_json, tensors)
+        header = {
+            "format": BUNDLE_FORMAT,
+            "schema": str(BUNDLE_SCHEMA),
+            "cellpix_metadata": meta_json,
+            "checksum_sha256": self.checksum,
+        }
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=header)
+        return self.checksum
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> ModelBundle:
+        path = Path(path)
+        if not path.is_file():
+            raise BundleError(f"{path}: no such model bundle")
+        try:
+            with safe_open(str(path), framework="pt", device=device) as handle:
+                header = handle.metadata() or {}
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        except Exception as exc:  # safetensors raises its own error types for any broken header
+            raise BundleError(f"{path}: not a cellpix model bundle (unreadable safetensors: {exc})") from exc
+        if header.get("format") != BUNDLE_FORMAT:
+            raise BundleError(f"{path}: a safetensors file, but not a cellpix model bundle")
+        if header.get("schema") != str(BUNDLE_SCHEMA):
+            raise BundleError(f"{path}: bundle schema {header.get('schema')!r} is not supported by this cellpix "
+                              f"(supports {BUNDLE_SCHEMA}); retrain or upgrade cellpix")
+        meta_json = header.get("cellpix_metadata", "")
+        expected = header.get("checksum_sha256", "")
+        actual = compute_checksum(meta_json, tensors)
+        if actual != expected:
+            raise BundleError(f"{path}: checksum mismatch (file is corrupt or was modified): "
+                              f"expected {expected[:12]}…, got {actual[:12]}…")
+        try:
+            metadata = json.loads(meta_json)
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{path}: bundle metadata is not valid JSON") from exc
+        return cls(tensors=tensors, metadata=metadata, checksum=actual)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The verified metadata of a bundle (for `cellpix` commands that only need the panel or hierarchy)."""
+    return ModelBundle.load(path).metadata

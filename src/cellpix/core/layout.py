@@ -1,0 +1,141 @@
+"""The gene layout: which pixel each panel gene takes, and the per-gene min-max scaling fitted on the
+reference. Fitted by the imaging step (:func:`cellpix.steps.imaging.layout.fit_layout`); read by every step after it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cellpix.data.io import write_text_atomic
+from cellpix.errors import CellpixError
+
+LAYOUT_SCHEMA = "cellpix.layout/1"
+DISCRETIZATIONS = ("lsa", "bin", "qtb", "sla", "ags")
+
+
+@dataclass
+class GeneLayout:
+    """Where each gene of the panel sits on a square ``size`` × ``size`` grid, and how it is scaled."""
+
+    genes: list[str]
+    rows: np.ndarray
+    cols: np.ndarray
+    size: int
+    gene_min: np.ndarray
+    gene_max: np.ndarray
+    symbols: list[str] | None = None
+    method: str = "tsne"
+    discretization: str = "lsa"
+    params: dict[str, Any] = field(default_factory=dict)
+    fit_info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.rows = np.asarray(self.rows, dtype=np.int64)
+        self.cols = np.asarray(self.cols, dtype=np.int64)
+        self.gene_min = np.asarray(self.gene_min, dtype=np.float32)
+        self.gene_max = np.asarray(self.gene_max, dtype=np.float32)
+        n = len(self.genes)
+        for name in ("rows", "cols", "gene_min", "gene_max"):
+            if len(getattr(self, name)) != n:
+                raise CellpixError(f"layout: {name} has {len(getattr(self, name))} entries for {n} genes")
+        if n and (self.rows.min() < 0 or self.cols.min() < 0 or max(self.rows.max(), self.cols.max()) >= self.size):
+            raise CellpixError(f"layout: a pixel lies outside the {self.size}×{self.size} grid")
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.genes)
+
+    @property
+    def pixel_index(self) -> np.ndarray:
+        """Flat pixel index (row * size + col) of every gene."""
+        return self.rows * self.size + self.cols
+
+    @property
+    def display_names(self) -> list[str]:
+        """Gene symbols when known (plots, explanations), else the panel IDs."""
+        return list(self.symbols) if self.symbols else list(self.genes)
+
+    def collision_report(self) -> dict[str, Any]:
+        """How many genes share a pixel; with ``lsa`` this is zero by construction."""
+        flat = self.pixel_index
+        unique, counts = np.unique(flat, return_counts=True)
+        shared = counts[counts > 1]
+        return {
+            "n_genes": self.n_genes,
+            "grid": [self.size, self.size],
+            "n_pixels": self.size * self.size,
+            "occupied_pixels": len(unique),
+            "pixel_fill_fraction": round(len(unique) / (self.size * self.size), 4),
+            "genes_sharing_a_pixel": int(shared.sum()),
+            "pixels_with_collisions": len(shared),
+            "max_genes_per_pixel": int(counts.max()) if len(counts) else 0,
+            "discretization": self.discretization,
+        }
+
+    # -- serialisation -------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": LAYOUT_SCHEMA,
+            "size": self.size,
+            "method": self.method,
+            "discretization": self.discretization,
+            "params": self.params,
+            "fit_info": self.fit_info,
+            "genes": list(self.genes),
+            "symbols": list(self.symbols) if self.symbols else None,
+            "rows": self.rows.tolist(),
+            "cols": self.cols.tolist(),
+            "scaling": {"method": "minmax", "min": self.gene_min.tolist(), "max": self.gene_max.tolist()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GeneLayout:
+        if not isinstance(data, dict) or data.get("schema") != LAYOUT_SCHEMA:
+            found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+            raise CellpixError(f"not a cellpix layout (schema {found!r}, expected {LAYOUT_SCHEMA!r})")
+        return cls(
+            genes=list(data["genes"]),
+            rows=np.asarray(data["rows"]),
+            cols=np.asarray(data["cols"]),
+            size=int(data["size"]),
+            gene_min=np.asarray(data["scaling"]["min"]),
+            gene_max=np.asarray(data["scaling"]["max"]),
+            symbols=data.get("symbols"),
+            method=data.get("method", "unknown"),
+            discretization=data.get("discretization", "unknown"),
+            params=data.get("params", {}),
+            fit_info=data.get("fit_info", {}),
+        )
+
+    def save(self, path: str | Path) -> None:
+        write_text_atomic(path, json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> GeneLayout:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise CellpixError(f"{path}: no such layout file") from exc
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CellpixError(f"{path}: not a JSON layout file ({exc})") from exc
+        return cls.from_dict(data)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per gene: id, symbol, row, col, scaling range (for people and spreadsheets)."""
+        return pd.DataFrame(
+            {
+                "gene": self.genes,
+                "symbol": self.display_names,
+                "row": self.rows,
+                "col": self.cols,
+                "min": self.gene_min,
+                "max": self.gene_max,
+            }
+        )

@@ -1,0 +1,73 @@
+"""Read any AnnData as log1p-normalised expression in a model's gene-panel order, chunk by chunk."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from cellpix.data.genes import DEFAULT_MIN_COVERAGE, GeneMatch, match_genes
+from cellpix.data.inputs import MatrixSource, check_block, check_cells, choose_source, normalise_rows
+
+
+@dataclass
+class PanelReader:
+    """Yields blocks of cells normalised and aligned to the panel; missing genes are zero columns."""
+
+    source: MatrixSource
+    kind: str
+    match: GeneMatch
+    cell_names: pd.Index | None = None  # to name the first bad cell of a block
+
+    def __post_init__(self) -> None:
+        self._selector = self.match.selector()
+
+    @property
+    def n_obs(self) -> int:
+        return self.source.n_obs
+
+    def align(self, block: sp.csr_matrix) -> sp.csr_matrix:
+        aligned = (normalise_rows(block, self.kind) @ self._selector).tocsr()
+        aligned.sort_indices()
+        return aligned.astype(np.float32, copy=False)
+
+    def check(self, block: sp.csr_matrix, first_row: int | None = None) -> sp.csr_matrix:
+        """The raw block, once its values are checked (:func:`check_block`); ``first_row`` names bad cells."""
+        check_block(block, self.kind, self.source.name, first_row or 0,
+                    self.cell_names if first_row is not None else None)
+        return block
+
+    def rows(self, start: int, stop: int) -> sp.csr_matrix:
+        return self.align(self.check(self.source.rows(start, stop), start))
+
+    def take(self, indices: np.ndarray) -> sp.csr_matrix:
+        return self.align(self.check(self.source.take(indices)))
+
+    def chunks(self, chunk_size: int) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+        for start in range(0, self.n_obs, chunk_size):
+            stop = min(start + chunk_size, self.n_obs)
+            yield start, stop, self.rows(start, stop)
+
+    def report(self) -> dict[str, Any]:
+        return {"source": self.source.name, "input_values": self.kind, **self.match.report()}
+
+
+def open_on_panel(
+    adata: ad.AnnData,
+    panel_ids: list[str],
+    panel_symbols: list[str] | None = None,
+    gene_column: str | None = None,
+    layer: str | None = None,
+    use_raw: bool | None = None,
+    min_coverage: float = DEFAULT_MIN_COVERAGE,
+) -> PanelReader:
+    """Check a query (cells, values, genes) and return a reader of it on the model's panel."""
+    check_cells(adata)
+    source, kind = choose_source(adata, layer=layer, use_raw=use_raw)
+    match = match_genes(source.var, panel_ids, panel_symbols, gene_column=gene_column, min_coverage=min_coverage)
+    return PanelReader(source, kind, match, pd.Index(adata.obs_names))

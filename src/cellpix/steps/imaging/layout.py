@@ -1,0 +1,153 @@
+"""Fit and store the gene → pixel layout (DeepInsight).
+
+Genes are the points: a manifold (t-SNE by default) of the gene-by-cell
+matrix puts genes with similar expression near each other, pyDeepInsight
+rotates the layout to fill its minimum bounding rectangle, and a linear sum
+assignment (``lsa``) gives each gene its own pixel.
+
+The layout is stored as JSON (never pickle), together with the per-gene
+min-max scaling fitted on the same reference, so that a query is rendered
+exactly as the reference was.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from cellpix import plugins
+from cellpix.core.layout import DISCRETIZATIONS, GeneLayout
+from cellpix.errors import CellpixError, import_extra
+
+
+def smallest_square(n_genes: int) -> int:
+    """Side of the smallest square grid with a pixel for every gene (71 for 5,000 genes)."""
+    return max(2, math.ceil(math.sqrt(n_genes)))
+
+
+def minmax_range(X: np.ndarray | sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene minimum and maximum, the paper's scaling, fitted on the reference."""
+    if sp.issparse(X):
+        X = sp.csc_matrix(X)
+        gmax = np.asarray(X.max(axis=0).todense()).ravel()
+        gmin = np.asarray(X.min(axis=0).todense()).ravel()
+    else:
+        gmax, gmin = np.asarray(X).max(axis=0), np.asarray(X).min(axis=0)
+    return gmin.astype(np.float32), gmax.astype(np.float32)
+
+
+def stratified_subsample(labels: pd.Series | None, n_obs: int, max_cells: int, seed: int) -> np.ndarray:
+    """Row indices of at most ``max_cells`` cells, keeping each label's share (and every label)."""
+    rng = np.random.default_rng(seed)
+    if n_obs <= max_cells:
+        return np.arange(n_obs)
+    if labels is None:
+        return np.sort(rng.choice(n_obs, size=max_cells, replace=False))
+    codes = pd.Categorical(labels.astype(str)).codes
+    picked = []
+    for code in np.unique(codes):
+        members = np.flatnonzero(codes == code)
+        take = max(1, round(len(members) * max_cells / n_obs))
+        picked.append(rng.choice(members, size=min(take, len(members)), replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+# The published layout (scHDeepInsight; docs in ../shared/docs/method.md): 224 px, one gene per pixel, t-SNE with
+# cosine distance (the built-in t-SNE's metric), perplexity 70, early exaggeration 8, PCA initialisation, fitted on
+# every reference cell rather than a subsample.
+PAPER_LAYOUT: dict[str, Any] = {"pixels": 224, "method": "tsne", "perplexity": 70.0, "early_exaggeration": 8.0,
+                                "max_cells": None}
+
+
+def layout_options(preset: str = "default", **given: Any) -> dict[str, Any]:
+    """``fit_layout`` keyword arguments for a preset ("default" or "paper"); options given (not None) win.
+
+    t-SNE's own parameters are dropped when another manifold method is chosen.
+    """
+    if preset not in ("default", "paper"):
+        raise CellpixError(f"unknown layout preset {preset!r}; choose default or paper")
+    options = {**(PAPER_LAYOUT if preset == "paper" else {}), **{k: v for k, v in given.items() if v is not None}}
+    if options.get("method", "tsne") != "tsne":
+        options = {k: v for k, v in options.items() if k not in ("perplexity", "early_exaggeration")}
+    return options
+
+
+def fit_layout(
+    adata: ad.AnnData,
+    method: str = "tsne",
+    pixels: int | None = None,
+    discretization: str = "lsa",
+    max_cells: int | None = 2000,
+    groupby: str | None = None,
+    symbol_column: str | None = None,
+    random_state: int = 0,
+    **method_params: Any,
+) -> GeneLayout:
+    """Fit a gene layout on a log-normalised reference (genes = the panel, in ``adata.var_names`` order).
+
+    The manifold is fitted on a stratified subsample of at most ``max_cells``
+    cells (t-SNE of 5,000 genes is dominated by its cost in cells); the
+    min-max scaling is fitted on all cells.
+    """
+    ImageTransformer = import_extra("pyDeepInsight", "image", "fitting a gene layout").ImageTransformer
+
+    if discretization not in DISCRETIZATIONS:
+        raise CellpixError(f"unknown discretization {discretization!r}; choose from {', '.join(DISCRETIZATIONS)}")
+    n_genes = adata.n_vars
+    if n_genes < 4:
+        raise CellpixError(f"a layout needs at least 4 genes, the data has {n_genes}")
+    size = int(pixels) if pixels else smallest_square(n_genes)
+    if discretization == "lsa" and size * size < n_genes:
+        raise CellpixError(
+            f"{n_genes} genes cannot get a pixel each on a {size}×{size} grid; "
+            f"use --pixels {smallest_square(n_genes)} or more"
+        )
+    factory = plugins.lookup("layout_methods", method, "layout method")
+    estimator = factory(random_state=random_state, **method_params)
+
+    if groupby and groupby not in adata.obs.columns:
+        raise CellpixError(f"--groupby {groupby!r} is not an obs column; columns: "
+                           f"{', '.join(map(str, adata.obs.columns)) or 'none'}")
+    labels = adata.obs[groupby] if groupby else None
+    if max_cells is not None and max_cells < 2:
+        raise CellpixError(f"--max-cells must be at least 2, got {max_cells}")
+    rows_used = stratified_subsample(labels, adata.n_obs, adata.n_obs if max_cells is None else max_cells,
+                                     random_state)
+    X = adata.X[rows_used]
+    X = X.toarray() if sp.issparse(X) else np.asarray(X)
+    X = X.astype(np.float32)
+    # Genes never expressed in the subsample have no neighbours to be placed by; a
+    # tiny jitter keeps cosine distances defined without changing the layout.
+    silent = ~np.any(X != 0, axis=0)
+    if silent.any():
+        X[:, silent] = np.random.default_rng(random_state).random((X.shape[0], int(silent.sum()))) * 1e-6
+
+    started = time.perf_counter()
+    transformer = ImageTransformer(feature_extractor=estimator, discretization=discretization, pixels=size)
+    transformer.fit(X)
+    seconds = time.perf_counter() - started
+    coords = np.asarray(transformer._coords)  # (n_genes, 2): row, col
+    gmin, gmax = minmax_range(adata.X)
+    symbols = adata.var[symbol_column].astype(str).tolist() if symbol_column else None
+    return GeneLayout(
+        genes=adata.var_names.astype(str).tolist(),
+        rows=coords[:, 0],
+        cols=coords[:, 1],
+        size=size,
+        gene_min=gmin,
+        gene_max=gmax,
+        symbols=symbols,
+        method=method,
+        discretization=discretization,
+        params={"random_state": random_state, **method_params},
+        fit_info={"n_cells_fit": len(rows_used), "n_cells_total": int(adata.n_obs), "fit_seconds": round(seconds, 2)},
+    )
+
+
+__all__ = ["GeneLayout", "fit_layout", "minmax_range", "smallest_square", "stratified_subsample"]

@@ -1,0 +1,49 @@
+"""The notebook path: ``import cellpix as cx`` and nothing else, on the committed real fixtures (a fresh clone)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_the_readme_example_runs_with_only_import_cellpix(tmp_path):
+    import cellpix as cx
+
+    raw = ad.read_h5ad(DATA / "zheng_reference.h5ad")
+    query = ad.read_h5ad(DATA / "zheng_query.h5ad")
+
+    reference = cx.integrate(raw, cx.QCOptions(n_top_genes=1000, min_genes=100), genes_from=[query])
+    assert reference.n_vars == 1000 and "cellpix_integrate" in reference.uns
+    layout = cx.fit_layout(reference, groupby="cell_type", max_cells=300)
+    model = cx.train(reference, layout, "pbmc-sorted", "cell_type", cx.TrainConfig(epochs=8, seed=0),
+                     progress=False)
+    annotated = cx.annotate(query, model, cx.AnnotateOptions(progress=False))
+
+    for key in ("cellpix_base", "cellpix_subtype", "cellpix_is_novel", "cellpix_out_of_reference"):
+        assert key in annotated.obs
+    assert annotated.obsm["cellpix_subtype_proba"].shape == (query.n_obs, len(annotated.uns["cellpix"]["subtypes"]))
+    truth = np.asarray([model.hierarchy.label_to_base[label] for label in query.obs["cell_type"].astype(str)])
+    assert (annotated.obs["cellpix_base"].astype(str).to_numpy() == truth).mean() > 0.8  # 100 held-out cells
+    assert "cellpix_base" not in query.obs  # AnnData in, a new AnnData out
+
+    model.save(tmp_path / "pbmc.cellpix")
+    again = cx.annotate(query, cx.load_model(tmp_path / "pbmc.cellpix"), cx.AnnotateOptions(progress=False))
+    assert (again.obs["cellpix_subtype"] == annotated.obs["cellpix_subtype"]).all()
+
+    genes = cx.explain(annotated, model, cx.ExplainOptions(levels=("base",), cells_per_class=4, nsamples=4,
+                                                           progress=False))
+    assert len(genes.top("base", "T cell", 10)) == 10
+    assert isinstance(cx.hierarchy("pbmc-sorted"), cx.Hierarchy)
+
+
+def test_the_api_page_is_generated_from_the_docstrings():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_api", Path(__file__).parents[1] / "docs" / "make_api.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.PAGE.read_text() == module.render(), "run .venv/bin/python docs/make_api.py"
