@@ -289,7 +289,8 @@ def write(results: Path = RESULTS, doc: Path = DOC) -> Path:
     lines += accuracy_section(results / "ablation.csv", "Ablations (cellpix, same folds)", doc, ABLATION_NOTE)
     lines += design_section(results / "design.csv", DESIGN_NOTE)
     lines += paired_section(results / "small_reference.csv", "Small reference: Puram 2017 tumour cells",
-                            "`python -m benchmarks small-reference`: 180 cells, 20 per type, stratified 5-fold CV for "
+                            "`python -m benchmarks small-reference` (rerun on 2026-12-03 with the refit default): 180 "
+                            "cells, 20 per type, stratified 5-fold CV for "
                             "seeds 0 and 1 (144 training cells a fold), `headneck-puram2017` hierarchy, the default "
                             "model through integrate, image, train and annotate, beside a class-balanced logistic "
                             "regression on the same integrated panel.", ["seed", "fold"], "subtype_accuracy")
