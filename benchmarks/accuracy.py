@@ -331,6 +331,7 @@ def cross_dataset(epochs: int, max_reference_cells: int | None = None) -> pd.Dat
     rows = [{"contender": f"cellpix default ({model.model.config.describe()}), up to {epochs} ep", "reference": setting,
              **cross_scores(truth, known, out.obs["cellpix_subtype"].astype(str).to_numpy(), coverage),
              "dendritic_cells_flagged_novel": float(out.obs["cellpix_is_novel"].to_numpy()[~known].mean()),
+             "known_cells_flagged_novel": float(out.obs["cellpix_is_novel"].to_numpy()[known].mean()),
              "train_s": train_s}]
     # The same panel and values for a linear peer: the gap between the two is the method's, not the data's.
     from sklearn.linear_model import LogisticRegression

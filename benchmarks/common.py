@@ -78,10 +78,10 @@ def run_probe(task: str, **kwargs: Any) -> dict[str, Any]:
 
 def write_csv(frame: pd.DataFrame, name: str, folder: Path = RESULTS) -> Path:
     """Write atomically: a run cut mid-write leaves the previous table, not half a file."""
-    folder.mkdir(parents=True, exist_ok=True)
+    from cellpix.data.io import atomic_path
+
     path = folder / name
-    partial = path.with_suffix(".csv.partial")
-    frame.to_csv(partial, index=False)
-    partial.replace(path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
     print(f"wrote {path}")
     return path

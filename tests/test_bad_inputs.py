@@ -247,6 +247,85 @@ def test_evaluate_leaves_out_missing_truth_and_refuses_foreign_labels(workdir):
     missing = runner.invoke(cli, ["evaluate", str(out), "-m", str(workdir / "model.cellpix"), "--truth-subtype",
                                   "nope"])
     assert missing.exit_code == 1 and "no truth column 'nope'" in missing.output
+    confusion = workdir / "confusion.png"
+    plotted = runner.invoke(cli, ["evaluate", str(out), "-m", str(workdir / "model.cellpix"), "--truth-subtype",
+                                  "partial", "-o", str(workdir / "metrics.json"), "--confusion", str(confusion)])
+    assert plotted.exit_code == 0 and confusion.stat().st_size > 0, plotted.output
+
+
+def test_the_confusion_matrix_counts_only_cells_with_truth(workdir):
+    """The plot and the scores cover the same cells: a cell without a truth label is no row of its own."""
+    import anndata as ad
+
+    from cellpix.core.trained import TrainedModel
+    from cellpix.steps.annotate import evaluate as scoring
+
+    out = workdir / "annotated.h5ad"
+    assert CliRunner().invoke(cli, ["annotate", str(workdir / "query.h5ad"), "-m", str(workdir / "model.cellpix"),
+                                    "-o", str(out), "--quiet"]).exit_code == 0
+    annotated = ad.read_h5ad(out)
+    truth = annotated.obs["cell_type"].astype(object).copy()
+    truth.iloc[:10] = np.nan
+    annotated.obs["partial"] = truth
+    frames = []
+    original = scoring.confusion_frame
+    scoring.confusion_frame = lambda t, p: frames.append(original(t, p)) or frames[-1]
+    try:
+        scoring.write_confusion(annotated, TrainedModel.load(workdir / "model.cellpix").hierarchy,
+                                workdir / "cm.png", subtype_key="partial")
+    finally:
+        scoring.confusion_frame = original
+    assert int(frames[0].to_numpy().sum()) == annotated.n_obs - 10
+    assert "nan" not in frames[0].index
+
+
+def test_metadata_is_verified_without_reading_the_weights(workdir):
+    """Commands that need only the hierarchy or panel check the metadata's own checksum; a bundle from before that
+    checksum existed is verified whole."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from cellpix.core.bundle import ModelBundle, read_metadata
+    from cellpix.errors import BundleError
+
+    old = workdir / "model.cellpix"
+    with safe_open(str(old), framework="pt") as handle:
+        assert "metadata_sha256" not in (handle.metadata() or {})  # the committed fixture predates it
+    assert read_metadata(old)["hierarchy"]["name"] == "pbmc-sorted"
+    bundle = ModelBundle.load(old)
+    fresh = workdir / "fresh.cellpix"
+    bundle.save(fresh)
+    assert read_metadata(fresh) == bundle.metadata
+    with safe_open(str(fresh), framework="pt") as handle:
+        header = dict(handle.metadata())
+    header["cellpix_metadata"] = header["cellpix_metadata"].replace('"pbmc-sorted"', '"pbmc-edited"')
+    edited = workdir / "edited.cellpix"
+    save_file(bundle.tensors, str(edited), metadata=header)
+    with pytest.raises(BundleError, match="metadata checksum mismatch"):
+        read_metadata(edited)
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        ModelBundle.load(edited)
+    result = CliRunner().invoke(cli, ["evaluate", str(workdir / "query.h5ad"), "-m", str(edited),
+                                      "--truth-subtype", "cell_type"])
+    assert result.exit_code == 1 and "metadata checksum mismatch" in result.output
+
+
+def test_a_class_with_a_handful_of_cells_is_warned_about_and_recorded(workdir):
+    """One CD34+ cell among 270 others trains (nothing to refuse) but says that class cannot be learned or scored."""
+    import json
+
+    import anndata as ad
+
+    reference = ad.read_h5ad(workdir / "reference_integrated.h5ad")
+    rare = np.flatnonzero(reference.obs["cell_type"].astype(str).to_numpy() == "CD34+")
+    reference[np.setdiff1d(np.arange(reference.n_obs), rare[1:])].copy().write_h5ad(workdir / "rare.h5ad")
+    args = ["train", str(workdir / "rare.h5ad"), *TRAIN[2:8], "-o", str(workdir / "rare.cellpix"), "--epochs", "4",
+            "--no-refit", "--quiet"]
+    result = CliRunner().invoke(cli, [a if a != "layout.json" else str(workdir / a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert "class 'CD34+' has 1 reference cell (0 for validation): too few" in result.output
+    summary = json.loads(CliRunner().invoke(cli, ["inspect", str(workdir / "rare.cellpix"), "--json"]).output)
+    assert len(summary["training_warnings"]) == 1 and "CD34+" in summary["training_warnings"][0]
 
 
 def test_inspect_reports_the_bundles_network_and_validation(workdir):

@@ -74,3 +74,31 @@ def test_nextflow_defaults_match_the_schema_and_the_cli():
             value = int(raw)
         assert properties[name].get("default") == value, name
     assert properties["integration_method"]["default"] == cli_defaults("integrate")["--method"]
+
+
+def test_the_galaxy_workflow_runs_the_cli_defaults():
+    """A user importing the shipped workflow gets the tools' defaults: its numeric inputs default to the CLI's
+    values, and no step's ``tool_state`` pins a number (test settings belong to the test job)."""
+    import yaml
+
+    workflow = yaml.safe_load((ROOT / "galaxy_tools" / "workflows" / "cellpix-reference-to-annotation.gxwf.yml")
+                              .read_text())
+    inputs = {name: spec for name, spec in workflow["inputs"].items() if spec.get("type") in ("int", "float")}
+    assert inputs, "the workflow exposes no numeric setting"
+    checked = 0
+    for step in workflow["steps"].values():
+        command = step["tool_id"].removeprefix("cellpix_")
+        defaults = cli_defaults(command)
+        for param, source in step.get("in", {}).items():
+            if source in inputs:
+                option = "--" + param.split("|")[-1].replace("_", "-")
+                assert same(str(inputs[source]["default"]), defaults[option]), (source, option)
+                checked += 1
+
+        def numbers(state: object) -> list[object]:
+            if isinstance(state, dict):
+                return [n for value in state.values() for n in numbers(value)]
+            return [state] if isinstance(state, (int, float)) and not isinstance(state, bool) else []
+
+        assert numbers(step.get("tool_state", {})) == [], step["tool_id"]
+    assert checked == len(inputs)

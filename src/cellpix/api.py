@@ -142,12 +142,15 @@ def annotate(query: ad.AnnData, model: TrainedModel | Sequence[TrainedModel] | s
         A copy of ``query`` with ``obs['cellpix_base']``, ``obs['cellpix_subtype']`` (``unassigned`` for cells
         without expression on the model's genes, reason in ``obs['cellpix_unassigned']``),
         ``obs['cellpix_base_probability']``, ``obs['cellpix_subtype_probability']``,
-        ``obs['cellpix_novelty_score']``, ``obs['cellpix_is_novel']``, ``obs['cellpix_uncertainty']``,
-        ``obs['cellpix_out_of_reference']`` and, where the hierarchy has Cell Ontology IDs,
+        ``obs['cellpix_novelty_score']``, ``obs['cellpix_is_novel']`` with its reason in
+        ``obs['cellpix_novelty_reason']`` (``subtype``, ``out_of_reference`` or both),
+        ``obs['cellpix_reference_distance']`` (distance to the nearest reference cells in expression space),
+        ``obs['cellpix_uncertainty']``, ``obs['cellpix_out_of_reference']`` and, where the hierarchy has Cell
+        Ontology IDs,
         ``obs['cellpix_base_ontology_id']`` and ``obs['cellpix_subtype_ontology_id']``;
         ``obsm['cellpix_base_proba']`` and ``obsm['cellpix_subtype_proba']`` (columns in
         ``uns['cellpix']['base_types']`` and ``['subtypes']`` order); ``uns['cellpix']`` (models, gene matching,
-        novelty rule, the shift comparison and warnings).
+        novelty rule, the distance threshold (``reference_distance``), the shift comparison and warnings).
     """
     from cellpix.steps.annotate.annotate import annotate_adata
 
@@ -167,7 +170,8 @@ def explain(adata: ad.AnnData, model: TrainedModel | str | Path, options: Explai
     model
         The trained model or its bundle's path.
     options
-        :class:`cellpix.steps.explain.shap_genes.ExplainOptions` (levels, cells per class, samples, background).
+        :class:`cellpix.steps.explain.shap_genes.ExplainOptions` (levels, cells per class, samples, background; the
+        gene column, layer, ``.raw`` and minimum gene coverage the data are read with).
     label_key
         obs column of true labels to group cells by; without it, cells are grouped by the model's call.
 
@@ -186,7 +190,8 @@ def explain(adata: ad.AnnData, model: TrainedModel | str | Path, options: Explai
     trained = load_model(model) if isinstance(model, (str, Path)) else model
     options = replace(options or Options(), label_key=label_key or (options.label_key if options else None))
     labels = adata.obs[options.label_key].astype(str).to_numpy() if options.label_key else None
-    reader = open_on_panel(adata, trained.layout.genes, trained.layout.symbols)
+    reader = open_on_panel(adata, trained.layout.genes, trained.layout.symbols, options.gene_column, options.layer,
+                           options.use_raw, options.min_gene_coverage)
     return run(reader, trained, labels, options)
 
 

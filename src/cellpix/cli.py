@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -320,7 +319,8 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
 @click.option("--val-key", default=None, help="Split validation by this obs column (donor/batch) instead.")
 @click.option("--refit/--no-refit", default=None,
               help="After early stopping has chosen the epoch count, train again on every cell, validation "
-                   "cells included (on in the cpu preset; off in trunk and paper, where it doubles the cost).")
+                   "cells included (on for the read-out alone; off when a trunk runs, as in the trunk and paper "
+                   "presets, where it would double a cost a hundred times higher).")
 @click.option("--donor-key", default=None, help="obs column of donors: enables scTab donor augmentation.")
 @click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Early stopping on validation subtype macro-F1.")
@@ -346,19 +346,13 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
 
     Works under `torchrun --nproc_per_node N` for multi-GPU (or CPU gloo) DDP.
     """
-    from cellpix.core.hierarchy import Hierarchy, resolve_hierarchy
+    from cellpix.core.hierarchy import hierarchy_for_training
     from cellpix.core.layout import GeneLayout
     from cellpix.data.io import read_h5ad
-    from cellpix.steps.train.trainer import TrainConfig, train
+    from cellpix.steps.train.trainer import TrainConfig, is_main_process, train
 
     adata = read_h5ad(reference)
-    if bool(hierarchy) == bool(hierarchy_from_obs):
-        raise CellpixError("give exactly one of --hierarchy or --hierarchy-from-obs")
-    if hierarchy_from_obs:
-        base_col, _, sub_col = hierarchy_from_obs.partition(":")
-        tree = Hierarchy.from_obs(adata.obs, base_col, sub_col or label_key, name=f"{reference.stem}-obs")
-    else:
-        tree = resolve_hierarchy(hierarchy)
+    tree = hierarchy_for_training(adata.obs, label_key, hierarchy, hierarchy_from_obs, reference.stem)
     config = TrainConfig.from_preset(
         preset, wide=wide, deep=deep, backbone=backbone, in_chans=int(channels) if channels else None,
         pretrained=pretrained, epochs=epochs, keep=keep, batch_size=batch_size, optimizer=optimizer, lr=lr, loss=loss,
@@ -369,7 +363,7 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
     report_dir = report_dir or output.with_name(output.name + ".report")
     model = train(adata, GeneLayout.load(layout_path), tree, label_key, config, checkpoint_dir=checkpoint_dir,
                   resume=resume, report_dir=report_dir, progress=not quiet, reference_name=reference.name)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only the first process writes
+    if is_main_process():
         checksum = model.save(output)
         metrics = model.metadata["training"]["validation_metrics"]
         click.echo(f"model → {output} (sha256 {checksum[:12]}…); validation {json.dumps(metrics)}")
@@ -425,7 +419,9 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
     coverage = result.metadata["gene_matching"]["model_0"]
     click.echo(f"{result.metadata['n_cells']} cells annotated → {output}; gene coverage "
                f"{coverage['coverage']:.1%} ({coverage['matched_genes']}/{coverage['panel_genes']}); "
-               f"{int(result.obs['cellpix_is_novel'].sum())} flagged novel/rare, "
+               f"{int(result.obs['cellpix_is_novel'].sum())} flagged novel/rare ("
+               f"{int(result.obs['cellpix_novelty_reason'].astype(str).str.contains('out_of_reference').sum())} "
+               "far from every reference cell), "
                f"{int(result.obs['cellpix_out_of_reference'].sum())} outside the reference's range")
     if table:
         write_text_atomic(table, annotation_table(result.obs))
@@ -485,9 +481,9 @@ def explain_command(data: Path, model: Path, table: Path, plots: Path | None, ou
     options = ExplainOptions(label_key=label_key, levels=tuple(x.strip() for x in levels.split(",") if x.strip()),
                              background=background, background_size=background_size, output=target,
                              cells_per_class=cells_per_class, nsamples=nsamples, top_n=top_n, seed=seed,
-                             device=device, progress=not quiet)
-    result, outputs = explain_file(data, TrainedModel.load(model, device), table, options, plots, output_h5ad,
-                                   gene_column, layer, use_raw, min_gene_coverage)
+                             device=device, progress=not quiet, gene_column=gene_column, layer=layer,
+                             use_raw=use_raw, min_gene_coverage=min_gene_coverage)
+    result, outputs = explain_file(data, TrainedModel.load(model, device), table, options, plots, output_h5ad)
     classes = result.table[["level", "class"]].drop_duplicates()
     click.echo(f"explained {len(classes)} classes ({result.metadata['labels_from']} labels) → {outputs.table}")
     for level, name in classes.itertuples(index=False):
@@ -538,8 +534,7 @@ def evaluate_command(annotated: Path, model: Path, truth_subtype: str | None, tr
     from cellpix.core.bundle import read_metadata
     from cellpix.core.hierarchy import Hierarchy
     from cellpix.data.io import read_h5ad, write_text_atomic
-    from cellpix.steps.annotate.evaluate import apply_mapping, confusion_frame, evaluate, read_mapping
-    from cellpix.steps.annotate.plots import plot_confusion
+    from cellpix.steps.annotate.evaluate import evaluate, read_mapping, write_confusion
 
     adata = read_h5ad(annotated)
     tree = Hierarchy.from_dict(read_metadata(model)["hierarchy"])
@@ -551,9 +546,7 @@ def evaluate_command(annotated: Path, model: Path, truth_subtype: str | None, tr
     else:
         click.echo(text)
     if confusion:
-        key, column = (truth_subtype, "cellpix_subtype") if truth_subtype else (truth_base, "cellpix_base")
-        truth = apply_mapping(adata.obs[key], table)
-        plot_confusion(confusion_frame(truth, adata.obs[column].astype(str).to_numpy()), confusion, key)
+        write_confusion(adata, tree, confusion, truth_subtype, truth_base, table)
 
 
 # -- inspect ---------------------------------------------------------------------

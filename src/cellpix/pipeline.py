@@ -19,8 +19,8 @@ from cellpix.core.trained import TrainedModel
 from cellpix.data.io import write_h5ad_atomic, write_text_atomic
 from cellpix.errors import CellpixError, warn
 from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata, annotation_table
-from cellpix.steps.annotate.evaluate import confusion_frame, evaluate
-from cellpix.steps.annotate.plots import plot_annotation, plot_confusion
+from cellpix.steps.annotate.evaluate import evaluate, write_confusion
+from cellpix.steps.annotate.plots import plot_annotation
 from cellpix.steps.imaging.step import image_step
 from cellpix.steps.integrate.reference import QCOptions, prepare_reference, query_gene_table
 from cellpix.steps.train.data import stratified_split
@@ -80,12 +80,12 @@ def run_pipeline(reference: ad.AnnData, query: ad.AnnData, label_key: str, hiera
                                "gene_coverage": annotated.uns["cellpix"]["gene_matching"]["model_0"]["coverage"],
                                "panel_from_query": ref.uns["cellpix_integrate"]["genes_from"],
                                "warnings": list(ref.uns["cellpix_integrate"]["warnings"])
+                               + list(model.metadata["training"].get("warnings", []))
                                + list(annotated.uns["cellpix"].get("warnings", []))}
     if truth_key:
         metrics.update(evaluate(annotated, model.hierarchy, subtype_key=truth_key))
-        truth = annotated.obs[truth_key].astype(str).to_numpy()
-        plot_confusion(confusion_frame(truth, annotated.obs["cellpix_subtype"].astype(str).to_numpy()),
-                       outdir / "plots" / "confusion_subtype.png", "subtype confusion (held-out cells)")
+        write_confusion(annotated, model.hierarchy, outdir / "plots" / "confusion_subtype.png", subtype_key=truth_key,
+                        title="subtype confusion (held-out cells)")
     write_text_atomic(outdir / "summary.json", json.dumps(metrics, indent=2, default=float))
     return PipelineResult(model, annotated, metrics, outdir)
 

@@ -4,8 +4,9 @@ A bundle is a valid safetensors file. Its tensors are the network weights;
 its header metadata carries a JSON document (gene panel, normalisation,
 scaling and gene → pixel layout, hierarchy, backbone configuration, training
 provenance and metrics, novelty calibration) under a schema version, plus a
-SHA-256 checksum over that JSON and every tensor's bytes. Loading verifies
-the checksum, so a file corrupted in storage or transfer, or edited without
+SHA-256 checksum over that JSON and every tensor's bytes (and a second one
+over the JSON alone, so that commands needing only the metadata need not
+read the weights). Loading verifies the checksum, so a file corrupted in storage or transfer, or edited without
 recomputing it, is refused rather than producing silent nonsense. The
 checksum is not keyed: anyone who edits a bundle can recompute it, so it is
 no proof of who wrote the file. Trust a bundle by where it came from, and
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +67,7 @@ class ModelBundle:
             "schema": str(BUNDLE_SCHEMA),
             "cellpix_metadata": meta_json,
             "checksum_sha256": self.checksum,
+            "metadata_sha256": hashlib.sha256(meta_json.encode()).hexdigest(),
         }
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=header)
@@ -71,33 +75,65 @@ class ModelBundle:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> ModelBundle:
+        """Read and verify a bundle: format, schema and the checksum over metadata and every tensor."""
         path = Path(path)
-        if not path.is_file():
-            raise BundleError(f"{path}: no such model bundle")
-        try:
-            with safe_open(str(path), framework="pt", device=device) as handle:
-                header = handle.metadata() or {}
+        with _opened(path, device) as handle:
+            header = _checked_header(path, handle.metadata() or {})
+            try:
                 tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-        except Exception as exc:  # safetensors raises its own error types for any broken header
-            raise BundleError(f"{path}: not a cellpix model bundle (unreadable safetensors: {exc})") from exc
-        if header.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{path}: a safetensors file, but not a cellpix model bundle")
-        if header.get("schema") != str(BUNDLE_SCHEMA):
-            raise BundleError(f"{path}: bundle schema {header.get('schema')!r} is not supported by this cellpix "
-                              f"(supports {BUNDLE_SCHEMA}); retrain or upgrade cellpix")
+            except Exception as exc:  # a truncated file fails here, after a readable header
+                raise BundleError(f"{path}: not a cellpix model bundle (unreadable tensors: {exc})") from exc
         meta_json = header.get("cellpix_metadata", "")
         expected = header.get("checksum_sha256", "")
         actual = compute_checksum(meta_json, tensors)
         if actual != expected:
             raise BundleError(f"{path}: checksum mismatch (file is corrupt or was modified): "
                               f"expected {expected[:12]}…, got {actual[:12]}…")
-        try:
-            metadata = json.loads(meta_json)
-        except json.JSONDecodeError as exc:
-            raise BundleError(f"{path}: bundle metadata is not valid JSON") from exc
-        return cls(tensors=tensors, metadata=metadata, checksum=actual)
+        return cls(tensors=tensors, metadata=_parse_metadata(path, meta_json), checksum=actual)
+
+
+@contextmanager
+def _opened(path: Path, device: str = "cpu") -> Iterator[Any]:
+    if not path.is_file():
+        raise BundleError(f"{path}: no such model bundle")
+    try:
+        handle = safe_open(str(path), framework="pt", device=device)
+    except Exception as exc:  # safetensors raises its own error types for any broken header
+        raise BundleError(f"{path}: not a cellpix model bundle (unreadable safetensors: {exc})") from exc
+    with handle:
+        yield handle
+
+
+def _checked_header(path: Path, header: dict[str, str]) -> dict[str, str]:
+    if header.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: a safetensors file, but not a cellpix model bundle")
+    if header.get("schema") != str(BUNDLE_SCHEMA):
+        raise BundleError(f"{path}: bundle schema {header.get('schema')!r} is not supported by this cellpix "
+                          f"(supports {BUNDLE_SCHEMA}); retrain or upgrade cellpix")
+    return header
+
+
+def _parse_metadata(path: Path, meta_json: str) -> dict[str, Any]:
+    try:
+        return json.loads(meta_json)
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: bundle metadata is not valid JSON") from exc
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The verified metadata of a bundle (for `cellpix` commands that only need the panel or hierarchy)."""
-    return ModelBundle.load(path).metadata
+    """The verified metadata of a bundle, without reading its weights.
+
+    For commands that only need the panel, layout or hierarchy. The metadata's own checksum is verified; the
+    weights are checked when a command loads the model. A bundle written before that checksum existed is
+    verified whole.
+    """
+    path = Path(path)
+    with _opened(path) as handle:
+        header = _checked_header(path, handle.metadata() or {})
+    expected = header.get("metadata_sha256")
+    if expected is None:
+        return ModelBundle.load(path).metadata
+    meta_json = header.get("cellpix_metadata", "")
+    if hashlib.sha256(meta_json.encode()).hexdigest() != expected:
+        raise BundleError(f"{path}: metadata checksum mismatch (file is corrupt or was modified)")
+    return _parse_metadata(path, meta_json)

@@ -39,7 +39,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from cellpix.errors import HierarchyError
+from cellpix.errors import CellpixError, HierarchyError
 
 CL_ID = re.compile(r"^CL:\d{7}$")
 
@@ -371,3 +371,29 @@ def resolve_hierarchy(spec: str) -> Hierarchy:
     if path.suffix.lower() in {".yaml", ".yml"} or path.is_file():
         return Hierarchy.from_yaml(path)
     return plugins.resolve_lazy(plugins.lookup("hierarchies", spec, "hierarchy"))
+
+
+def hierarchy_for_training(obs: pd.DataFrame, label_key: str, name: str | None = None,
+                           from_obs: str | None = None, reference_name: str = "reference") -> Hierarchy:
+    """The hierarchy a training run uses: exactly one of a registered name or YAML path (``name``), or obs columns.
+
+    Parameters
+    ----------
+    obs
+        The reference's cell metadata.
+    label_key
+        obs column of the subtype labels; the subtype column when ``from_obs`` names only the base column.
+    name
+        A registered hierarchy or a YAML file (:func:`resolve_hierarchy`).
+    from_obs
+        ``BASE`` or ``BASE:SUBTYPE`` obs columns to read the tree from (:meth:`Hierarchy.from_obs`), for a
+        reference whose types no registered hierarchy names.
+    reference_name
+        Names the tree read from obs (``{reference_name}-obs``), so a bundle says where it came from.
+    """
+    if bool(name) == bool(from_obs):
+        raise CellpixError("give exactly one of --hierarchy or --hierarchy-from-obs")
+    if from_obs:
+        base_col, _, sub_col = from_obs.partition(":")
+        return Hierarchy.from_obs(obs, base_col, sub_col or label_key, name=f"{reference_name}-obs")
+    return resolve_hierarchy(str(name))

@@ -14,6 +14,8 @@ from cellpix.core.hierarchy import Hierarchy
 from cellpix.core.layout import GeneLayout
 from cellpix.core.network import HierarchicalClassifier, ModelConfig
 from cellpix.core.predict import LabelSpace
+from cellpix.core.reference_space import PREFIX as SPACE_PREFIX
+from cellpix.core.reference_space import ReferenceSpace
 from cellpix.core.render import ImageRenderer
 from cellpix.errors import BundleError, warn
 
@@ -28,6 +30,12 @@ class TrainedModel:
     hierarchy: Hierarchy
     metadata: dict[str, Any] = field(default_factory=dict)
     checksum: str = ""
+    # the reference cells in expression space, for the out-of-reference novelty score (None in older bundles)
+    reference_space: ReferenceSpace | None = None
+
+    def __post_init__(self) -> None:
+        if self.reference_space is not None:  # its settings and threshold travel in the metadata
+            self.metadata["reference_space"] = self.reference_space.metadata()
 
     @property
     def space(self) -> LabelSpace:
@@ -48,6 +56,8 @@ class TrainedModel:
                 "best_epoch": training.get("best_epoch"), "validation": training.get("validation_metrics", {}),
                 # the validation scores are the held-out first run's; a refit model has also seen those cells
                 "refit_on_all_cells": bool(training.get("refit")),
+                "training_warnings": list(training.get("warnings", [])),
+                "out_of_reference_threshold": (self.metadata.get("reference_space") or {}).get("threshold"),
                 "cellpix_version": self.metadata.get("cellpix_version", "")}
 
     def to(self, device: str | torch.device) -> TrainedModel:
@@ -58,6 +68,8 @@ class TrainedModel:
     def to_bundle(self) -> ModelBundle:
         # contiguous: safetensors stores row-major tensors, and a loaded model's weights are channels-last
         state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
+        if self.reference_space is not None:
+            state.update(self.reference_space.tensors())
         return ModelBundle(tensors=state, metadata=self.metadata)
 
     def save(self, path: str | Path) -> str:
@@ -79,13 +91,15 @@ class TrainedModel:
         # Convolution weights in channels-last, like the activations model.forward hands the backbone: oneDNN then
         # runs its fast kernels end to end (resnet18, 64 71-px images, 2 cores: 164-187 → 238-266 images/s).
         model.to(memory_format=torch.channels_last)
-        missing, unexpected = model.load_state_dict(bundle.tensors, strict=False)
+        weights = {k: v for k, v in bundle.tensors.items() if not k.startswith(SPACE_PREFIX)}
+        missing, unexpected = model.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise BundleError(f"{path}: weights do not fit the {config.backbone} network described in the bundle "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
         model.eval()
         renderer = ImageRenderer(layout, channels=config.in_chans)
-        trained = cls(model, renderer, layout, hierarchy, meta, bundle.checksum)
+        space = ReferenceSpace.from_bundle(bundle.tensors, meta.get("reference_space"))
+        trained = cls(model, renderer, layout, hierarchy, meta, bundle.checksum, space)
         return trained.to(device)
 
 

@@ -13,6 +13,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 
@@ -238,3 +239,18 @@ def release_freed_memory() -> None:
     """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)  # the running process's own symbols: libc is already loaded
+
+
+def write_uns_entry(file: Any, key: str, value: Any) -> None:
+    """Set ``uns[key]`` of an h5ad opened with h5py in place, replacing any earlier entry of that name.
+
+    Annotation, explanation and merging add their records to a file that was copied or streamed, rather than
+    reading the whole AnnData back into memory to write one entry.
+    """
+    from anndata.io import write_elem
+
+    if "uns" not in file:
+        write_elem(file, "uns", {})
+    if key in file["uns"]:
+        del file["uns"][key]
+    write_elem(file["uns"], key, value)

@@ -26,7 +26,7 @@ from cellpix.core.novelty import flag_calibrated, flag_percentile
 from cellpix.core.predict import LabelSpace, Predictions, inference_copy, predict_matrix, resolve_precision
 from cellpix.core.trained import TrainedModel
 from cellpix.data.genes import DEFAULT_MIN_COVERAGE
-from cellpix.data.io import atomic_path, read_h5ad, release_freed_memory
+from cellpix.data.io import atomic_path, read_h5ad, release_freed_memory, write_uns_entry
 from cellpix.data.panel import PanelReader, open_on_panel
 from cellpix.data.shift import cell_statistics, compare, other_scale_message
 from cellpix.errors import CellpixError, InputDataError, warn
@@ -116,6 +116,7 @@ def _stream(models: list[TrainedModel], readers: list[PanelReader], options: Ann
         readers[0].check(raw, start)  # every chunk, not only the rows sampled to classify the file
         blocks = [reader.align(raw) for reader in readers]
         stats = cell_statistics(blocks[0])  # the shift guards' per-cell statistics, on the first model's panel
+        stats = np.column_stack([stats, _reference_distance(models[0], blocks[0])])
         pred = predict_matrix(pairs, blocks, space, options.inference_batch, options.device,
                               options.restrict_to, options.precision)
         del raw, blocks
@@ -123,6 +124,30 @@ def _stream(models: list[TrainedModel], readers: list[PanelReader], options: Ann
         bar.update(stop - start)
         yield start, stop, pred, stats
     bar.close()
+
+
+def _reference_distance(model: TrainedModel, panel) -> np.ndarray:
+    """The out-of-reference score of each row (:mod:`cellpix.core.reference_space`); NaN for an older bundle."""
+    if model.reference_space is None:
+        return np.full(panel.shape[0], np.nan, dtype=np.float32)
+    return model.reference_space.distance(panel)
+
+
+def novelty_flags(pred: Predictions, space: LabelSpace, models: list[TrainedModel], rule: str,
+                  distance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``cellpix_is_novel`` and its reason (``subtype``, ``out_of_reference``, both, or empty).
+
+    The subtype rule is the paper's score against its calibrated (or per-query percentile) threshold. Under the
+    calibrated rule a cell is also novel when its distance to the reference cells exceeds the threshold
+    calibrated on the reference's validation cells: that is what finds a lineage the reference lacks, which
+    the subtype score cannot (it is zero for a terminal type). The published percentile rule stays as published.
+    """
+    by_subtype = _flags(pred, space, models, rule)
+    threshold = models[0].reference_space.threshold if models[0].reference_space is not None else np.inf
+    far = (distance > threshold) if rule == "calibrated" else np.zeros(len(distance), dtype=bool)
+    reason = np.select([by_subtype & far, by_subtype, far], ["subtype,out_of_reference", "subtype",
+                                                             "out_of_reference"], "")
+    return by_subtype | far, reason
 
 
 def _flags(pred: Predictions, space: LabelSpace, models: list[TrainedModel], rule: str) -> np.ndarray:
@@ -138,7 +163,7 @@ def _flags(pred: Predictions, space: LabelSpace, models: list[TrainedModel], rul
 def _guards(models: list[TrainedModel], pred: Predictions, stats: np.ndarray, options: AnnotateOptions
             ) -> tuple[np.ndarray, dict[str, Any], list[str]]:
     """The shift comparison and the all-one-class symptom; refuses a query on another scale unless forced."""
-    out_of_reference, report, warnings = compare(models[0].metadata.get("shift_profile"), stats)
+    out_of_reference, report, warnings = compare(models[0].metadata.get("shift_profile"), stats[:, :2])
     if report.get("other_scale"):
         if not options.force:
             raise InputDataError(other_scale_message(report))
@@ -180,11 +205,15 @@ def _unassigned(labels: pd.Categorical, empty: np.ndarray) -> pd.Categorical:
     return labels
 
 
-def _obs_frame(pred: Predictions, flags: np.ndarray, space: LabelSpace, models: list[TrainedModel],
-               index: pd.Index, out_of_reference: np.ndarray, empty: np.ndarray) -> pd.DataFrame:
+def _obs_frame(pred: Predictions, novel: tuple[np.ndarray, np.ndarray], space: LabelSpace,
+               models: list[TrainedModel], index: pd.Index, out_of_reference: np.ndarray, stats: np.ndarray
+               ) -> pd.DataFrame:
     """The per-cell columns. A cell with no expression on the model's genes gets no label: ``unassigned``, with
     probability 0 and the reason in ``cellpix_unassigned`` (the network would call its empty image something,
-    at high confidence)."""
+    at high confidence). ``novel`` is :func:`novelty_flags`' pair; ``stats`` the streamed per-cell statistics
+    (detected share, mean non-zero value, distance to the reference)."""
+    flags, reason = novel
+    empty = stats[:, 0] == 0
     ids = models[0].hierarchy.ontology_ids()
     base = _unassigned(pd.Categorical.from_codes(pred.base_index, categories=space.bases), empty)
     label = _unassigned(pd.Categorical.from_codes(pred.label_index, categories=space.labels), empty)
@@ -195,7 +224,10 @@ def _obs_frame(pred: Predictions, flags: np.ndarray, space: LabelSpace, models: 
             f"{PREFIX}base_probability": np.where(empty, 0.0, pred.base_confidence).astype(np.float32),
             f"{PREFIX}subtype_probability": np.where(empty, 0.0, pred.subtype_confidence).astype(np.float32),
             f"{PREFIX}novelty_score": pred.novelty_score,
-            f"{PREFIX}is_novel": flags,
+            f"{PREFIX}is_novel": flags & ~empty,
+            f"{PREFIX}novelty_reason": pd.Categorical(np.where(empty, "", reason), categories=[
+                "", "subtype", "out_of_reference", "subtype,out_of_reference"]),
+            f"{PREFIX}reference_distance": stats[:, 2].astype(np.float32),
             f"{PREFIX}uncertainty": pred.uncertainty,
             f"{PREFIX}out_of_reference": out_of_reference,
             f"{PREFIX}unassigned": pd.Categorical(np.where(empty, NO_PANEL_EXPRESSION, ""),
@@ -221,6 +253,9 @@ def _run_metadata(models: list[TrainedModel], readers: list[PanelReader], option
         "gene_matching": {f"model_{i}": r.report() for i, r in enumerate(readers)},
         "precision": resolve_precision(options.precision, options.device),
         "novelty_rule": options.novelty_rule,
+        # the out-of-reference score's settings and threshold (cellpix.core.reference_space); it feeds
+        # cellpix_is_novel under the calibrated rule
+        "reference_distance": dict(models[0].metadata.get("reference_space") or {"available": False}),
         "novelty_thresholds": models[0].novelty if options.novelty_rule == "calibrated" else
         {"base_quantile": 0.6, "subtype_quantile": 0.1},
         "restrict_to": ",".join(options.restrict_to or []),
@@ -241,10 +276,10 @@ def annotate_adata(adata: ad.AnnData, models: list[TrainedModel], options: Annot
     pred = _concat([p for _, _, p, _ in parts])
     out_of_reference, shift, warnings = _guards(models, pred, np.vstack([s for *_, s in parts]), options)
     space = models[0].space
-    flags = _flags(pred, space, models, options.novelty_rule)
+    stats = np.vstack([s for *_, s in parts])
+    flags = novelty_flags(pred, space, models, options.novelty_rule, stats[:, 2])
     out = adata.copy()
-    empty = np.vstack([s for *_, s in parts])[:, 0] == 0
-    for column, values in _obs_frame(pred, flags, space, models, out.obs_names, out_of_reference, empty).items():
+    for column, values in _obs_frame(pred, flags, space, models, out.obs_names, out_of_reference, stats).items():
         out.obs[column] = values
     out.obsm[f"{PREFIX}base_proba"] = pred.base_proba
     out.obsm[f"{PREFIX}subtype_proba"] = pred.subtype_proba
@@ -277,20 +312,16 @@ def annotate_file(query: str | Path, output: str | Path, models: list[TrainedMod
                     cell_stats.append(stats)
                 pred = _concat(scalars)
                 out_of_reference, shift, warnings = _guards(models, pred, np.vstack(cell_stats), options)
-                flags = _flags(pred, space, models, options.novelty_rule)
+                stats = np.vstack(cell_stats)
+                flags = novelty_flags(pred, space, models, options.novelty_rule, stats[:, 2])
                 obs = adata.obs.copy()
-                new = _obs_frame(pred, flags, space, models, obs.index, out_of_reference,
-                                 np.vstack(cell_stats)[:, 0] == 0)
+                new = _obs_frame(pred, flags, space, models, obs.index, out_of_reference, stats)
                 for column, values in new.items():
                     obs[column] = values
                 del f["obs"]
                 write_elem(f, "obs", obs)
                 meta = _run_metadata(models, readers, options, n, shift, warnings)
-                if "uns" not in f:
-                    write_elem(f, "uns", {})
-                if "cellpix" in f["uns"]:
-                    del f["uns/cellpix"]
-                write_elem(f["uns"], "cellpix", meta)
+                write_uns_entry(f, "cellpix", meta)
     finally:
         adata.file.close()
     return Annotation(obs=new, metadata=meta)

@@ -147,3 +147,21 @@ def _ontology_accuracy(truth: np.ndarray, pred: np.ndarray, ids: dict[str, str])
 def confusion_frame(truth: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
     labels = sorted(set(truth) | set(pred))
     return pd.DataFrame(confusion_matrix(truth, pred, labels=labels), index=labels, columns=labels)
+
+
+def write_confusion(adata: ad.AnnData, hierarchy: Hierarchy, path: str | Path, subtype_key: str | None = None,
+                    base_key: str | None = None, mapping: dict[str, str] | None = None,
+                    title: str | None = None) -> Path:
+    """Plot the confusion matrix of an annotated AnnData at the subtype level (or the base level when only
+    ``base_key`` is given), over the cells :func:`evaluate` scores: those with a truth label."""
+    from cellpix.steps.annotate.plots import plot_confusion
+
+    key, column = (subtype_key, "cellpix_subtype") if subtype_key else (base_key, "cellpix_base")
+    if key is None:
+        raise CellpixError("give a truth column: --truth-subtype and/or --truth-base")
+    meta = adata.uns.get("cellpix", {})
+    known = (list(meta.get("subtypes", [])) or hierarchy.labels) if subtype_key else \
+        (list(meta.get("base_types", [])) or hierarchy.base_names)
+    truth, keep = truth_labels(adata, key, mapping, known)
+    pred = adata.obs[column].astype(str).to_numpy()
+    return plot_confusion(confusion_frame(truth[keep], pred[keep]), path, title or key)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import h5py
 from anndata.experimental import concat_on_disk
-from anndata.io import read_elem, write_elem
+from anndata.io import read_elem
 from tqdm.auto import tqdm
 
-from cellpix.data.io import atomic_path, check_h5ad_path, read_h5ad
+from cellpix.data.io import atomic_path, check_h5ad_path, read_h5ad, write_uns_entry
 from cellpix.errors import CellpixError, InputDataError
 
 SHARD_DIGITS = 5
@@ -91,7 +91,6 @@ def merge_h5ad(shards: list[str | Path], output: str | Path) -> Path:
             uns = read_elem(first["uns"])  # concat_on_disk drops uns; the first shard's run metadata stands for all
         uns["cellpix"].update({"n_cells": totals, "n_shards": len(ordered)})
         with h5py.File(tmp, "r+") as f:
-            if "uns" in f:
-                del f["uns"]
-            write_elem(f, "uns", uns)
+            for key, value in uns.items():
+                write_uns_entry(f, key, value)
     return Path(output)

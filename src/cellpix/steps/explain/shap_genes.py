@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from cellpix.core.predict import LabelSpace, predict_matrix
 from cellpix.core.trained import TrainedModel
+from cellpix.data.genes import DEFAULT_MIN_COVERAGE
 from cellpix.data.panel import PanelReader
 from cellpix.errors import CellpixError, import_extra
 
@@ -49,7 +50,9 @@ TABLE_COLUMNS = ["level", "class", "gene", "gene_symbol", "mean_abs_shap", "mean
 
 @dataclass
 class ExplainOptions:
-    """Bounds that keep SHAP's cost fixed whatever the size of the data."""
+    """Which cells and classes are explained, the bounds that keep SHAP's cost fixed whatever the size of the
+    data, and how the data are read onto the model's panel (``gene_column``, ``layer``, ``use_raw``,
+    ``min_gene_coverage``, as in annotation)."""
 
     label_key: str | None = None
     levels: tuple[str, ...] = LEVELS
@@ -64,6 +67,10 @@ class ExplainOptions:
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
+    gene_column: str | None = None
+    layer: str | None = None
+    use_raw: bool | None = None
+    min_gene_coverage: float = DEFAULT_MIN_COVERAGE
 
 
 @dataclass

@@ -8,12 +8,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from anndata.io import write_elem
 
 from cellpix import __version__
 from cellpix.core.trained import TrainedModel
-from cellpix.data.genes import DEFAULT_MIN_COVERAGE
-from cellpix.data.io import atomic_path, read_h5ad
+from cellpix.data.io import atomic_path, read_h5ad, write_uns_entry
 from cellpix.data.panel import open_on_panel
 from cellpix.errors import InputDataError
 from cellpix.steps.explain.plots import plot_class_bars, plot_heatmap, slug
@@ -30,9 +28,8 @@ class ExplainOutputs:
 
 
 def explain_file(data: str | Path, model: TrainedModel, table_path: str | Path, options: ExplainOptions,
-                 plots_dir: str | Path | None = None, output_h5ad: str | Path | None = None,
-                 gene_column: str | None = None, layer: str | None = None, use_raw: bool | None = None,
-                 min_gene_coverage: float = DEFAULT_MIN_COVERAGE) -> tuple[Explanation, ExplainOutputs]:
+                 plots_dir: str | Path | None = None, output_h5ad: str | Path | None = None
+                 ) -> tuple[Explanation, ExplainOutputs]:
     """Explain ``model`` on the cells of ``data`` (read backed, so only sampled cells are loaded)."""
     adata = read_h5ad(data, backed=True)
     try:
@@ -42,8 +39,8 @@ def explain_file(data: str | Path, model: TrainedModel, table_path: str | Path, 
                 raise InputDataError(f"--labels {options.label_key!r} is not an obs column of {data}; "
                                      f"columns: {', '.join(map(str, adata.obs.columns))}")
             labels = adata.obs[options.label_key].astype(str).to_numpy()
-        reader = open_on_panel(adata, model.layout.genes, model.layout.symbols, gene_column, layer, use_raw,
-                               min_gene_coverage)
+        reader = open_on_panel(adata, model.layout.genes, model.layout.symbols, options.gene_column, options.layer,
+                               options.use_raw, options.min_gene_coverage)
         result = explain(reader, model, labels, options)
         result.metadata["gene_matching"] = reader.report()
     finally:
@@ -77,10 +74,6 @@ def write_h5ad_with_table(data: str | Path, output: str | Path, result: Explanat
     with atomic_path(output) as tmp:
         shutil.copyfile(data, tmp)
         with h5py.File(tmp, "r+") as f:
-            if "uns" not in f:
-                write_elem(f, "uns", {})
-            if UNS_KEY in f["uns"]:
-                del f["uns"][UNS_KEY]
             meta = {k: (np.asarray(v) if isinstance(v, list) else v) for k, v in result.metadata.items()}
-            write_elem(f["uns"], UNS_KEY, {"table": table, **meta})
+            write_uns_entry(f, UNS_KEY, {"table": table, **meta})
     return output

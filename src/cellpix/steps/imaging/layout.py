@@ -132,7 +132,7 @@ def fit_layout(
     transformer = ImageTransformer(feature_extractor=estimator, discretization=discretization, pixels=size)
     transformer.fit(X)
     seconds = time.perf_counter() - started
-    coords = np.asarray(transformer._coords)  # (n_genes, 2): row, col
+    coords = transformer.coords()  # (n_genes, 2): row, col
     gmin, gmax = minmax_range(adata.X)
     symbols = adata.var[symbol_column].astype(str).tolist() if symbol_column else None
     return GeneLayout(

@@ -34,12 +34,13 @@ from cellpix.core.layout import GeneLayout
 from cellpix.core.network import HierarchicalClassifier, ModelConfig
 from cellpix.core.novelty import DEFAULT_FPR, calibrate
 from cellpix.core.predict import LabelSpace, predict_matrix
+from cellpix.core.reference_space import ReferenceSpace, fit_reference_space
 from cellpix.core.render import ImageRenderer
 from cellpix.core.trained import TrainedModel
 from cellpix.data.io import atomic_path, check_device, write_text_atomic
 from cellpix.data.panel import open_on_panel
 from cellpix.data.shift import cell_statistics, reference_profile
-from cellpix.errors import CellpixError, TrainingFailedError
+from cellpix.errors import CellpixError, TrainingFailedError, warn
 from cellpix.steps.train.data import (
     ReferenceData,
     batches_in,
@@ -58,6 +59,9 @@ OPTIMIZERS = ("sgd", "adamw")
 # to what a logistic regression reaches; AdamW at 1e-3 (the paper's) left it 0.04 subtype macro-F1 lower on Zheng
 # fold 0 however it was regularised (docs/benchmarks.md, "Design probes").
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
+# Fewer reference cells than this in a class get a warning: such a class is learned from a handful of examples and
+# its validation score rests on one or two cells (none below 2, which the split keeps for training).
+MIN_CLASS_CELLS = 10
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The default, chosen on Zheng fold 0 in paired probes (python -m benchmarks.design): the per-pixel read-out
@@ -163,6 +167,8 @@ class TrainConfig:
         given = {k: v for k, v in overrides.items() if v is not None}
         if "backbone" in given and "deep" not in given:  # naming a backbone means using it
             given["deep"] = True
+        if given.get("deep") and "refit" not in given:  # as in the trunk preset: a trunk's refit is asked for
+            given["refit"] = False
         return cls(**{**PRESETS[preset], **given})
 
 
@@ -185,6 +191,12 @@ def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def is_main_process() -> bool:
+    """Whether this process writes results: always outside torchrun, only rank 0 under it (read from torchrun's
+    ``RANK`` so that it holds before and after the process group exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _init_distributed(device: torch.device) -> bool:
@@ -338,17 +350,15 @@ def train(
     rank, world = _world()
     torch.manual_seed(config.seed + rank)
     data = prepare_reference(adata, layout, space, label_key, config)
+    warnings = small_class_warnings(data, space)
+    for message in warnings if rank == 0 else []:
+        warn(message)
 
     model_config = ModelConfig(config.backbone, config.in_chans, layout.size, config.hidden, config.dropout,
                                wide=config.wide, deep=config.deep)
-    model = HierarchicalClassifier(hierarchy, model_config, pretrained=config.pretrained).to(device)
     renderer = ImageRenderer(layout, channels=config.in_chans).to(device)
-    loss_fn = _make_loss(config, space, data).to(device)
-    optimizer = make_optimizer(config, model)
-    net: torch.nn.Module = model
-    if distributed:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
+    model, net, loss_fn, optimizer = _build_training(hierarchy, model_config, config, space, data, distributed,
+                                                     device)
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     state = TrainState()
@@ -418,13 +428,33 @@ def train(
     metadata = _bundle_metadata(hierarchy, layout, model_config, config, state, val_metrics, novelty,
                                 float(loss_fn.alpha), label_key, data, reference_name)
     metadata["training"]["refit"] = refit
+    metadata["training"]["warnings"] = warnings
     metadata["shift_profile"] = _shift_profile(data, config.chunk_size)
     metadata["label_shares"] = _label_shares(data, space)
-    trained = TrainedModel(model.cpu(), renderer.cpu(), layout, hierarchy, metadata)
+    trained = TrainedModel(model.cpu(), renderer.cpu(), layout, hierarchy, metadata,
+                           reference_space=_reference_space(data, config))
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
     return trained
+
+
+def _build_training(hierarchy: Hierarchy, model_config: ModelConfig, config: TrainConfig, space: LabelSpace,
+                    data: ReferenceData, distributed: bool, device: torch.device
+                    ) -> tuple[HierarchicalClassifier, torch.nn.Module, AdaptiveHierarchicalFocalLoss,
+                               torch.optim.Optimizer]:
+    """A fresh network, the module the steps run through (DDP-wrapped under torchrun), its loss and optimiser.
+
+    The first run and the refit build theirs the same way, so the refit differs only in the cells it sees.
+    """
+    model = HierarchicalClassifier(hierarchy, model_config, pretrained=config.pretrained).to(device)
+    loss_fn = _make_loss(config, space, data).to(device)
+    optimizer = make_optimizer(config, model)
+    net: torch.nn.Module = model
+    if distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    return model, net, loss_fn, optimizer
 
 
 def _train_epoch(net: torch.nn.Module, renderer: ImageRenderer, loss_fn: AdaptiveHierarchicalFocalLoss,
@@ -488,13 +518,8 @@ def refit_on_all_cells(hierarchy: Hierarchy, model_config: ModelConfig, renderer
     started = time.perf_counter()
     everything = replace(data, train_idx=np.arange(data.reader.n_obs), val_idx=np.array([], dtype=np.int64))
     torch.manual_seed(config.seed + rank)
-    model = HierarchicalClassifier(hierarchy, model_config, pretrained=config.pretrained).to(device)
-    loss_fn = _make_loss(config, space, everything).to(device)
-    optimizer = make_optimizer(config, model)
-    net: torch.nn.Module = model
-    if distributed:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
+    model, net, loss_fn, optimizer = _build_training(hierarchy, model_config, config, space, everything, distributed,
+                                                     device)
     donor_vectors = donor_differences(everything, len(space.labels), seed=config.seed) if config.donor_key else None
     steps_per_epoch = _steps_per_rank(everything, config, world, epoch=0)
     schedule = (max(1, int(config.warmup_epochs * steps_per_epoch)), steps_per_epoch * epochs)
@@ -602,6 +627,30 @@ def _shift_profile(data: ReferenceData, chunk_size: int, max_cells: int = 5000) 
     rows = np.sort(np.random.default_rng(0).permutation(rows)[:max_cells])
     stats = [cell_statistics(data.reader.take(rows[i:i + chunk_size])) for i in range(0, len(rows), chunk_size)]
     return reference_profile(np.vstack(stats))
+
+
+def _reference_space(data: ReferenceData, config: TrainConfig) -> ReferenceSpace:
+    """The expression space of the out-of-reference score: fitted on training cells, its threshold calibrated on
+    the validation cells; on all cells when the split is too small.
+
+    The threshold lets half the novelty rate (``novelty_fpr``) of validation cells through: the subtype rule
+    flags at most the other half of known cells in practice (2-4 % at 5 %, terminal types never), so together
+    known cells stay near the calibrated rate.
+    """
+    fpr = config.novelty_fpr / 2
+    if len(data.val_idx) >= 50:
+        return fit_reference_space(data.reader.take, data.train_idx, data.val_idx, fpr, seed=config.seed)
+    return fit_reference_space(data.reader.take, np.arange(data.reader.n_obs), np.array([], dtype=np.int64), fpr,
+                               seed=config.seed)
+
+
+def small_class_warnings(data: ReferenceData, space: LabelSpace) -> list[str]:
+    """One message per class with fewer than :data:`MIN_CLASS_CELLS` reference cells (see there for why)."""
+    counts = np.bincount(data.label_index, minlength=len(space.labels))
+    validated = np.bincount(data.label_index[data.val_idx], minlength=len(space.labels))
+    return [f"class {label!r} has {int(n)} reference cell{'s' if n != 1 else ''} ({int(v)} for validation): too few "
+            f"to learn or score it reliably; add cells of this type or merge it into its base type"
+            for label, n, v in zip(space.labels, counts, validated, strict=True) if 0 < n < MIN_CLASS_CELLS]
 
 
 def _label_shares(data: ReferenceData, space: LabelSpace) -> dict[str, float]:
