@@ -47,6 +47,13 @@ def make_bad_files(folder: Path) -> None:
     (folder / "binary.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
     (folder / "latin1.yaml").write_bytes("name: caf\xe9\nbases:\n  - name: T\xe9\n".encode("latin-1"))
     (folder / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    import torch
+
+    class RunsCode:
+        def __reduce__(self):
+            return (print, ("this ran while loading",))
+
+    torch.save({"state_dict": RunsCode()}, folder / "evil.pt")
     bundle = ModelBundle.load(folder / "model.cellpix")
     for name, change in (("future_field", lambda m: m["model"].update(future_option=1)),
                          ("model_string", lambda m: m.update(model="resnet18"))):
@@ -128,6 +135,9 @@ CASES = [
     ([*INTEGRATE, "--min-genes", "-1"], 2, "--min-genes"),
     ([*TRAIN[:5], "no_such_column", *TRAIN[6:]], 1, "no label column 'no_such_column'"),
     (["merge", "query.h5ad", "-o", "merged.h5ad"], 1, "not annotated by cellpix"),
+    # a checkpoint that would run code when unpickled, and one that is no checkpoint at all
+    ([*TRAIN, "--backbone", "resnet10t", "--pretrained", "evil.pt"], 1, "pickled objects are refused"),
+    ([*TRAIN, "--backbone", "resnet10t", "--pretrained", "picture.png"], 1, "cannot load it as resnet10t weights"),
 ]
 
 

@@ -57,7 +57,12 @@ def create_timm_backbone(model_name: str, in_chans: int, pretrained: str | None 
     path = Path(pretrained)
     if not path.is_file():
         raise CellpixError(f"--pretrained {pretrained}: no such checkpoint file")
-    return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+    try:
+        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+    except (RuntimeError, ValueError, OSError, EOFError, KeyError) as exc:  # timm loads with weights_only=True
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CellpixError(f"--pretrained {pretrained}: cannot load it as {model_name} weights (a safetensors file "
+                           f"or a plain tensor state dict; pickled objects are refused): {reason[:200]}") from exc
 
 
 def _timm_spec(name: str) -> BackboneSpec:
