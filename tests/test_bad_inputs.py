@@ -484,3 +484,30 @@ def test_cells_without_panel_expression_are_left_unassigned(workdir):
     assert (obs.loc[empty, "cellpix_unassigned"] != "").all()
     assert (obs["cellpix_subtype"].iloc[7:] != "unassigned").all() and (obs["cellpix_unassigned"].iloc[7:] == "").all()
     assert "cellpix_unassigned" in (workdir / "out.csv").read_text().splitlines()[0]
+
+
+def test_mouse_symbols_on_a_human_model_are_refused_unless_forced(workdir):
+    """Symbols match case-insensitively, so a mouse file (Cd3e) met a human panel (CD3E) gene for gene and was
+    annotated without a word. The real query's symbols written the mouse way stand in for a mouse file."""
+    import anndata as ad
+
+    query = ad.read_h5ad(workdir / "query.h5ad")
+    mouse = ad.AnnData(query.X, obs=query.obs)
+    mouse.var_names = [s[:1].upper() + s[1:].lower() for s in query.var["gene_symbol"].astype(str)]
+    mouse.var_names_make_unique()
+    mouse.write_h5ad(workdir / "mouse.h5ad")
+    before = snapshot(workdir)
+    refused = CliRunner().invoke(cli, ["annotate", str(workdir / "mouse.h5ad"), "-m", str(workdir / "model.cellpix"),
+                                       "-o", str(workdir / "mouse_out.h5ad"), "--quiet"])
+    assert refused.exit_code == 1 and "another species" in refused.output and "--force" in refused.output
+    assert snapshot(workdir) == before
+    forced = CliRunner().invoke(cli, ["annotate", str(workdir / "mouse.h5ad"), "-m", str(workdir / "model.cellpix"),
+                                      "-o", str(workdir / "mouse_out.h5ad"), "--quiet", "--force"])
+    assert forced.exit_code == 0, forced.output
+    uns = ad.read_h5ad(workdir / "mouse_out.h5ad").uns["cellpix"]
+    assert any(w.startswith("forced: the query's gene symbols are written as another species'") for w in
+               uns["warnings"])
+    assert "species_note" in uns["gene_matching"]["model_0"]
+    human = CliRunner().invoke(cli, ["annotate", str(workdir / "query.h5ad"), "-m", str(workdir / "model.cellpix"),
+                                     "-o", str(workdir / "human_out.h5ad"), "--quiet", "--gene-column", "gene_symbol"])
+    assert human.exit_code == 0 and "another species" not in human.output  # the same symbols, written as humans'

@@ -394,7 +394,8 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
               help="Arithmetic of the forward passes. auto: bfloat16 where the hardware computes it natively "
                    "(CUDA; CPUs with AVX512-BF16 or AMX), about 2x faster; float32 elsewhere.")
 @click.option("--force", is_flag=True,
-              help="Annotate even a query whose values are on another scale than the reference's (recorded in uns).")
+              help="Annotate even a query whose values are on another scale than the reference's, or whose gene "
+                   "symbols are written as another species' (recorded in uns).")
 @click.option("--quiet", is_flag=True)
 def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | None, plots: Path | None,
              gene_column: str | None, layer: str | None, use_raw: bool | None, min_gene_coverage: float,

@@ -54,6 +54,7 @@ class GeneMatch:
     duplicates_dropped: int = 0
     n_query_genes: int = 0
     panel_display: list[str] = field(default_factory=list)
+    species_note: str = ""  # set when a query of another species' gene symbols was let through (--force)
 
     @property
     def n_matched(self) -> int:
@@ -88,6 +89,7 @@ class GeneMatch:
             "duplicate_query_genes_dropped": self.duplicates_dropped,
             "n_missing": len(missing),
             "missing_genes_first_50": ",".join(missing[:50]),
+            **({"species_note": self.species_note} if self.species_note else {}),
         }
 
 
@@ -122,8 +124,13 @@ def match_genes(
     panel_symbols: list[str] | None = None,
     gene_column: str | None = None,
     min_coverage: float = DEFAULT_MIN_COVERAGE,
+    other_species_ok: bool = False,
 ) -> GeneMatch:
-    """Match query genes (``var``: index plus columns) to the panel and check coverage."""
+    """Match query genes (``var``: index plus columns) to the panel and check coverage.
+
+    Symbols match case-insensitively, so a mouse query (``Cd3e``) would match a human panel (``CD3E``) gene for
+    gene; :func:`species_mismatch` refuses that unless ``other_species_ok``.
+    """
     if var.shape[0] == 0:
         raise GeneMatchError("the query has no genes")
     panel_keys = {"ids": [normalise_key(g) for g in panel_ids]}
@@ -149,7 +156,46 @@ def match_genes(
     assert best is not None
     if best.coverage < min_coverage:
         raise GeneMatchError(_low_coverage_message(best, var, panel_ids, panel_symbols, min_coverage))
+    note = species_mismatch(best, var)
+    if note and not other_species_ok:
+        raise GeneMatchError(f"{note}; map the genes to the model's species first, or annotate with --force")
+    best.species_note = note or ""
     return best
+
+
+# Human gene symbols are upper case (CD3E; a few per cent are capitalised, as C1orf56 is), mouse and rat symbols
+# capitalised (Cd3e; over 90 %). A gap this wide between the query's matched symbols and the panel's
+# says the two are different species.
+SPECIES_CASE_GAP = 0.6
+
+
+def capitalised_share(names: list[str]) -> float:
+    """Share of names (among those with letters) written the mouse way: an upper-case first letter followed by
+    lower-case ones (``Cd3e``). All-lower-case names (a file whose names were lower-cased) do not count."""
+    def capitalised(name: str) -> bool:
+        letters = [c for c in name if c.isalpha()]
+        return letters[0].isupper() and any(c.islower() for c in letters[1:])
+
+    lettered = [n for n in names if any(c.isalpha() for c in n)]
+    return float(np.mean([capitalised(n) for n in lettered])) if lettered else 0.0
+
+
+def species_mismatch(match: GeneMatch, var: pd.DataFrame) -> str | None:
+    """A message when the matched symbols are written as another species' (see :data:`SPECIES_CASE_GAP`)."""
+    hit = np.flatnonzero(match.query_columns >= 0)
+    if match.id_type != "symbol" or len(hit) < 50:
+        return None
+    source = var.index if match.query_key in ("var_names", "index") else var[match.query_key]
+    query_names = pd.Index(source).astype(str)[match.query_columns[hit]].tolist()
+    panel = match.panel_display or match.panel_genes
+    panel_names = [str(panel[i]) for i in hit]
+    query_share, panel_share = capitalised_share(query_names), capitalised_share(panel_names)
+    if abs(query_share - panel_share) < SPECIES_CASE_GAP:
+        return None
+    return (f"the query's gene symbols are written as another species' than the model's ({query_share:.0%} of "
+            f"the matched query symbols are capitalised like mouse genes, e.g. Cd3e, against {panel_share:.0%} of "
+            f"the model's, e.g. {panel_names[0]}): symbols of two species match only by ignoring case, and "
+            "orthologues are not the same genes")
 
 
 def _low_coverage_message(best: GeneMatch, var: pd.DataFrame, panel_ids: list[str],

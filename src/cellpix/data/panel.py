@@ -65,9 +65,11 @@ def open_on_panel(
     layer: str | None = None,
     use_raw: bool | None = None,
     min_coverage: float = DEFAULT_MIN_COVERAGE,
+    other_species_ok: bool = False,
 ) -> PanelReader:
     """Check a query (cells, values, genes) and return a reader of it on the model's panel."""
     check_cells(adata)
     source, kind = choose_source(adata, layer=layer, use_raw=use_raw)
-    match = match_genes(source.var, panel_ids, panel_symbols, gene_column=gene_column, min_coverage=min_coverage)
+    match = match_genes(source.var, panel_ids, panel_symbols, gene_column=gene_column, min_coverage=min_coverage,
+                        other_species_ok=other_species_ok)
     return PanelReader(source, kind, match, pd.Index(adata.obs_names))

@@ -103,7 +103,8 @@ def load_models(paths: list[str | Path], device: str = "cpu") -> list[TrainedMod
 
 def _readers(adata: ad.AnnData, models: list[TrainedModel], options: AnnotateOptions) -> list[PanelReader]:
     return [open_on_panel(adata, m.layout.genes, m.layout.symbols, options.gene_column, options.layer,
-                          options.use_raw, options.min_gene_coverage) for m in models]
+                          options.use_raw, options.min_gene_coverage, other_species_ok=options.force)
+            for m in models]
 
 
 def _stream(models: list[TrainedModel], readers: list[PanelReader], options: AnnotateOptions
@@ -160,8 +161,8 @@ def _flags(pred: Predictions, space: LabelSpace, models: list[TrainedModel], rul
     return flag_calibrated(pred, space, calibration)
 
 
-def _guards(models: list[TrainedModel], pred: Predictions, stats: np.ndarray, options: AnnotateOptions
-            ) -> tuple[np.ndarray, dict[str, Any], list[str]]:
+def _guards(models: list[TrainedModel], readers: list[PanelReader], pred: Predictions, stats: np.ndarray,
+            options: AnnotateOptions) -> tuple[np.ndarray, dict[str, Any], list[str]]:
     """The shift comparison and the all-one-class symptom; refuses a query on another scale unless forced."""
     out_of_reference, report, warnings = compare(models[0].metadata.get("shift_profile"), stats[:, :2])
     if report.get("other_scale"):
@@ -169,6 +170,7 @@ def _guards(models: list[TrainedModel], pred: Predictions, stats: np.ndarray, op
             raise InputDataError(other_scale_message(report))
         warnings.append("forced: " + other_scale_message(report))
     warnings += _one_class_warnings(models[0], pred)
+    warnings += sorted({"forced: " + r.match.species_note for r in readers if r.match.species_note})
     n_empty = int((stats[:, 0] == 0).sum())
     if n_empty:
         warnings.append(f"{n_empty} cell(s) have no expression on the model's genes and are left "
@@ -274,7 +276,7 @@ def annotate_adata(adata: ad.AnnData, models: list[TrainedModel], options: Annot
     readers = _readers(adata, models, options)
     parts = list(_stream(models, readers, options))
     pred = _concat([p for _, _, p, _ in parts])
-    out_of_reference, shift, warnings = _guards(models, pred, np.vstack([s for *_, s in parts]), options)
+    out_of_reference, shift, warnings = _guards(models, readers, pred, np.vstack([s for *_, s in parts]), options)
     space = models[0].space
     stats = np.vstack([s for *_, s in parts])
     flags = novelty_flags(pred, space, models, options.novelty_rule, stats[:, 2])
@@ -311,7 +313,7 @@ def annotate_file(query: str | Path, output: str | Path, models: list[TrainedMod
                     scalars.append(pred)
                     cell_stats.append(stats)
                 pred = _concat(scalars)
-                out_of_reference, shift, warnings = _guards(models, pred, np.vstack(cell_stats), options)
+                out_of_reference, shift, warnings = _guards(models, readers, pred, np.vstack(cell_stats), options)
                 stats = np.vstack(cell_stats)
                 flags = novelty_flags(pred, space, models, options.novelty_rule, stats[:, 2])
                 obs = adata.obs.copy()
