@@ -5,7 +5,7 @@ a population the reference lacks is never flagged when it resembles a terminal t
 it. Each cell's log1p(CP10k) panel row is scaled to unit length and projected onto the reference's principal
 components, and its score is the mean Euclidean distance to its ``k`` nearest reference cells there. With each
 Zheng lineage held out of training in turn, this distance ranks the held-out cells above known ones with AUROC
-0.84-0.98, where the paper's score gives 0.03-0.42 (``tests/test_novelty_explain.py``).
+0.80-0.98, where the paper's score gives 0.05-0.42 (``tests/test_novelty_explain.py``).
 
 The threshold is the ``1 - fpr`` quantile of that score on the reference's validation cells, which the
 projection's cells do not include, so a query like the reference has about ``fpr`` of its cells flagged.
