@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pandas as pd
+
 from benchmarks import report
 from benchmarks.common import RESULTS
 
@@ -23,30 +25,38 @@ QUICK_GENES = 2000
 QUICK_TRAIN_CELLS = 1000
 
 
-def cellpix_settings(quick: bool, epochs: int | None, full_epochs: int) -> dict:
-    """Training settings shared by every cellpix contender of one run."""
+def cellpix_settings(quick: bool, epochs: int | None, full_epochs: int | None = None) -> dict:
+    """Training settings shared by every cellpix contender of one run: nothing beyond the shipped default, except
+    fewer epochs and genes with ``--quick``, ``--epochs`` when given, or ``full_epochs`` for a costlier network."""
     if quick:
         return {"epochs": epochs or QUICK_EPOCHS, "min_epochs": epochs or QUICK_EPOCHS, "n_top_genes": QUICK_GENES}
     epochs = epochs or full_epochs
-    return {"epochs": epochs, "min_epochs": min(epochs, 8)}
+    return {"epochs": epochs, "min_epochs": min(epochs, 8)} if epochs else {}
+
+
+def default_name(settings: dict) -> str:
+    """The shipped default in words, with its grid and epochs, as table rows name it."""
+    from cellpix.core.layout import DEFAULT_PSEUDO_COUNT
+    from cellpix.steps.imaging.layout import smallest_square
+    from cellpix.steps.train.trainer import TrainConfig
+
+    px = smallest_square(settings.get("n_top_genes", 5000))
+    return (f"cellpix default (per-pixel read-out, pixels log(1 + CP10k / {DEFAULT_PSEUDO_COUNT:g}), SGD, AHFL; "
+            f"{px} px), {settings.get('epochs', TrainConfig().epochs)} ep")
 
 
 def accuracy_contenders(quick: bool, epochs: int | None = None) -> dict:
     """Every contender of the accuracy table; the sparsepixnet plugin joins when it is installed."""
     from benchmarks import accuracy as acc
     from cellpix import plugins
-    from cellpix.steps.imaging.layout import smallest_square
-    from cellpix.steps.train.trainer import TrainConfig
 
-    shipped = TrainConfig()
-    base = cellpix_settings(quick, epochs, full_epochs=shipped.epochs)
-    if not epochs:  # the default as shipped: early stopping, not a fixed epoch count
-        base.update(min_epochs=shipped.min_epochs, patience=shipped.patience)
-    n, px = base["epochs"], smallest_square(base.get("n_top_genes", 5000))
-    old = {**cellpix_settings(quick, epochs, full_epochs=8), "wide": False, "deep": True, "optimizer": "adamw"}
+    base = cellpix_settings(quick, epochs)
+    old = {**cellpix_settings(quick, epochs, full_epochs=8), "wide": False, "deep": True, "optimizer": "adamw",
+           "pseudo_count": 1.0, "keep": "best"}
     trunk = {**cellpix_settings(quick, epochs, full_epochs=12), "wide": True, "deep": True}
     contenders = {
-        f"cellpix default (per-pixel read-out, SGD; {px} px, AHFL), up to {n} ep": acc.cellpix_contender(**base),
+        default_name(base): acc.cellpix_contender(**base),
+        f"{default_name(base)}, seed 1": acc.cellpix_contender(**base, seed=1),
         # The trunk costs about 100x the read-out alone per epoch on 2 CPU cores: fold 0 only, said so in the name.
         f"cellpix trunk preset (read-out + resnet10t, SGD), {trunk['epochs']} ep, fold 0": acc.Contender(
             acc.cellpix_contender(**trunk), folds=(0,)),
@@ -57,38 +67,46 @@ def accuracy_contenders(quick: bool, epochs: int | None = None) -> dict:
         "scTab-style MLP (all genes)": acc.sctab_mlp,
     }
     if "sparsepixnet" in plugins.registered("backbones"):
-        contenders[f"sparsepixnet (cellpix-sparsenet plugin), {n} ep"] = acc.cellpix_contender(
-            **base, backbone="sparsepixnet")
+        contenders[f"sparsepixnet (cellpix-sparsenet plugin), {base.get('epochs', 40)} ep"] = \
+            acc.cellpix_contender(**base, backbone="sparsepixnet")
     return contenders
 
 
 def ablation_contenders(quick: bool, epochs: int | None = None, paper_grid: bool = False) -> dict:
-    """One change at a time from the default: optimiser, loss, class weights, read-out decay, masking, the two paths,
-    gene ranking, grid size.
+    """One change at a time from the default: what a pixel holds, the schedule, the refit, optimiser, loss, class
+    weights, read-out decay, masking, the two paths, gene ranking, grid size; and the previous default whole.
 
-    The 224-px grid is opt-in (``--paper-grid``): ResNet-10-T at 224 px took 1,473 s per fold for 8 epochs on
-    2 CPU cores (7.7x the 71-px default), about an hour at the 20 epochs of a full run.
+    The two trunk rows run on fold 0 only (about 100x the read-out's cost per epoch on 2 CPU cores). The 224-px
+    grid is opt-in (``--paper-grid``): ResNet-10-T at 224 px took 1,473 s per fold for 8 epochs on 2 CPU cores.
     """
     from benchmarks import accuracy as acc
 
-    base = cellpix_settings(quick, epochs, full_epochs=30)
-    n = base["epochs"]
+    base = cellpix_settings(quick, epochs)
+    n = base.get("epochs", 40)
+    trunk = {**cellpix_settings(quick, epochs, full_epochs=12)}
     contenders = {
-        f"default (per-pixel read-out, SGD, AHFL, masking 0.1, 71 px), {n} ep": acc.cellpix_contender(**base),
-        f"AdamW instead of SGD, {n} ep": acc.cellpix_contender(**base, optimizer="adamw"),
-        f"plain cross-entropy instead of AHFL, {n} ep": acc.cellpix_contender(**base, loss="ce"),
-        f"focal, static alpha 0.5, {n} ep": acc.cellpix_contender(**base, loss="focal"),
-        f"no masking, {n} ep": acc.cellpix_contender(**base, mask_fraction=0.0),
-        f"no class weights, {n} ep": acc.cellpix_contender(**base, class_weights=False),
-        f"read-out weight decay 1e-4 (the trunk's) instead of 0.03, {n} ep": acc.cellpix_contender(
-            **base, readout_weight_decay=1e-4),
-        f"no per-pixel read-out: the resnet10t trunk alone, SGD, {min(n, 12)} ep": acc.cellpix_contender(
-            **{**base, "epochs": min(n, 12)}, wide=False, deep=True),
-        f"the trunk added beside the read-out, {min(n, 12)} ep": acc.cellpix_contender(
-            **{**base, "epochs": min(n, 12)}, wide=True, deep=True),
-        f"seurat HVG panel (dispersion) instead of Pearson residuals, {n} ep": acc.cellpix_contender(
+        default_name(base): acc.cellpix_contender(**base),
+        "pixels log1p(CP10k) (pseudo-count 1, the paper's) instead of pseudo-count 100":
+            acc.cellpix_contender(**base, pseudo_count=1.0),
+        "early stopping on the validation split (keep best, patience 6) instead of the whole schedule":
+            acc.cellpix_contender(**base, keep="best"),
+        "no refit on every cell": acc.cellpix_contender(**base, refit=False),
+        "AdamW instead of SGD": acc.cellpix_contender(**base, optimizer="adamw"),
+        "plain cross-entropy instead of AHFL": acc.cellpix_contender(**base, loss="ce"),
+        "focal, static alpha 0.5, instead of AHFL": acc.cellpix_contender(**base, loss="focal"),
+        "no masking": acc.cellpix_contender(**base, mask_fraction=0.0),
+        "no class weights": acc.cellpix_contender(**base, class_weights=False),
+        "read-out weight decay 1e-2 (the previous default) instead of 1e-4": acc.cellpix_contender(
+            **base, readout_weight_decay=1e-2),
+        "the previous default whole (pseudo-count 1, decay 1e-2, early stopping)": acc.cellpix_contender(
+            **base, pseudo_count=1.0, readout_weight_decay=1e-2, keep="best"),
+        "seurat HVG panel (dispersion) instead of Pearson residuals": acc.cellpix_contender(
             **base, hvg_flavor="seurat"),
-        f"48 px (genes binned, several per pixel), {n} ep": acc.cellpix_contender(**base, layout_pixels=48),
+        "48 px (genes binned, several per pixel)": acc.cellpix_contender(**base, layout_pixels=48),
+        f"no per-pixel read-out: the resnet10t trunk alone, SGD, {trunk['epochs']} ep, fold 0": acc.Contender(
+            acc.cellpix_contender(**trunk, wide=False, deep=True), folds=(0,)),
+        f"the trunk added beside the read-out, {trunk['epochs']} ep, fold 0": acc.Contender(
+            acc.cellpix_contender(**trunk, wide=True, deep=True), folds=(0,)),
     }
     if paper_grid:
         contenders[f"224 px, {n} ep"] = acc.cellpix_contender(**base, layout_pixels=224)
@@ -96,20 +114,16 @@ def ablation_contenders(quick: bool, epochs: int | None = None, paper_grid: bool
 
 
 def convergence_contenders(quick: bool, epochs: int | None = None) -> dict:
-    """The default configuration as shipped: up to 30 epochs, early stopping on validation subtype macro-F1.
-
-    The accuracy table trains every cellpix contender for 8 epochs to fit 5 folds
-    and the peers into one run; this run shows what the shipped default reaches.
-    """
+    """The default until 2026-12-02, kept for comparison: the ResNet-10-T trunk alone on log1p(CP10k) pixels,
+    AdamW, AHFL, up to 30 epochs with early stopping on validation subtype macro-F1."""
     from benchmarks import accuracy as acc
-    from cellpix.steps.train.trainer import TrainConfig
 
-    shipped = TrainConfig()
-    n = epochs or (QUICK_EPOCHS if quick else shipped.epochs)
-    settings = {"epochs": n, "min_epochs": shipped.min_epochs, "patience": shipped.patience}
+    n = epochs or (QUICK_EPOCHS if quick else 30)
+    settings = {"epochs": n, "min_epochs": 3, "patience": 6, "keep": "best", "wide": False, "deep": True,
+                "backbone": "resnet10t", "optimizer": "adamw", "pseudo_count": 1.0}
     if quick:
         settings["n_top_genes"] = QUICK_GENES
-    return {f"cellpix default ({shipped.backbone}, AHFL), up to {n} ep, early stopping (patience {shipped.patience})":
+    return {f"cellpix default until 2026-12-02 (resnet10t, AHFL), up to {n} ep, early stopping (patience 6)":
             acc.cellpix_contender(**settings)}
 
 
@@ -146,6 +160,21 @@ def fold_list(text: str) -> list[int]:
     return folds
 
 
+def select(contenders: dict, only: str, existing: Path) -> tuple[dict, pd.DataFrame]:
+    """(the contenders to run, the existing rows to keep): with ``--only``, the other current contenders' rows stay
+    as they were (rows of contenders no longer in the run are dropped)."""
+    wanted = [text.strip() for text in only.split(";") if text.strip()]
+    if not wanted:
+        return contenders, pd.DataFrame()
+    chosen = {name: c for name, c in contenders.items() if any(text in name for text in wanted)}
+    if not chosen:
+        raise SystemExit(f"--only {only!r} matches none of: {'; '.join(contenders)}")
+    kept = pd.read_csv(existing) if existing.exists() else pd.DataFrame()
+    if len(kept):
+        kept = kept[kept["contender"].isin(set(contenders) - set(chosen))]
+    return chosen, kept
+
+
 CV_RUNS = {"accuracy": (accuracy_contenders, "accuracy.csv"), "ablation": (ablation_contenders, "ablation.csv"),
            "convergence": (convergence_contenders, "convergence.csv"),
            "default-choice": (default_choice_contenders, "backbone_choice.csv")}
@@ -160,6 +189,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the whole harness in < 10 min (see above)")
     parser.add_argument("--folds", type=fold_list, default=None, help="comma-separated folds 0-4 (default: all 5)")
     parser.add_argument("--epochs", type=positive_int, default=None, help="epochs for every cellpix contender")
+    parser.add_argument("--only", default="",
+                        help="CV runs: rerun only the contenders whose names contain one of these ;-separated "
+                             "texts, keeping the other contenders' rows of the existing CSV")
     parser.add_argument("--paper-grid", action="store_true",
                         help="ablation: add the 224-px grid (25 min per fold at 8 epochs on 2 CPU cores)")
     args = parser.parse_args()
@@ -188,14 +220,14 @@ def main() -> None:
 
             folds = only if what != "default-choice" else (only or [0])
             extra = {"paper_grid": args.paper_grid} if what == "ablation" else {}
-            run_cv(contenders(args.quick, args.epochs, **extra), only_folds=folds,
-                   max_train_cells=QUICK_TRAIN_CELLS if args.quick else None,
-                   on_row=lambda frame, name=name: save(frame, name))
+            chosen, kept = select(contenders(args.quick, args.epochs, **extra), args.only, results / name)
+            run_cv(chosen, only_folds=folds, max_train_cells=QUICK_TRAIN_CELLS if args.quick else None,
+                   on_row=lambda frame, name=name, kept=kept: save(pd.concat([kept, frame], ignore_index=True), name))
     if args.what in ("cross", "all"):
         from benchmarks.accuracy import cross_dataset
 
         quick = {"max_reference_cells": QUICK_TRAIN_CELLS} if args.quick else {}
-        save(cross_dataset(epochs=args.epochs or (QUICK_EPOCHS if args.quick else 30), **quick), "cross_dataset.csv")
+        save(cross_dataset(epochs=args.epochs or (QUICK_EPOCHS if args.quick else None), **quick), "cross_dataset.csv")
     if args.what in ("integration", "all"):
         from benchmarks import integration
 

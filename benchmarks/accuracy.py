@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anndata as ad
@@ -19,7 +19,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.linear_model._base import LinearClassifierMixin
-from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_score
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import label_binarize
 
@@ -87,7 +87,10 @@ def cellpix_contender(**overrides: Any) -> Callable[[ad.AnnData, ad.AnnData], Ou
         n_genes = options.pop("n_top_genes", 5000)
         pixels = options.pop("layout_pixels", None)
         hvg_flavor = options.pop("hvg_flavor", "auto")
+        pseudo_count = options.pop("pseudo_count", None)  # what a pixel holds: the layout's, not training's
         ref, layout, prepare_s = fold_reference_and_layout(train, n_genes, pixels, hvg_flavor)
+        if pseudo_count is not None:
+            layout = replace(layout, pseudo_count=pseudo_count)
         start = time.perf_counter()
         config = TrainConfig(**{"val_fraction": 0.1, **options})
         model = train_model(ref, layout, resolve_hierarchy("pbmc-sorted"), LABEL, config, progress=False)
@@ -283,63 +286,115 @@ def run_cv(contenders: dict[str, Callable[[ad.AnnData, ad.AnnData], Outcome] | C
 
 
 # -- cross-dataset -----------------------------------------------------------------
-def cross_scores(truth: np.ndarray, known: np.ndarray, predicted: np.ndarray, coverage: float) -> dict[str, Any]:
-    """Lineage and population scores on the query cells whose label the reference names."""
-    t, p = truth[known], predicted[known]
-    return {"query": "pbmc68k_reduced (.raw)", "n_query": int(known.sum()), "gene_coverage": coverage,
-            "lineage_accuracy": accuracy_score(lineage(t), lineage(p)),
-            "lineage_macro_f1": f1_score(lineage(t), lineage(p), average="macro"),
-            "subtype_accuracy": accuracy_score(t, p), "subtype_macro_f1": f1_score(t, p, average="macro")}
+def panel_log_values(query: ad.AnnData, reference: ad.AnnData, use_raw: bool | None = None) -> np.ndarray:
+    """The query as annotation reads it: normalised to log1p(CP10k), matched to the reference's panel by Ensembl ID
+    or symbol, genes it lacks zero. What a linear peer gets, so that it sees exactly what cellpix sees."""
+    from cellpix.data.panel import open_on_panel
+
+    reader = open_on_panel(query, list(reference.var_names), list(reference.var["gene_symbol"].astype(str)),
+                           use_raw=use_raw, min_coverage=0.0)
+    return reader.rows(0, reader.n_obs).toarray()
 
 
-def cross_dataset(epochs: int, max_reference_cells: int | None = None) -> pd.DataFrame:
-    """Train cellpix on all Zheng cells, annotate scanpy's pbmc68k_reduced (.raw), score lineages.
+@dataclass
+class CrossQuery:
+    """A query of another dataset: its cells, how to read them, its labels and which cells the reference names."""
 
-    pbmc68k's ``bulk_labels`` use the Zheng population names; "Dendritic" has
-    no counterpart in the sorted reference and is left out of the scores
-    (its cells' predictions are reported separately). pbmc68k_reduced keeps
-    only 765 genes, so the panel is the genes both sets have (a 5,000-gene
-    HVG panel would cover under 15 % and be refused), taken after the
-    reference is normalised on all its genes, as the query was.
-    """
+    name: str
+    adata: ad.AnnData
+    truth: np.ndarray
+    known: np.ndarray  # cells whose label names a Zheng population or lineage
+    unseen: np.ndarray  # cells of a population the sorted reference lacks
+    use_raw: bool | None = None
+    # pbmc68k's labels are Zheng population names (scored at both levels); Kang's silver labels are lineages
+    labels_are_lineages: bool = False
+
+
+def cross_queries() -> list[CrossQuery]:
+    """pbmc68k_reduced (bulk labels; Dendritic unseen) and Kang 2018 control and stimulated (silver lineages)."""
     import scanpy as sc
+
+    from benchmarks.kang_labels import KNOWN, kang_with_labels
+
+    pbmc = sc.datasets.pbmc68k_reduced()
+    truth = pbmc.obs["bulk_labels"].astype(str).to_numpy()
+    queries = [CrossQuery("pbmc68k_reduced (.raw)", pbmc, truth, truth != "Dendritic", truth == "Dendritic",
+                          use_raw=True)]
+    kang = kang_with_labels()
+    for condition in ("ctrl", "stim"):
+        cells = kang[kang.obs["condition"] == condition].copy()
+        silver = cells.obs["lineage"].astype(str).to_numpy()
+        queries.append(CrossQuery(f"Kang 2018 {condition} (silver lineages)", cells, silver, np.isin(silver, KNOWN),
+                                  np.char.startswith(silver.astype(str), "unseen"), labels_are_lineages=True))
+    return queries
+
+
+def cross_scores(query: CrossQuery, predicted: np.ndarray, coverage: float) -> dict[str, Any]:
+    """Lineage (and, where the labels are Zheng's populations, population) scores on the cells the reference names."""
+    t, p = query.truth[query.known], predicted[query.known]
+    truth_lineage = t if query.labels_are_lineages else lineage(t)
+    row = {"query": query.name, "n_query": int(query.known.sum()), "gene_coverage": coverage,
+           "lineage_accuracy": accuracy_score(truth_lineage, lineage(p)),
+           "lineage_macro_f1": f1_score(truth_lineage, lineage(p), average="macro")}
+    if not query.labels_are_lineages:
+        row.update(subtype_accuracy=accuracy_score(t, p), subtype_macro_f1=f1_score(t, p, average="macro"))
+    return row
+
+
+def cross_dataset(epochs: int | None = None, max_reference_cells: int | None = None) -> pd.DataFrame:
+    """Train cellpix on all Zheng cells for each query's genes, annotate the query, score lineages.
+
+    The reference is normalised on all its genes, as the queries were, and its panel is chosen among the genes
+    the query has (``genes_from``, what ``cellpix run`` does): pbmc68k_reduced keeps only 765 genes, so its panel
+    is every gene both sets have; Kang's is the 5,000 most variable of the shared genes. Cells of populations the
+    sorted reference lacks (pbmc68k's Dendritic, Kang's FCGR3A+ monocytes and megakaryocytes) are left out of the
+    scores and reported as the share flagged novel. A class-balanced logistic regression on the same panel and
+    values runs beside cellpix.
+    """
+    from sklearn.linear_model import LogisticRegression
 
     from cellpix.core.hierarchy import resolve_hierarchy
     from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
     from cellpix.steps.imaging.layout import fit_layout
-    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference, query_gene_table
     from cellpix.steps.train.trainer import TrainConfig
     from cellpix.steps.train.trainer import train as train_model
 
-    query = sc.datasets.pbmc68k_reduced()
     reference = ad.read_h5ad(require(ZHENG))
     if max_reference_cells is not None:
         keep = stratified_subsample(reference.obs[LABEL].astype(str).to_numpy(), max_reference_cells)
         reference = reference[keep].copy()
-    start = time.perf_counter()
-    ref = prepare_reference(reference, QCOptions(n_top_genes=reference.n_vars))  # every gene: no HVG cut
-    ref = ref[:, ref.var["gene_symbol"].astype(str).isin(set(query.raw.var_names)).to_numpy()].copy()
-    layout = fit_layout(ref, groupby=LABEL, symbol_column="gene_symbol", max_cells=1500)
-    model = train_model(ref, layout, resolve_hierarchy("pbmc-sorted"), LABEL,
-                        TrainConfig(epochs=epochs, min_epochs=min(epochs, 8), val_fraction=0.1), progress=False)
-    train_s = time.perf_counter() - start
-    out = annotate_adata(query, [model], AnnotateOptions(use_raw=True, progress=False))
-    truth = query.obs["bulk_labels"].astype(str).to_numpy()
-    known = truth != "Dendritic"
-    setting = f"Zheng 2017 sorted ({reference.n_obs:,} cells, {ref.n_vars:,} shared genes)"
-    coverage = out.uns["cellpix"]["gene_matching"]["model_0"]["coverage"]
-    rows = [{"contender": f"cellpix default ({model.model.config.describe()}), up to {epochs} ep", "reference": setting,
-             **cross_scores(truth, known, out.obs["cellpix_subtype"].astype(str).to_numpy(), coverage),
-             "dendritic_cells_flagged_novel": float(out.obs["cellpix_is_novel"].to_numpy()[~known].mean()),
-             "known_cells_flagged_novel": float(out.obs["cellpix_is_novel"].to_numpy()[known].mean()),
-             "train_s": train_s}]
-    # The same panel and values for a linear peer: the gap between the two is the method's, not the data's.
-    from sklearn.linear_model import LogisticRegression
-
-    start = time.perf_counter()
-    linear = LogisticRegression(max_iter=300, class_weight="balanced").fit(ref.X, ref.obs[LABEL].astype(str))
-    train_s = time.perf_counter() - start
-    query_values = query.raw[:, ref.var["gene_symbol"].astype(str).tolist()].X
-    rows.append({"contender": "logistic regression (balanced, same genes)", "reference": setting,
-                 **cross_scores(truth, known, linear.predict(query_values), 1.0), "train_s": train_s})
+    config = TrainConfig() if epochs is None else TrainConfig(epochs=epochs)
+    rows = []
+    for query in cross_queries():
+        start = time.perf_counter()
+        ref = prepare_reference(reference, QCOptions(n_top_genes=min(5000, reference.n_vars)),
+                                genes_from=[query_gene_table(query.adata, use_raw=query.use_raw)])
+        layout = fit_layout(ref, groupby=LABEL, symbol_column="gene_symbol", max_cells=1500)
+        model = train_model(ref, layout, resolve_hierarchy("pbmc-sorted"), LABEL, config, progress=False)
+        train_s = time.perf_counter() - start
+        out = annotate_adata(query.adata, [model], AnnotateOptions(use_raw=query.use_raw, progress=False))
+        setting = f"Zheng 2017 sorted ({reference.n_obs:,} cells, {ref.n_vars:,}-gene panel)"
+        coverage = out.uns["cellpix"]["gene_matching"]["model_0"]["coverage"]
+        novel = out.obs["cellpix_is_novel"].to_numpy()
+        distance = out.obs["cellpix_reference_distance"].to_numpy()
+        scored = query.known | query.unseen
+        rows.append({"contender": f"cellpix default ({model.model.config.describe()}), {config.epochs} ep",
+                     "reference": setting, **cross_scores(query, out.obs["cellpix_subtype"].astype(str).to_numpy(),
+                                                          coverage),
+                     "unseen_cells": int(query.unseen.sum()),
+                     "unseen_cells_flagged_novel": float(novel[query.unseen].mean()) if query.unseen.any() else None,
+                     "known_cells_flagged_novel": float(novel[query.known].mean()),
+                     "unseen_distance_auroc": roc_auc_score(query.unseen[scored], distance[scored])
+                     if query.unseen.any() else None,
+                     "query_shift": out.uns["cellpix"]["reference_distance"].get("query_shift"), "train_s": train_s})
+        # The same panel and values for a linear peer: the gap between the two is the method's, not the data's.
+        start = time.perf_counter()
+        linear = LogisticRegression(max_iter=300, class_weight="balanced").fit(ref.X, ref.obs[LABEL].astype(str))
+        train_s = time.perf_counter() - start
+        values = panel_log_values(query.adata, ref, use_raw=query.use_raw)
+        rows.append({"contender": "logistic regression (balanced, same genes and values)", "reference": setting,
+                     **cross_scores(query, linear.predict(values), 1.0), "train_s": train_s})
+        for row in rows[-2:]:
+            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     return pd.DataFrame(rows)

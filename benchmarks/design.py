@@ -89,8 +89,12 @@ def fit_one(data: dict[str, Any], model_kwargs: dict[str, Any], epochs: int, see
             lr: float = 1e-3, weight_decay: float = 1e-4, mask_fraction: float = 0.1,
             batch_size: int = 64, class_weights: bool = False, gamma: float = 2.0,
             adaptive: bool = True, ema: float = 0.0, optimizer: str = "adamw",
-            wide_aux: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Train one network; its (base, conditional subtype) probabilities on the held-out cells."""
+            wide_aux: float = 0.0, min_epoch_steps: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Train one network; its (base, conditional subtype) probabilities on the held-out cells.
+
+    ``min_epoch_steps`` passes over a small reference several times per epoch, as the trainer does
+    (``TrainConfig.min_epoch_steps``).
+    """
     from cellpix.core.network import HierarchicalClassifier, ModelConfig
     from cellpix.core.predict import conditional_probabilities
     from cellpix.steps.train.loss import AdaptiveHierarchicalFocalLoss, balanced_class_weights
@@ -111,15 +115,18 @@ def fit_one(data: dict[str, Any], model_kwargs: dict[str, Any], epochs: int, see
     averaged = torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema), use_buffers=True) if ema else None
     x, n = data["x"], len(data["y"])
-    steps, total = 0, epochs * (n // batch_size)
+    per_pass = max(1, n // batch_size)
+    passes = max(1, -(-min_epoch_steps // per_pass))
+    steps, total = 0, epochs * passes * per_pass
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
+    for _ in range(epochs * passes):
         model.train()
         order = torch.randperm(n, generator=gen)
         for i in range(0, n - batch_size + 1, batch_size):
             rows = order[i:i + batch_size]
+            warmup = min(1.0, (steps + 1) / (passes * per_pass))  # one epoch
             for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * steps / total)) * min(1.0, (steps + 1) / (n // batch_size))
+                group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * steps / total)) * warmup
             images = x[rows]
             if mask_fraction:
                 images = images * (torch.rand(images.shape, generator=gen) >= mask_fraction)

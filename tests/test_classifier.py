@@ -32,7 +32,7 @@ def dense(adata: ad.AnnData) -> np.ndarray:
     return adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
 
 
-def cellpix_and_linear(ref: ad.AnnData, hierarchy, seed: int, epochs: int) -> tuple[float, float, dict]:
+def cellpix_and_linear(ref: ad.AnnData, hierarchy, seed: int, epochs: int | None) -> tuple[float, float, dict]:
     """Subtype macro-F1 of the default model and of a class-balanced logistic regression on the same held-out cells
     of the same integrated panel, and the model's validation metrics."""
     from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
@@ -43,7 +43,8 @@ def cellpix_and_linear(ref: ad.AnnData, hierarchy, seed: int, epochs: int) -> tu
     train_rows, test_rows = split(labels, 0.25)
     reference, held_out = ref[np.sort(train_rows)].copy(), ref[np.sort(test_rows)].copy()
     layout = fit_layout(reference, method="pca", symbol_column="gene_symbol", max_cells=600)
-    model = train(reference, layout, hierarchy, "cell_type", TrainConfig(epochs=epochs, seed=seed), progress=False)
+    config = TrainConfig(seed=seed, **({"epochs": epochs} if epochs else {}))
+    model = train(reference, layout, hierarchy, "cell_type", config, progress=False)
     called = annotate_adata(held_out, [model], AnnotateOptions(progress=False)).obs["cellpix_subtype"].astype(str)
     truth = held_out.obs["cell_type"].astype(str).to_numpy()
     linear = LogisticRegression(max_iter=500, class_weight="balanced")
@@ -52,16 +53,63 @@ def cellpix_and_linear(ref: ad.AnnData, hierarchy, seed: int, epochs: int) -> tu
             model.metadata["training"]["validation_metrics"])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", SEEDS)
-def test_default_keeps_pace_with_a_logistic_regression_on_zheng(zheng_ref, seed):
-    """The old trunk-only default lost 0.09 subtype macro-F1 to this peer (0.75 vs 0.84 on a Zheng fold)."""
+@pytest.fixture(scope="module", params=SEEDS)
+def zheng_quarter(request, zheng_raw) -> dict:
+    """One default model per seed on three quarters of Zheng (panel and layout fitted on those cells alone), and
+    subtype macro-F1 of it and of a class-balanced logistic regression on the same panel's log1p(CP10k), on the
+    held-out quarter as it is and binomially thinned to 30 % of its counts. Shared by the tests below, so each
+    seed trains once."""
     from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.data.panel import open_on_panel
+    from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
+    from cellpix.steps.imaging.layout import fit_layout
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
+    from cellpix.steps.train.trainer import TrainConfig, train
 
-    ours, linear, _ = cellpix_and_linear(zheng_ref, resolve_hierarchy("pbmc-sorted"), seed, epochs=12)
-    print(f"seed {seed}: cellpix {ours:.3f}, logistic regression {linear:.3f}")
-    assert ours >= linear - 0.03
-    assert ours > 0.75
+    seed = request.param
+    labels = zheng_raw.obs["cell_type"].astype(str).to_numpy()
+    train_rows, test_rows = split(labels, 0.25)
+    ref = prepare_reference(zheng_raw[np.sort(train_rows)].copy(), QCOptions(n_top_genes=3000))
+    held_out = zheng_raw[np.sort(test_rows)].copy()
+    thinned = held_out.copy()
+    thinned.X = np.random.default_rng(seed).binomial(held_out.X.toarray().astype(np.int64), 0.3).astype(np.float32)
+    layout = fit_layout(ref, method="pca", symbol_column="gene_symbol", max_cells=600)
+    model = train(ref, layout, resolve_hierarchy("pbmc-sorted"), "cell_type", TrainConfig(seed=seed), progress=False)
+    linear = LogisticRegression(max_iter=500, class_weight="balanced").fit(dense(ref), ref.obs["cell_type"])
+    truth = held_out.obs["cell_type"].astype(str).to_numpy()
+    scores = {"seed": seed}
+    for name, query in (("as is", held_out), ("thinned", thinned)):
+        called = annotate_adata(query, [model], AnnotateOptions(progress=False)).obs["cellpix_subtype"].astype(str)
+        reader = open_on_panel(query, layout.genes, layout.symbols)
+        scores[name] = (f1_score(truth, called, average="macro"),
+                        f1_score(truth, linear.predict(reader.rows(0, reader.n_obs).toarray()), average="macro"))
+    print(f"seed {seed}: cellpix {scores['as is'][0]:.3f} -> {scores['thinned'][0]:.3f} thinned, logistic "
+          f"regression {scores['as is'][1]:.3f} -> {scores['thinned'][1]:.3f}")
+    return scores
+
+
+@pytest.mark.slow
+def test_default_beats_a_logistic_regression_on_zheng(zheng_quarter):
+    """The old trunk-only default lost 0.09 subtype macro-F1 to this peer (0.75 vs 0.84 on a Zheng fold); the
+    read-out on log1p(CP10k) pixels lost 0.01-0.03; on shifted-log pixels, trained to the end of its schedule, it
+    scored 0.856 / 0.866 (seeds 0 / 1) against 0.831 here."""
+    ours, linear = zheng_quarter["as is"]
+    assert ours > linear + 0.01
+    assert ours > 0.84
+
+
+@pytest.mark.slow
+def test_a_shallower_query_costs_cellpix_no_more_than_the_linear_peer(zheng_quarter):
+    """The issue's depth shift: the held-out cells' counts thinned to 30 %. On the 5 Zheng folds (python -m
+    benchmarks shift) subtype macro-F1 fell 0.063 for the default against 0.091 for the logistic regression, less
+    on every fold. On this one split and 3,000-gene panel the two drops are closer (seed 0: 0.113 against 0.110,
+    seed 1 smaller than the regression's), so the drop is allowed the 0.01 a seed moves the score; what must hold
+    is that the thinned query is called better than the regression calls it (log1p pixels lost there: 0.748
+    against 0.760 in python -m benchmarks.probe_pixels)."""
+    ours_drop = zheng_quarter["as is"][0] - zheng_quarter["thinned"][0]
+    linear_drop = zheng_quarter["as is"][1] - zheng_quarter["thinned"][1]
+    assert ours_drop <= linear_drop + 0.01
+    assert zheng_quarter["thinned"][0] > zheng_quarter["thinned"][1]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -71,7 +119,7 @@ def test_a_180_cell_reference_trains(seed):
     from cellpix.steps.integrate.reference import QCOptions, prepare_reference
 
     ref = prepare_reference(ad.read_h5ad(require(PURAM)), QCOptions(n_top_genes=3000))
-    ours, linear, validation = cellpix_and_linear(ref, Hierarchy.from_yaml(PURAM_HIERARCHY), seed, epochs=20)
+    ours, linear, validation = cellpix_and_linear(ref, Hierarchy.from_yaml(PURAM_HIERARCHY), seed, epochs=None)
     print(f"seed {seed}: cellpix {ours:.3f}, logistic regression {linear:.3f}, validation {validation}")
     assert ours >= linear - 0.05
     assert ours > 0.8  # 9 types: chance is about 0.11
@@ -93,7 +141,8 @@ def zheng_on_pbmc68k_genes(zheng_raw):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_the_default_transfers_to_another_pbmc_dataset_as_well_as_a_linear_peer(zheng_on_pbmc68k_genes, seed):
     """Trained on Zheng, applied to pbmc68k_reduced: lineage accuracy was 0.65 against the regression's 0.74 before
-    the read-out got class weights and its own weight decay (benchmarks/probe_cross_training.py)."""
+    the read-out got class weights and its own weight decay, and 0.87-0.89 on shifted-log pixels
+    (python -m benchmarks.probe_pixels)."""
     from cellpix.core.hierarchy import resolve_hierarchy
     from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
     from cellpix.steps.imaging.layout import fit_layout

@@ -3,7 +3,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from cellpix.core.layout import GeneLayout
+from cellpix.core.layout import DEFAULT_PSEUDO_COUNT, GeneLayout
 from cellpix.core.render import ImageRenderer
 
 
@@ -21,12 +21,33 @@ def test_render_inverse_returns_scaled_vector(zheng_ref, zheng_layout):
     images = renderer.render_csr(block)
     assert images.shape == (200, 1, zheng_layout.size, zheng_layout.size)
     scaled = renderer.scale(torch.as_tensor(block.toarray()))
-    assert torch.equal(renderer.inverse(images), scaled)
+    # The CSR path takes the shifted logarithm in NumPy, the dense path in torch: the two libraries' expm1/log1p
+    # may differ in the last bit of a float32.
+    assert torch.allclose(renderer.inverse(images), scaled, rtol=0, atol=1e-6)
     dense_images = renderer(torch.as_tensor(block.toarray()))
-    assert torch.equal(dense_images, images)  # CSR and dense paths agree
+    assert torch.allclose(dense_images, images, rtol=0, atol=1e-6)  # CSR and dense paths agree
     three = ImageRenderer(zheng_layout, channels=3).render_csr(block)
     assert three.shape[1] == 3 and torch.equal(three[:, 1], images[:, 0])
     assert torch.allclose(ImageRenderer(zheng_layout, channels=3).inverse(three, "sum"), 3 * scaled)
+
+
+def test_pixels_are_the_shifted_log_min_max_scaled(zheng_ref, zheng_layout):
+    """A pixel is log(1 + CP10k / k) scaled by the reference's per-gene range; k = 1 is log1p(CP10k) as it is."""
+    from dataclasses import replace
+
+    block = zheng_ref.X[:100]
+    values = block.toarray()
+    for k in (1.0, zheng_layout.pseudo_count):
+        layout = replace(zheng_layout, pseudo_count=k)
+        compressed = np.log1p(np.expm1(values.astype(np.float64)) / k)
+        low = np.log1p(np.expm1(layout.gene_min.astype(np.float64)) / k)
+        high = np.log1p(np.expm1(layout.gene_max.astype(np.float64)) / k)
+        expected = np.clip((compressed - low) / np.where(high > low, high - low, 1.0), 0, 1)
+        got = ImageRenderer(layout).inverse(ImageRenderer(layout).render_csr(block)).numpy()
+        assert np.allclose(got, expected, atol=1e-5)
+    assert zheng_layout.pseudo_count == DEFAULT_PSEUDO_COUNT  # what fit_layout uses unless told
+    assert GeneLayout.from_dict({**zheng_layout.to_dict(), "scaling": {
+        k: v for k, v in zheng_layout.to_dict()["scaling"].items() if k != "pseudo_count"}}).pseudo_count == 1.0
 
 
 def test_layout_file_round_trip_renders_identically(tmp_path, zheng_ref, zheng_layout):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -17,7 +16,7 @@ from cellpix.errors import InputDataError
 from cellpix.steps.integrate.methods import MissingDependencyError
 from cellpix.steps.integrate.query import QueryOptions, integrate_query, load_reference_panel
 from cellpix.steps.integrate.reference import QCOptions, prepare_reference
-from tests.conftest import R_REQUIRED, ROOT, SHARED, require
+from tests.conftest import R_REQUIRED, ROOT, SHARED, require, seurat_available
 
 KANG = SHARED / "kang2018_pbmc_ifnb.h5ad"
 CELLPIX = [sys.executable, "-m", "cellpix"]
@@ -92,8 +91,9 @@ METHODS = ["combat", "harmony", "scanorama", "seurat"]
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_reduces_the_ctrl_stim_separation(method, kang, reference_path):
     reference = load_reference_panel(reference_path, max_cells=600)
-    if method == "seurat" and shutil.which("R") is None and not R_REQUIRED:
-        # Without R (.ci/run installs it) the method must refuse up front and say how to install R and Seurat.
+    if method == "seurat" and not R_REQUIRED and not seurat_available():
+        # Without R, Seurat or rpy2 (.ci/run installs them) the method must refuse up front and say how to install
+        # them.
         with pytest.raises(MissingDependencyError, match="apt-get install r-base-core r-cran-seurat"):
             integrate_query(kang, reference, QueryOptions(method=method, batch_key="condition"))
         return

@@ -137,3 +137,28 @@ def test_shift_guards_fire_on_shifted_queries_and_stay_quiet_on_a_held_out_fold(
         annotate(cut, model)
     forced = annotate(cut, model, force=True)
     assert forced.uns["cellpix"]["shift"]["other_scale"]
+
+
+@pytest.mark.slow
+def test_a_shifted_query_is_not_called_novel_wholesale(setting, query_panel_model):
+    """A query shifted as a whole raises the out-of-reference threshold: thinned to 30 % of its counts, a fold of
+    known cells moves as a whole (53-64 % past the fixed threshold on 5 Zheng folds) and must not be called novel;
+    as it is, the fold keeps the calibrated threshold."""
+    _, _, held_out = setting
+    _, model = query_panel_model
+    space = model.reference_space
+    quiet = annotate(held_out, model)
+    assert quiet.uns["cellpix"]["reference_distance"]["query_scale"] == 1.0
+    thinned = held_out.copy()
+    thinned.X = np.random.default_rng(1).binomial(thinned.X.toarray().astype(np.int64), 0.3).astype(np.float32)
+    shallow = annotate(thinned, model)
+    applied = shallow.uns["cellpix"]["reference_distance"]
+    distance = shallow.obs["cellpix_reference_distance"].to_numpy()
+    far = shallow.obs["cellpix_novelty_reason"].astype(str).str.contains("out_of_reference").to_numpy()
+    print(f"thinned to 30 %: past the calibrated threshold {(distance > space.threshold).mean():.1%}, flagged "
+          f"{far.mean():.1%} at scale {applied['query_scale']}")
+    assert (distance > space.threshold).mean() > 0.3  # what the fixed threshold would have called novel
+    assert far.mean() < 2 * space.fpr
+    assert applied["query_scale"] == applied["query_shift"] > 1.15
+    assert applied["threshold_applied"] == pytest.approx(space.threshold * applied["query_scale"], rel=1e-3)
+    assert any("farther from the reference" in line for line in shallow.uns["cellpix"]["warnings"])

@@ -76,12 +76,13 @@ def fit_layout(reference: ad.AnnData, *, groupby: str | None = None, pixels: int
         Grid side; by default the smallest square that gives every gene its own pixel.
     **options
         Passed to :func:`cellpix.steps.imaging.layout.fit_layout` (``method``, ``max_cells``, ``discretization``,
-        ``random_state``, the manifold's own parameters such as ``perplexity``).
+        ``random_state``, ``pseudo_count``, the manifold's own parameters such as ``perplexity``).
 
     Returns
     -------
     GeneLayout
-        Gene → pixel coordinates and the per-gene min-max scaling; ``.save(path)`` writes it as JSON.
+        Gene → pixel coordinates, the pixel values' pseudo-count and the per-gene min-max scaling;
+        ``.save(path)`` writes it as JSON.
     """
     from cellpix.data.genes import find_symbol_column
     from cellpix.steps.imaging.layout import fit_layout as fit

@@ -39,6 +39,15 @@ def coverage_option(help_text: str):
                         help=help_text)
 
 
+def pseudo_count_option():
+    """``--pseudo-count``, naming the one default the layout defines (``DEFAULT_PSEUDO_COUNT``)."""
+    from cellpix.core.layout import DEFAULT_PSEUDO_COUNT
+
+    return click.option("--pseudo-count", type=click.FloatRange(min=0, min_open=True), default=None,
+                        help=f"k in the pixel value log(1 + CP10k / k), before min-max scaling (default "
+                             f"{DEFAULT_PSEUDO_COUNT:g}; the paper preset 1, i.e. log1p(CP10k)).")
+
+
 def device_option(default: str | None, help_text: str = "auto, cpu, cuda, cuda:1…"):
     return click.option("--device", default=default, show_default=default is not None, callback=_check_device,
                         help=help_text)
@@ -251,11 +260,13 @@ def integrate_methods() -> None:
 @click.option("--max-cells", type=click.IntRange(min=2), default=None,
               help="Cells (stratified) used to fit the manifold (default 2,000; the paper preset: all).")
 @click.option("--groupby", default=None, help="obs column to stratify the cell subsample by.")
+@pseudo_count_option()
 @click.option("--seed", default=0, show_default=True)
 @click.option("--write-images", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also export this many images (npz) to look at.")
 def image(reference: Path, outdir: Path, preset: str, method: str | None, perplexity: float | None, pixels: int | None,
-          discretization: str, max_cells: int | None, groupby: str | None, seed: int, write_images: int) -> None:
+          discretization: str, max_cells: int | None, groupby: str | None, pseudo_count: float | None, seed: int,
+          write_images: int) -> None:
     """Fit the gene → pixel layout (DeepInsight) on an integrated REFERENCE.
 
     Images themselves are never stored: training and annotation render them
@@ -267,7 +278,8 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
     from cellpix.steps.imaging.layout import layout_options
     from cellpix.steps.imaging.step import image_step
 
-    options = layout_options(preset, pixels=pixels, method=method, perplexity=perplexity, max_cells=max_cells)
+    options = layout_options(preset, pixels=pixels, method=method, perplexity=perplexity, max_cells=max_cells,
+                             pseudo_count=pseudo_count)
     layout = image_step(read_h5ad(reference), outdir, discretization=discretization, groupby=groupby,
                         random_state=seed, write_images=write_images, **options)
     report = layout.collision_report()
@@ -296,10 +308,14 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
               help="Trunk: any timm model name or a plugin backbone (see `cellpix backbones`); naming one turns "
                    "the trunk on.")
 @click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="Image channels.")
+@click.option("--drop-path", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="The trunk's stochastic depth, for timm backbones (the paper preset: 0.2).")
 @click.option("--pretrained", default=None, help="Local checkpoint file, or 'hub' to download (needs network).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs (default 30).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs (default: the preset's; trunk and paper may stop earlier, see --keep).")
 @click.option("--keep", type=click.Choice(["best", "last"]), default=None,
-              help="best: early stopping, the best epoch on the validation split (default); last: every epoch.")
+              help="last: train every epoch and keep the annealed end (the cpu preset); best: early stopping, the "
+                   "best epoch on the validation split (trunk and paper).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None)
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None,
               help="sgd (Nesterov momentum; the cpu and trunk presets) or adamw (the paper preset).")
@@ -310,7 +326,7 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
 @click.option("--class-weights/--no-class-weights", default=None,
               help="scTab balanced class weights in the loss (on in the cpu and trunk presets).")
 @click.option("--readout-decay", type=click.FloatRange(min=0), default=None,
-              help="L2 weight decay on the per-pixel read-out, stronger by default than the trunk's.")
+              help="L2 weight decay on the per-pixel read-out (default: the preset's).")
 @click.option("--mask-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Share of gene pixels zeroed per training image (random-masking augmentation; default 0.1). "
                    "0 turns it off, which cost 0.05 subtype macro-F1 on a Zheng fold (docs/benchmarks.md).")
@@ -318,9 +334,9 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
               help="Validation share (stratified).")
 @click.option("--val-key", default=None, help="Split validation by this obs column (donor/batch) instead.")
 @click.option("--refit/--no-refit", default=None,
-              help="After early stopping has chosen the epoch count, train again on every cell, validation "
-                   "cells included (on for the read-out alone; off when a trunk runs, as in the trunk and paper "
-                   "presets, where it would double a cost a hundred times higher).")
+              help="After the run that holds the validation cells out, train again on every cell for as many "
+                   "epochs (on for the read-out alone; off when a trunk runs, where it would double a cost a "
+                   "hundred times higher).")
 @click.option("--donor-key", default=None, help="obs column of donors: enables scTab donor augmentation.")
 @click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Early stopping on validation subtype macro-F1.")
@@ -335,8 +351,8 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
 def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: str | None,
                   hierarchy_from_obs: str | None, output: Path, preset: str, wide: bool | None,
                   deep: bool | None, backbone: str | None,
-                  channels: str | None, pretrained: str | None, epochs: int | None, keep: str | None,
-                  batch_size: int | None,
+                  channels: str | None, drop_path: float | None, pretrained: str | None, epochs: int | None,
+                  keep: str | None, batch_size: int | None,
                   optimizer: str | None, lr: float | None, loss: str | None, class_weights: bool | None,
                   readout_decay: float | None, mask_fraction: float | None,
                   val_fraction: float | None, val_key: str | None, refit: bool | None, donor_key: str | None,
@@ -355,7 +371,8 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
     tree = hierarchy_for_training(adata.obs, label_key, hierarchy, hierarchy_from_obs, reference.stem)
     config = TrainConfig.from_preset(
         preset, wide=wide, deep=deep, backbone=backbone, in_chans=int(channels) if channels else None,
-        pretrained=pretrained, epochs=epochs, keep=keep, batch_size=batch_size, optimizer=optimizer, lr=lr, loss=loss,
+        drop_path=drop_path, pretrained=pretrained, epochs=epochs, keep=keep, batch_size=batch_size,
+        optimizer=optimizer, lr=lr, loss=loss,
         class_weights=class_weights, readout_weight_decay=readout_decay, mask_fraction=mask_fraction,
         val_fraction=val_fraction, val_key=val_key, refit=refit, donor_key=donor_key,
         patience=patience, seed=seed, device=device)
@@ -577,10 +594,10 @@ def inspect(bundle: Path, as_json: bool) -> None:
 @click.option("--hierarchy", required=True, help="Registered hierarchy name or YAML file.")
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--truth", default=None, help="Query obs column to evaluate against, if known.")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (default: the cpu preset's).")
 @click.option("--use-raw", is_flag=True, default=None, help="Read both datasets from .raw.")
-def run(reference: Path, query: Path, label_key: str, hierarchy: str, outdir: Path, truth: str | None, epochs: int,
-        use_raw: bool | None) -> None:
+def run(reference: Path, query: Path, label_key: str, hierarchy: str, outdir: Path, truth: str | None,
+        epochs: int | None, use_raw: bool | None) -> None:
     """All steps: integrate, image and train on REFERENCE, then annotate (and evaluate) QUERY."""
     from cellpix.core.hierarchy import resolve_hierarchy
     from cellpix.data.io import read_h5ad
@@ -588,7 +605,7 @@ def run(reference: Path, query: Path, label_key: str, hierarchy: str, outdir: Pa
     from cellpix.steps.train.trainer import TrainConfig
 
     result = run_pipeline(read_h5ad(reference), read_h5ad(query), label_key, resolve_hierarchy(hierarchy), outdir,
-                          config=TrainConfig(epochs=epochs), use_raw=use_raw, truth_key=truth)
+                          config=TrainConfig.from_preset("cpu", epochs=epochs), use_raw=use_raw, truth_key=truth)
     click.echo(json.dumps(result.metrics, indent=2, default=float))
 
 
@@ -596,9 +613,9 @@ def run(reference: Path, query: Path, label_key: str, hierarchy: str, outdir: Pa
 @threads_option
 @click.option("-o", "--outdir", default="cellpix-demo", show_default=True,
               type=click.Path(file_okay=False, path_type=Path))
-@click.option("--epochs", type=click.IntRange(min=1), default=25, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (default: the cpu preset's).")
 @click.option("--quiet", is_flag=True)
-def demo(outdir: Path, epochs: int, quiet: bool) -> None:
+def demo(outdir: Path, epochs: int | None, quiet: bool) -> None:
     """Train on 80 % of scanpy's bundled pbmc68k_reduced and annotate the rest (offline, a few minutes)."""
     from cellpix.pipeline import run_demo
 

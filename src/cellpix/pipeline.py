@@ -100,14 +100,18 @@ def demo_split(adata: ad.AnnData, label_key: str, query_fraction: float = 0.2, s
     return adata[np.sort(ref_idx)].copy(), adata[np.sort(query_idx)].copy()
 
 
-def run_demo(outdir: str | Path = "cellpix-demo", epochs: int = 25, progress: bool = True) -> PipelineResult:
-    """Train on 80 % of scanpy's bundled pbmc68k_reduced and annotate the other 20 % (no network needed)."""
+def run_demo(outdir: str | Path = "cellpix-demo", epochs: int | None = None, progress: bool = True
+             ) -> PipelineResult:
+    """Train on 80 % of scanpy's bundled pbmc68k_reduced and annotate the other 20 % (no network needed).
+
+    ``epochs`` None trains the default's schedule; 15 % of the 560 reference cells (rather than 10 %) score it and
+    calibrate its novelty thresholds."""
     import scanpy as sc
 
     adata = sc.datasets.pbmc68k_reduced()
     reference, query = demo_split(adata, "bulk_labels")
     hierarchy = resolve_hierarchy("pbmc-sorted")
     qc = QCOptions(min_genes=50, min_cells=3, n_top_genes=5000)
-    config = TrainConfig(epochs=epochs, batch_size=32, patience=8, val_fraction=0.15)
+    config = TrainConfig(val_fraction=0.15, **({"epochs": epochs} if epochs else {}))
     return run_pipeline(reference, query, "bulk_labels", hierarchy, outdir, qc=qc, config=config, use_raw=True,
                         truth_key="bulk_labels", progress=progress)

@@ -1,5 +1,6 @@
-"""The gene layout: which pixel each panel gene takes, and the per-gene min-max scaling fitted on the
-reference. Fitted by the imaging step (:func:`cellpix.steps.imaging.layout.fit_layout`); read by every step after it.
+"""The gene layout: which pixel each panel gene takes, and how a gene's value becomes a pixel value (a shifted
+logarithm, then the per-gene min-max scaling fitted on the reference). Fitted by the imaging step
+(:func:`cellpix.steps.imaging.layout.fit_layout`); read by every step after it.
 """
 
 from __future__ import annotations
@@ -12,11 +13,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellpix.data.io import write_text_atomic
 from cellpix.errors import CellpixError
 
 LAYOUT_SCHEMA = "cellpix.layout/1"
 DISCRETIZATIONS = ("lsa", "bin", "qtb", "sla", "ags")
+# A pixel holds log(1 + CP10k / k), min-max scaled per gene: k is a pseudo-count in counts per 10,000, and k = 1 is
+# the usual log1p(CP10k). Why 100: log1p(CP10k) makes a gene's first UMI (about 7 CP10k at 1,400 UMIs a cell) most
+# of its range, so a classifier reads detection events, which sampling depth decides, more than expression levels.
+# With k = 100 (about 1 % of a cell's UMIs), on the Zheng sorted PBMC (5 folds) the per-pixel read-out rose from
+# subtype macro-F1 0.836 to 0.862, from 0.748 to 0.797 on test folds thinned to 30 % of their counts, and from 0.761
+# to 0.910 lineage accuracy on Kang 2018 control PBMC (a logistic regression on the same pixels: 0.868 / 0.795 /
+# 0.806); k = 30 scored alike, k = 1,000 lower on a small reference (Puram accuracy 0.925 against 0.950)
+# (`python -m benchmarks.probe_pixels`, seed 0).
+DEFAULT_PSEUDO_COUNT = 100.0
 
 
 @dataclass
@@ -34,8 +43,14 @@ class GeneLayout:
     discretization: str = "lsa"
     params: dict[str, Any] = field(default_factory=dict)
     fit_info: dict[str, Any] = field(default_factory=dict)
+    # 1: pixels are min-max scaled log1p(CP10k), as in layouts written before the pseudo-count existed; new layouts
+    # get DEFAULT_PSEUDO_COUNT from fit_layout.
+    pseudo_count: float = 1.0
 
     def __post_init__(self) -> None:
+        self.pseudo_count = float(self.pseudo_count)
+        if not (np.isfinite(self.pseudo_count) and self.pseudo_count > 0):
+            raise CellpixError(f"layout: the pseudo-count must be a positive number, got {self.pseudo_count}")
         self.rows = np.asarray(self.rows, dtype=np.int64)
         self.cols = np.asarray(self.cols, dtype=np.int64)
         self.gene_min = np.asarray(self.gene_min, dtype=np.float32)
@@ -91,7 +106,9 @@ class GeneLayout:
             "symbols": list(self.symbols) if self.symbols else None,
             "rows": self.rows.tolist(),
             "cols": self.cols.tolist(),
-            "scaling": {"method": "minmax", "min": self.gene_min.tolist(), "max": self.gene_max.tolist()},
+            # min and max are in the panel's log1p(CP10k) units; the renderer applies the pseudo-count to both
+            "scaling": {"method": "minmax", "min": self.gene_min.tolist(), "max": self.gene_max.tolist(),
+                        "pseudo_count": self.pseudo_count},
         }
 
     @classmethod
@@ -111,9 +128,12 @@ class GeneLayout:
             discretization=data.get("discretization", "unknown"),
             params=data.get("params", {}),
             fit_info=data.get("fit_info", {}),
+            pseudo_count=data["scaling"].get("pseudo_count", 1.0),
         )
 
     def save(self, path: str | Path) -> None:
+        from cellpix.data.io import write_text_atomic  # anndata: not needed to read a layout, nor by the CLI's start
+
         write_text_atomic(path, json.dumps(self.to_dict()))
 
     @classmethod

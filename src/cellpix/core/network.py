@@ -26,6 +26,8 @@ class ModelConfig:
     wide_hidden: int = 0
     # Whether the convolutional trunk runs at all (``False`` is the ablation "wide path alone").
     deep: bool = True
+    # The trunk's stochastic depth (timm's drop_path_rate; the paper's EfficientNet-B5: 0.2); 0 in older bundles.
+    drop_path: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,8 +118,8 @@ class HierarchicalClassifier(nn.Module):
         self.config = config
         self.n_base = len(hierarchy.bases)
         self.branching = [i for i, b in enumerate(hierarchy.bases) if not b.is_terminal]
-        self.backbone = resolve_backbone(config.backbone).create(config.in_chans, pretrained) if config.deep \
-            else None
+        self.backbone = resolve_backbone(config.backbone).create(config.in_chans, pretrained, config.drop_path) \
+            if config.deep else None
         n_subtypes = [len(hierarchy.bases[i].subtypes) for i in self.branching]
         self.wide = PixelLogits(config.pixels, self.n_base, n_subtypes, config.wide_hidden, config.dropout) \
             if config.wide else None

@@ -24,7 +24,6 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
-from torch.fx.experimental.optimization import fuse
 
 from cellpix.core.hierarchy import Hierarchy
 from cellpix.core.network import HierarchicalClassifier
@@ -65,6 +64,8 @@ def inference_copy(model: HierarchicalClassifier) -> nn.Module:
     clone = copy.deepcopy(model).eval()
     if clone.backbone is None:  # the wide path alone has no convolution to fold
         return clone
+    from torch.fx.experimental.optimization import fuse  # torch.fx: only a trunk needs it
+
     try:
         clone.backbone = fuse(clone.backbone, inplace=True)
     except Exception:  # torch.fx signals untraceable code with several exception types (TraceError, TypeError)

@@ -17,12 +17,24 @@ from torch import nn
 from cellpix.core.layout import GeneLayout
 
 
+def shifted_log(values: np.ndarray, pseudo_count: float) -> np.ndarray:
+    """log(1 + CP10k / k) from log1p(CP10k) values (k = ``pseudo_count``; k = 1 returns them as they are).
+
+    Monotone and zero at zero, so the CSR path can apply it to stored values alone.
+    """
+    if pseudo_count == 1.0:
+        return values
+    return np.log1p(np.expm1(values) / pseudo_count).astype(values.dtype, copy=False)
+
+
 class ImageRenderer(nn.Module):
     """Map ``(batch, n_genes)`` expression (panel order) to ``(batch, channels, size, size)`` images.
 
-    Values are min-max scaled with the reference's per-gene range and clipped
-    to [0, 1]. Genes absent from a query are simply zero columns. With more
-    than one channel the grey image is repeated, as in the paper.
+    Expression comes as log1p(CP10k); a pixel holds log(1 + CP10k / k) with
+    the layout's pseudo-count k (see :data:`cellpix.core.layout.DEFAULT_PSEUDO_COUNT`),
+    min-max scaled with the reference's per-gene range and clipped to [0, 1].
+    Genes absent from a query are simply zero columns. With more than one
+    channel the grey image is repeated, as in the paper.
     """
 
     def __init__(self, layout: GeneLayout, channels: int = 1) -> None:
@@ -33,9 +45,11 @@ class ImageRenderer(nn.Module):
         self.channels = channels
         self.n_genes = layout.n_genes
         pixel = torch.as_tensor(layout.pixel_index, dtype=torch.long)
-        span = np.where(layout.gene_max > layout.gene_min, layout.gene_max - layout.gene_min, 1.0)
+        self.pseudo_count = layout.pseudo_count
+        low, high = shifted_log(layout.gene_min, self.pseudo_count), shifted_log(layout.gene_max, self.pseudo_count)
+        span = np.where(high > low, high - low, 1.0)
         self.register_buffer("pixel", pixel, persistent=False)
-        self.register_buffer("gene_min", torch.as_tensor(layout.gene_min, dtype=torch.float32), persistent=False)
+        self.register_buffer("gene_min", torch.as_tensor(low, dtype=torch.float32), persistent=False)
         self.register_buffer("gene_scale", torch.as_tensor(1.0 / span, dtype=torch.float32), persistent=False)
         self.unique_pixels = bool(len(np.unique(layout.pixel_index)) == layout.n_genes)
         # Genes sharing a pixel (non-lsa layouts) are averaged, as pyDeepInsight does.
@@ -43,13 +57,15 @@ class ImageRenderer(nn.Module):
         self.register_buffer("pixel_count", counts, persistent=False)
         # NumPy copies for the CSR path (see render_csr).
         self._pixel_np = np.ascontiguousarray(layout.pixel_index, dtype=np.int64)
-        self._min_np = np.asarray(layout.gene_min, dtype=np.float32)
+        self._min_np = np.asarray(low, dtype=np.float32)
         self._scale_np = np.asarray(1.0 / span, dtype=np.float32)
         self._has_min = bool((self._min_np != 0).any())
 
     # -- forward -----------------------------------------------------------------
     def scale(self, expression: torch.Tensor) -> torch.Tensor:
-        """Per-gene min-max scaling into [0, 1]."""
+        """log1p(CP10k) → the shifted logarithm → per-gene min-max scaling into [0, 1]."""
+        if self.pseudo_count != 1.0:
+            expression = torch.log1p(torch.expm1(expression) / self.pseudo_count)
         return ((expression - self.gene_min) * self.gene_scale).clamp_(0.0, 1.0)
 
     def forward(self, expression: torch.Tensor, gene_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -132,6 +148,7 @@ class ImageRenderer(nn.Module):
         grid_size = self.size * self.size
         flat = np.take(self._pixel_np, genes)
         flat += np.repeat(np.arange(0, (stop - start) * grid_size, grid_size, dtype=np.int64), np.diff(indptr))
+        data = shifted_log(np.asarray(data, dtype=np.float32), self.pseudo_count)
         values = np.take(self._scale_np, genes)
         values *= data - np.take(self._min_np, genes) if self._has_min else data
         np.clip(values, 0.0, 1.0, out=values)

@@ -51,9 +51,11 @@ class TrainedModel:
         return {"network": self.model.config.describe(), "checksum_sha256": self.checksum,
                 "hierarchy": self.hierarchy.name, "base_types": len(self.hierarchy.bases),
                 "labels": len(self.space.labels), "genes": self.layout.n_genes,
-                "image": f"{self.layout.size}x{self.layout.size}", "reference": training.get("reference", ""),
+                "image": f"{self.layout.size}x{self.layout.size}",
+                "pixel_values": f"log(1 + CP10k / {self.layout.pseudo_count:g}), min-max scaled per gene",
+                "reference": training.get("reference", ""),
                 "cells": training.get("n_cells"), "epochs_run": training.get("epochs_run"),
-                "best_epoch": training.get("best_epoch"), "validation": training.get("validation_metrics", {}),
+                "kept_epoch": training.get("kept_epoch"), "validation": training.get("validation_metrics", {}),
                 # the validation scores are the held-out first run's; a refit model has also seen those cells
                 "refit_on_all_cells": bool(training.get("refit")),
                 "training_warnings": list(training.get("warnings", [])),

@@ -135,20 +135,38 @@ def _reference_distance(model: TrainedModel, panel) -> np.ndarray:
 
 
 def novelty_flags(pred: Predictions, space: LabelSpace, models: list[TrainedModel], rule: str,
-                  distance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``cellpix_is_novel`` and its reason (``subtype``, ``out_of_reference``, both, or empty).
+                  distance: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """``cellpix_is_novel``, its reason (``subtype``, ``out_of_reference``, both, or empty) and how the distance
+    threshold was set for this query.
 
     The subtype rule is the paper's score against its calibrated (or per-query percentile) threshold. Under the
     calibrated rule a cell is also novel when its distance to the reference cells exceeds the threshold
-    calibrated on the reference's validation cells: that is what finds a lineage the reference lacks, which
-    the subtype score cannot (it is zero for a terminal type). The published percentile rule stays as published.
+    calibrated on the reference's validation cells, raised when the query as a whole is shifted from the reference
+    (:meth:`cellpix.core.reference_space.ReferenceSpace.query_threshold`): that is what finds a lineage the
+    reference lacks, which the subtype score cannot (it is zero for a terminal type). The published percentile rule
+    stays as published.
     """
     by_subtype = _flags(pred, space, models, rule)
-    threshold = models[0].reference_space.threshold if models[0].reference_space is not None else np.inf
+    reference = models[0].reference_space
+    threshold, scale = reference.query_threshold(distance) if reference is not None else (np.inf, 1.0)
     far = (distance > threshold) if rule == "calibrated" else np.zeros(len(distance), dtype=bool)
     reason = np.select([by_subtype & far, by_subtype, far], ["subtype,out_of_reference", "subtype",
                                                              "out_of_reference"], "")
-    return by_subtype | far, reason
+    shift = reference.query_shift(distance) if reference is not None else float("nan")
+    applied = {"query_shift": round(shift, 4) if np.isfinite(shift) else None, "query_scale": round(scale, 4),
+               "threshold_applied": round(float(threshold), 6)} if reference is not None else {}
+    return by_subtype | far, reason, applied
+
+
+def _far_query_warning(applied: dict[str, float]) -> list[str]:
+    scale = applied.get("query_scale", 1.0)
+    if scale == 1.0:
+        return []
+    return [f"even the query's nearest cells lie {scale:.2f}x farther from the reference than its own held-out "
+            "cells: the query is shifted as a whole (another batch, depth or gene panel), so the out-of-reference "
+            f"threshold of cellpix_is_novel was raised {scale:.2f}x; obs['cellpix_reference_distance'] holds the "
+            "raw distances. Batch-correcting the query onto the reference (cellpix integrate --reference) "
+            "brings it closer"]
 
 
 def _flags(pred: Predictions, space: LabelSpace, models: list[TrainedModel], rule: str) -> np.ndarray:
@@ -212,8 +230,8 @@ def _obs_frame(pred: Predictions, novel: tuple[np.ndarray, np.ndarray], space: L
                ) -> pd.DataFrame:
     """The per-cell columns. A cell with no expression on the model's genes gets no label: ``unassigned``, with
     probability 0 and the reason in ``cellpix_unassigned`` (the network would call its empty image something,
-    at high confidence). ``novel`` is :func:`novelty_flags`' pair; ``stats`` the streamed per-cell statistics
-    (detected share, mean non-zero value, distance to the reference)."""
+    at high confidence). ``novel`` is the flags and reasons of :func:`novelty_flags`; ``stats`` the streamed
+    per-cell statistics (detected share, mean non-zero value, distance to the reference)."""
     flags, reason = novel
     empty = stats[:, 0] == 0
     ids = models[0].hierarchy.ontology_ids()
@@ -243,8 +261,15 @@ def _obs_frame(pred: Predictions, novel: tuple[np.ndarray, np.ndarray], space: L
     return frame
 
 
+def _note(warnings: list[str], new: list[str]) -> list[str]:
+    """Print warnings found after the guards ran, and add them to the run's list."""
+    for line in new:
+        warn(line)
+    return [*warnings, *new]
+
+
 def _run_metadata(models: list[TrainedModel], readers: list[PanelReader], options: AnnotateOptions,
-                  n_obs: int, shift: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+                  n_obs: int, shift: dict[str, Any], warnings: list[str], applied: dict[str, float]) -> dict[str, Any]:
     return {
         "shift": shift,
         "warnings": list(warnings),
@@ -255,9 +280,9 @@ def _run_metadata(models: list[TrainedModel], readers: list[PanelReader], option
         "gene_matching": {f"model_{i}": r.report() for i, r in enumerate(readers)},
         "precision": resolve_precision(options.precision, options.device),
         "novelty_rule": options.novelty_rule,
-        # the out-of-reference score's settings and threshold (cellpix.core.reference_space); it feeds
-        # cellpix_is_novel under the calibrated rule
-        "reference_distance": dict(models[0].metadata.get("reference_space") or {"available": False}),
+        # the out-of-reference score's settings, its calibrated threshold and the threshold applied to this query
+        # (cellpix.core.reference_space); it feeds cellpix_is_novel under the calibrated rule
+        "reference_distance": {**(models[0].metadata.get("reference_space") or {"available": False}), **applied},
         "novelty_thresholds": models[0].novelty if options.novelty_rule == "calibrated" else
         {"base_quantile": 0.6, "subtype_quantile": 0.1},
         "restrict_to": ",".join(options.restrict_to or []),
@@ -279,13 +304,14 @@ def annotate_adata(adata: ad.AnnData, models: list[TrainedModel], options: Annot
     out_of_reference, shift, warnings = _guards(models, readers, pred, np.vstack([s for *_, s in parts]), options)
     space = models[0].space
     stats = np.vstack([s for *_, s in parts])
-    flags = novelty_flags(pred, space, models, options.novelty_rule, stats[:, 2])
+    *flags, applied = novelty_flags(pred, space, models, options.novelty_rule, stats[:, 2])
+    warnings = _note(warnings, _far_query_warning(applied))
     out = adata.copy()
     for column, values in _obs_frame(pred, flags, space, models, out.obs_names, out_of_reference, stats).items():
         out.obs[column] = values
     out.obsm[f"{PREFIX}base_proba"] = pred.base_proba
     out.obsm[f"{PREFIX}subtype_proba"] = pred.subtype_proba
-    out.uns["cellpix"] = _run_metadata(models, readers, options, adata.n_obs, shift, warnings)
+    out.uns["cellpix"] = _run_metadata(models, readers, options, adata.n_obs, shift, warnings, applied)
     return out
 
 
@@ -315,14 +341,15 @@ def annotate_file(query: str | Path, output: str | Path, models: list[TrainedMod
                 pred = _concat(scalars)
                 out_of_reference, shift, warnings = _guards(models, readers, pred, np.vstack(cell_stats), options)
                 stats = np.vstack(cell_stats)
-                flags = novelty_flags(pred, space, models, options.novelty_rule, stats[:, 2])
+                *flags, applied = novelty_flags(pred, space, models, options.novelty_rule, stats[:, 2])
+                warnings = _note(warnings, _far_query_warning(applied))
                 obs = adata.obs.copy()
                 new = _obs_frame(pred, flags, space, models, obs.index, out_of_reference, stats)
                 for column, values in new.items():
                     obs[column] = values
                 del f["obs"]
                 write_elem(f, "obs", obs)
-                meta = _run_metadata(models, readers, options, n, shift, warnings)
+                meta = _run_metadata(models, readers, options, n, shift, warnings, applied)
                 write_uns_entry(f, "cellpix", meta)
     finally:
         adata.file.close()

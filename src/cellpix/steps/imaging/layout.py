@@ -5,9 +5,9 @@ matrix puts genes with similar expression near each other, pyDeepInsight
 rotates the layout to fill its minimum bounding rectangle, and a linear sum
 assignment (``lsa``) gives each gene its own pixel.
 
-The layout is stored as JSON (never pickle), together with the per-gene
-min-max scaling fitted on the same reference, so that a query is rendered
-exactly as the reference was.
+The layout is stored as JSON (never pickle), together with the pixel values'
+pseudo-count and the per-gene min-max scaling fitted on the same reference,
+so that a query is rendered exactly as the reference was.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellpix import plugins
-from cellpix.core.layout import DISCRETIZATIONS, GeneLayout
+from cellpix.core.layout import DEFAULT_PSEUDO_COUNT, DISCRETIZATIONS, GeneLayout
 from cellpix.errors import CellpixError, import_extra
 
 
@@ -60,9 +60,9 @@ def stratified_subsample(labels: pd.Series | None, n_obs: int, max_cells: int, s
 
 # The published layout (scHDeepInsight; docs in ../shared/docs/method.md): 224 px, one gene per pixel, t-SNE with
 # cosine distance (the built-in t-SNE's metric), perplexity 70, early exaggeration 8, PCA initialisation, fitted on
-# every reference cell rather than a subsample.
+# every reference cell rather than a subsample; pixels are min-max scaled log1p(CP10k) (pseudo-count 1).
 PAPER_LAYOUT: dict[str, Any] = {"pixels": 224, "method": "tsne", "perplexity": 70.0, "early_exaggeration": 8.0,
-                                "max_cells": None}
+                                "max_cells": None, "pseudo_count": 1.0}
 
 
 def layout_options(preset: str = "default", **given: Any) -> dict[str, Any]:
@@ -87,13 +87,16 @@ def fit_layout(
     groupby: str | None = None,
     symbol_column: str | None = None,
     random_state: int = 0,
+    pseudo_count: float = DEFAULT_PSEUDO_COUNT,
     **method_params: Any,
 ) -> GeneLayout:
     """Fit a gene layout on a log-normalised reference (genes = the panel, in ``adata.var_names`` order).
 
     The manifold is fitted on a stratified subsample of at most ``max_cells``
     cells (t-SNE of 5,000 genes is dominated by its cost in cells); the
-    min-max scaling is fitted on all cells.
+    min-max scaling is fitted on all cells. ``pseudo_count`` is k in the pixel
+    value log(1 + CP10k / k) (:data:`cellpix.core.layout.DEFAULT_PSEUDO_COUNT`
+    says why it is not 1).
     """
     ImageTransformer = import_extra("pyDeepInsight", "image", "fitting a gene layout").ImageTransformer
 
@@ -147,6 +150,7 @@ def fit_layout(
         discretization=discretization,
         params={"random_state": random_state, **method_params},
         fit_info={"n_cells_fit": len(rows_used), "n_cells_total": int(adata.n_obs), "fit_seconds": round(seconds, 2)},
+        pseudo_count=pseudo_count,
     )
 
 
