@@ -31,12 +31,12 @@ def fit(values: np.ndarray):
 
 def row(name: str, space, values: np.ndarray, unseen: np.ndarray, known: np.ndarray) -> dict:
     distance = space.distance(values)
-    threshold, scale = space.query_threshold(distance)
+    threshold, scale, shift = space.query_threshold(distance)
 
     def share(mask: np.ndarray, cut: float) -> float | None:
         return float((distance[mask] > cut).mean()) if mask.any() else None
 
-    return {"query": name, "unseen_share_of_query": float(unseen.mean()), "query_shift": space.query_shift(distance),
+    return {"query": name, "unseen_share_of_query": float(unseen.mean()), "query_shift": shift,
             "scale_applied": scale, "known_past_calibrated": share(known, space.threshold),
             "unseen_past_calibrated": share(unseen, space.threshold), "known_flagged": share(known, threshold),
             "unseen_flagged": share(unseen, threshold)}

@@ -118,6 +118,10 @@ CASES = [
     ([*TRAIN, "--batch-size", "0"], 2, "--batch-size"),
     ([*TRAIN, "--lr", "-1"], 2, "--lr"),
     ([*TRAIN, "--val-fraction", "1.5"], 2, "--val-fraction"),
+    ([*TRAIN, "--drop-path", "1"], 2, "--drop-path"),
+    ([*TRAIN, "--drop-path", "0.2"], 1, "it needs a trunk"),  # the cpu preset has none: not silently ignored
+    ([*IMAGE, "--pseudo-count", "0"], 2, "--pseudo-count"),
+    ([*IMAGE, "--pseudo-count", "-3"], 2, "--pseudo-count"),
     (["run", "reference.h5ad", "query.h5ad", "--labels", "cell_type", "--hierarchy", "pbmc-sorted", "-o", "run_out",
       "--epochs", "-1"], 2, "--epochs"),
     ([*IMAGE, "--max-cells", "0"], 2, "--max-cells"),
@@ -359,6 +363,12 @@ def test_image_paper_preset_fits_the_published_layout_options(workdir, tmp_path)
     assert result.exit_code == 0, result.output
     layout = GeneLayout.load(out / "layout.json")
     assert layout.size == 24 and layout.params["perplexity"] == 70.0 and layout.params["early_exaggeration"] == 8.0
+    assert layout.pseudo_count == 1.0  # the paper's pixels: log1p(CP10k)
+    chosen = tmp_path / "chosen"
+    result = CliRunner().invoke(cli, ["image", str(workdir / "reference_integrated.h5ad"), "-o", str(chosen),
+                                      "--method", "pca", "--pseudo-count", "30"])
+    assert result.exit_code == 0, result.output
+    assert GeneLayout.load(chosen / "layout.json").pseudo_count == 30.0
 
 
 def test_dense_float16_is_read_and_a_newer_bundle_loads_with_a_warning(workdir):

@@ -62,6 +62,21 @@ def test_truncated_foreign_and_wrong_type(tmp_path):
         ModelBundle.load(tmp_path / "missing.cellpix")
 
 
+def test_drop_path_reaches_the_timm_trunk():
+    """The paper preset's stochastic depth (0.2) is built into the EfficientNet blocks, and only when asked for."""
+    from timm.layers import DropPath
+
+    from cellpix.core.backbones import resolve_backbone
+
+    def rates(module) -> list[float]:
+        return [m.drop_prob for m in module.modules() if isinstance(m, DropPath)]
+
+    spec = resolve_backbone("efficientnet_b0")
+    asked = rates(spec.create(1, None, drop_path=0.2))
+    assert asked and 0 < max(asked) <= 0.2
+    assert not any(rates(spec.create(1, None)))
+
+
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv3_small_100", "efficientnet_b0", "test_efficientnet"])
 def test_heads_fit_every_backbone_preset(name):
     """MobileNetV3's pooled output (1,024) differs from its num_features (576); the heads must follow the output."""

@@ -91,12 +91,12 @@ class ReferenceSpace:
             return float("nan")
         return float(np.quantile(finite, SHIFT_QUANTILE)) / self.shift_reference
 
-    def query_threshold(self, distances: np.ndarray) -> tuple[float, float]:
-        """(threshold for this query, scale): the calibrated threshold, raised by :meth:`query_shift` when the
-        query is shifted as a whole (beyond :data:`SHIFT_TOLERANCE`; see the module docstring)."""
+    def query_threshold(self, distances: np.ndarray) -> tuple[float, float, float]:
+        """(threshold for this query, scale, :meth:`query_shift`): the calibrated threshold, raised by the shift
+        when the query is shifted as a whole (beyond :data:`SHIFT_TOLERANCE`; see the module docstring)."""
         shift = self.query_shift(distances)
         scale = shift if np.isfinite(shift) and shift > SHIFT_TOLERANCE else 1.0
-        return self.threshold * scale, scale
+        return self.threshold * scale, scale, shift
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f"{PREFIX}mean": self.mean, f"{PREFIX}components": self.components, f"{PREFIX}coords": self.coords}

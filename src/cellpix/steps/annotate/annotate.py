@@ -148,11 +148,11 @@ def novelty_flags(pred: Predictions, space: LabelSpace, models: list[TrainedMode
     """
     by_subtype = _flags(pred, space, models, rule)
     reference = models[0].reference_space
-    threshold, scale = reference.query_threshold(distance) if reference is not None else (np.inf, 1.0)
+    threshold, scale, shift = reference.query_threshold(distance) if reference is not None \
+        else (np.inf, 1.0, float("nan"))
     far = (distance > threshold) if rule == "calibrated" else np.zeros(len(distance), dtype=bool)
     reason = np.select([by_subtype & far, by_subtype, far], ["subtype,out_of_reference", "subtype",
                                                              "out_of_reference"], "")
-    shift = reference.query_shift(distance) if reference is not None else float("nan")
     applied = {"query_shift": round(shift, 4) if np.isfinite(shift) else None, "query_scale": round(scale, 4),
                "threshold_applied": round(float(threshold), 6)} if reference is not None else {}
     return by_subtype | far, reason, applied

@@ -173,6 +173,9 @@ class TrainConfig:
             raise CellpixError("--lr must be positive")
         if not 0 <= self.drop_path < 1:
             raise CellpixError(f"--drop-path must be in [0, 1), got {self.drop_path}")
+        if self.drop_path and not self.deep:
+            raise CellpixError("--drop-path is the trunk's stochastic depth: it needs a trunk (--deep, --backbone "
+                               "or --preset trunk/paper)")
         if self.weight_decay < 0 or self.readout_weight_decay < 0:
             raise CellpixError("weight decay must not be negative")
 
