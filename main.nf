@@ -5,7 +5,9 @@
  *   reference: integrate (panel among the queries' genes) -> image -> train     (skipped with --model)
  *   each query (a samplesheet row, or --query):
  *              integrate (onto the reference panel, --integration_method) -> split ->
- *              annotate (every shard of every query in parallel) -> merge -> explain
+ *              annotate (every shard of every query in parallel, per cell) -> merge ->
+ *              consensus (clusters of the whole query: consensus labels, unknown clusters) -> explain
+ *   the run:   one summary table of every sample (pipeline_info/cellpix_summary_mqc.tsv, MultiQC custom content)
  *
  * Every process only calls the cellpix CLI; see modules/local/cellpix/.
  */
@@ -20,7 +22,41 @@ include { CELLPIX_TRAIN     } from './modules/local/cellpix/train/main'
 include { CELLPIX_SPLIT     } from './modules/local/cellpix/split/main'
 include { CELLPIX_ANNOTATE  } from './modules/local/cellpix/annotate/main'
 include { CELLPIX_MERGE     } from './modules/local/cellpix/merge/main'
+include { CELLPIX_CONSENSUS } from './modules/local/cellpix/consensus/main'
 include { CELLPIX_EXPLAIN   } from './modules/local/cellpix/explain/main'
+
+/*
+ * A samplesheet row's h5ad: as nf-core reads it (relative to the launch directory), else relative to the
+ * samplesheet's own folder, so a samplesheet kept beside its data (the test profile's, in assets/) works from
+ * any launch directory.
+ */
+def samplePath(h5ad, sheet, sample) {
+    if (h5ad.exists()) {
+        return h5ad
+    }
+    def written = workflow.launchDir.relativize(h5ad).toString()
+    def beside = file(sheet).parent.resolve(written).normalize()
+    if (beside.exists()) {
+        return beside
+    }
+    error "Samplesheet row '${sample}': ${written} does not exist (relative paths are read from the launch directory, then from the samplesheet's folder)"
+}
+
+def summaryHeader() {
+    return [
+        "# id: 'cellpix_summary'",
+        "# section_name: 'cellpix annotation'",
+        "# description: 'One row per sample: cells, the share flagged as unlike the reference, clusters whose type the reference lacks, gene coverage and warnings.'",
+        "# plot_type: 'table'",
+        "Sample\tcells\tflagged_novel_share\tflagged_by_cluster_share\tclusters\tunknown_clusters\tgene_coverage\twarnings\tmodel_sha256",
+    ].join('\n')
+}
+
+def summaryRow(sample, json) {
+    def s = new groovy.json.JsonSlurper().parse(json)
+    return [sample, s.cells, s.flagged_novel_share, s.flagged_by_cluster_share, s.clusters, s.unknown_clusters,
+     s.gene_coverage, s.warnings.size(), s.model_checksum_sha256].join('\t')
+}
 
 workflow {
     validateParameters()
@@ -35,6 +71,7 @@ workflow {
     // Queries: [meta (id, batch_key), h5ad] per samplesheet row, checked against assets/schema_input.json.
     ch_samples = params.input
         ? channel.fromList(samplesheetToList(params.input, "${projectDir}/assets/schema_input.json"))
+            .map { meta, h5ad -> [meta, samplePath(h5ad, params.input, meta.id)] }
         : channel.of([[id: params.query_id], file(params.query, checkIfExists: true)])
 
     // Reference: integrate -> image -> train, unless a bundle is given. The panel is chosen among the genes
@@ -71,10 +108,18 @@ workflow {
         .map { meta, h5ad -> [[id: meta.query_id], h5ad] }
         .groupTuple()
     CELLPIX_MERGE(ch_annotated)
+    // Clusters belong to the whole query, never to a shard: found once, on the merged file.
+    CELLPIX_CONSENSUS(CELLPIX_MERGE.out.h5ad.combine(ch_bundle))
 
     if (!params.skip_explain) {
-        CELLPIX_EXPLAIN(CELLPIX_MERGE.out.h5ad.combine(ch_bundle))
+        CELLPIX_EXPLAIN(CELLPIX_CONSENSUS.out.h5ad.combine(ch_bundle))
     }
+
+    // The run-level table: one row per sample, in MultiQC's custom-content format (a plain TSV to anyone else).
+    CELLPIX_CONSENSUS.out.summary
+        .map { meta, json -> summaryRow(meta.id, json) }
+        .collectFile(name: 'cellpix_summary_mqc.tsv', storeDir: "${params.outdir}/pipeline_info", sort: true,
+                     seed: summaryHeader(), newLine: true)
 
     // One report of every tool version the processes emitted to the `versions` topic.
     channel.topic('versions')

@@ -182,6 +182,17 @@ def celltypist_contender(train: ad.AnnData, test: ad.AnnData) -> Outcome:
                    train_s, predict_s)
 
 
+def singler_contender(train: ad.AnnData, test: ad.AnnData) -> Outcome:
+    """SingleR 2 (Bioconductor, classic marker genes) on log1p(CP10k) of all genes (:mod:`benchmarks.singler`)."""
+    from benchmarks.singler import singler
+
+    genes = list(train.var["gene_symbol"].astype(str)) if "gene_symbol" in train.var else list(train.var_names)
+    labels, scores, _, seconds = singler(log_normalised(train), train.obs[LABEL].astype(str).to_numpy(),
+                                         log_normalised(test), genes)
+    classes = list(scores.columns)
+    return Outcome(labels, scores.to_numpy(), classes, seconds, 0.0)
+
+
 def sctab_mlp(train: ad.AnnData, test: ad.AnnData, epochs: int = 30, seed: int = 0) -> Outcome:
     """An scTab-style MLP: log1p(CP10k) of all genes, class-weighted cross-entropy, dropout, AdamW."""
     torch.manual_seed(seed)
@@ -351,7 +362,6 @@ def cross_dataset(epochs: int | None = None, max_reference_cells: int | None = N
     scores and reported as the share flagged novel. A class-balanced logistic regression on the same panel and
     values runs beside cellpix.
     """
-    from sklearn.linear_model import LogisticRegression
 
     from cellpix.core.hierarchy import resolve_hierarchy
     from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
@@ -376,25 +386,97 @@ def cross_dataset(epochs: int | None = None, max_reference_cells: int | None = N
         out = annotate_adata(query.adata, [model], AnnotateOptions(use_raw=query.use_raw, progress=False))
         setting = f"Zheng 2017 sorted ({reference.n_obs:,} cells, {ref.n_vars:,}-gene panel)"
         coverage = out.uns["cellpix"]["gene_matching"]["model_0"]["coverage"]
-        novel = out.obs["cellpix_is_novel"].to_numpy()
-        distance = out.obs["cellpix_reference_distance"].to_numpy()
-        scored = query.known | query.unseen
-        rows.append({"contender": f"cellpix default ({model.model.config.describe()}), {config.epochs} ep",
-                     "reference": setting, **cross_scores(query, out.obs["cellpix_subtype"].astype(str).to_numpy(),
-                                                          coverage),
-                     "unseen_cells": int(query.unseen.sum()),
-                     "unseen_cells_flagged_novel": float(novel[query.unseen].mean()) if query.unseen.any() else None,
-                     "known_cells_flagged_novel": float(novel[query.known].mean()),
-                     "unseen_distance_auroc": roc_auc_score(query.unseen[scored], distance[scored])
-                     if query.unseen.any() else None,
+        name = f"cellpix default ({model.model.config.describe()}), {config.epochs} ep"
+        rows.append({"contender": name, "reference": setting,
+                     **cross_scores(query, out.obs["cellpix_subtype"].astype(str).to_numpy(), coverage),
+                     **novelty_scores(query, out.obs["cellpix_is_novel"].to_numpy(dtype=bool),
+                                      out.obs["cellpix_reference_distance"].to_numpy()),
                      "query_shift": out.uns["cellpix"]["reference_distance"].get("query_shift"), "train_s": train_s})
-        # The same panel and values for a linear peer: the gap between the two is the method's, not the data's.
-        start = time.perf_counter()
-        linear = LogisticRegression(max_iter=300, class_weight="balanced").fit(ref.X, ref.obs[LABEL].astype(str))
-        train_s = time.perf_counter() - start
-        values = panel_log_values(query.adata, ref, use_raw=query.use_raw)
-        rows.append({"contender": "logistic regression (balanced, same genes and values)", "reference": setting,
-                     **cross_scores(query, linear.predict(values), 1.0), "train_s": train_s})
-        for row in rows[-2:]:
+        rows.append({"contender": f"{name}, cluster consensus (cellpix_label)", "reference": setting,
+                     **cross_scores(query, out.obs["cellpix_consensus_subtype"].astype(str).to_numpy(), coverage),
+                     **novelty_scores(query, out.obs["cellpix_is_novel"].to_numpy(dtype=bool),
+                                      out.obs["cellpix_cluster_novelty"].to_numpy()),
+                     "train_s": train_s})
+        rows += peer_rows(query, reference, ref, setting)
+        for row in rows[-5:]:
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     return pd.DataFrame(rows)
+
+
+def novelty_scores(query: CrossQuery, flagged: np.ndarray, score: np.ndarray) -> dict[str, Any]:
+    """Share of unseen and known cells flagged, and the AUROC of ``score`` (higher: less like the reference)."""
+    scored = query.known | query.unseen
+    finite = np.isfinite(score)
+    return {"unseen_cells": int(query.unseen.sum()),
+            "unseen_cells_flagged_novel": float(flagged[query.unseen].mean()) if query.unseen.any() else None,
+            "known_cells_flagged_novel": float(flagged[query.known].mean()) if flagged is not None else None,
+            "unseen_auroc": roc_auc_score(query.unseen[scored & finite], score[scored & finite])
+            if query.unseen.any() and finite[scored].any() else None}
+
+
+def peer_rows(query: CrossQuery, raw_reference: ad.AnnData, panel_reference: ad.AnnData, setting: str
+              ) -> list[dict[str, Any]]:
+    """The logistic regression on cellpix's panel and values, SingleR on every shared gene, CellTypist retrained
+    on every shared gene with and without its majority voting: each peer's lineage accuracy and novelty AUROC."""
+    from sklearn.linear_model import LogisticRegression
+
+    from benchmarks import singler as singler_peer
+
+    rows = []
+    start = time.perf_counter()
+    linear = LogisticRegression(max_iter=300, class_weight="balanced").fit(panel_reference.X,
+                                                                           panel_reference.obs[LABEL].astype(str))
+    values = panel_log_values(query.adata, panel_reference, use_raw=query.use_raw)
+    proba = linear.predict_proba(values)
+    rows.append({"contender": "logistic regression (balanced, same genes and values)", "reference": setting,
+                 **cross_scores(query, linear.classes_[proba.argmax(1)], 1.0),
+                 **novelty_scores(query, np.zeros(len(proba), bool), 1 - proba.max(1)),
+                 "train_s": time.perf_counter() - start})
+    # every Zheng gene the query has, for the peers that choose their own genes
+    everything = panel_log_values(query.adata, raw_reference, use_raw=query.use_raw)
+    shared = np.flatnonzero(np.asarray((everything != 0).sum(axis=0)).ravel() > 0)
+    ref_values = log_normalised(raw_reference)[:, shared]
+    genes = list(raw_reference.var["gene_symbol"].astype(str).to_numpy()[shared])
+    labels = raw_reference.obs[LABEL].astype(str).to_numpy()
+    if singler_peer.available():
+        predicted, _, delta, seconds = singler_peer.singler(ref_values, labels, sp.csr_matrix(everything[:, shared]),
+                                                            genes)
+        rows.append({"contender": "SingleR 2 (classic markers, all shared genes)", "reference": setting,
+                     **cross_scores(query, predicted, 1.0),
+                     **novelty_scores(query, np.zeros(len(predicted), bool), -delta), "train_s": seconds})
+    rows += celltypist_rows(query, ref_values, labels, sp.csr_matrix(everything[:, shared]), genes, setting)
+    return rows
+
+
+def celltypist_rows(query: CrossQuery, ref_values: sp.csr_matrix, labels: np.ndarray, values: sp.csr_matrix,
+                    genes: list[str], setting: str) -> list[dict[str, Any]]:
+    """CellTypist retrained on the shared genes; per cell, and with its majority voting over its own clusters."""
+    try:
+        import celltypist
+    except ImportError:
+        return []
+    train_data = ad.AnnData(X=ref_values, obs=pd.DataFrame({LABEL: labels}))
+    test_data = ad.AnnData(X=values)
+    train_data.var_names = test_data.var_names = genes
+    train_data.var_names_make_unique()
+    test_data.var_names_make_unique()
+    start = time.perf_counter()
+    import importlib
+    from unittest.mock import patch
+
+    import sklearn
+
+    training_module = importlib.import_module("celltypist.train")
+    with patch.object(training_module, "LogisticRegression", OvRLogisticRegression) if \
+            tuple(map(int, sklearn.__version__.split(".")[:2])) >= (1, 8) else nullcontext():
+        model = celltypist.train(train_data, labels=LABEL, feature_selection=True, n_jobs=2, check_expression=False)
+    result = celltypist.annotate(test_data, model=model, majority_voting=True)
+    seconds = time.perf_counter() - start
+    per_cell = result.predicted_labels["predicted_labels"].astype(str).to_numpy()
+    voted = result.predicted_labels["majority_voting"].astype(str).to_numpy()
+    top = result.probability_matrix.to_numpy().max(1)
+    return [{"contender": "CellTypist 1.7 (retrained, all shared genes)", "reference": setting,
+             **cross_scores(query, per_cell, 1.0), **novelty_scores(query, np.zeros(len(top), bool), 1 - top),
+             "train_s": seconds},
+            {"contender": "CellTypist 1.7, majority voting", "reference": setting, **cross_scores(query, voted, 1.0),
+             "train_s": seconds}]

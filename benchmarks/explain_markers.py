@@ -1,11 +1,10 @@
-"""Does SHAP find the canonical lineage markers, and how does the training loss change that?
+"""Does SHAP name the canonical lineage markers, and no housekeeping gene, with the default options?
 
-The explain issue's evidence: on a model trained on Zheng, the top 20 genes of
-at least 4 of the 5 lineages include a canonical marker. This run trains the
-shipped default (on 3,000 HVG plus the markers) once per loss and seed,
-explains the base level on 60 cells per lineage, and records each marker's rank
-by mean signed SHAP, so the AHFL-vs-CE difference the README describes can be
-re-measured.
+The target: on a model trained on Zheng, every lineage's top 10 genes include a canonical marker and none is
+broadly expressed (ribosomal, mitochondrial, B2M, EEF1A1 ...). This run trains the shipped default (on 3,000 HVG
+plus the markers) once per loss and seed, explains the base level on 60 cells per lineage with the default
+background and ranking, and records each marker's rank in the table's order and any housekeeping gene in a
+lineage's top 10.
 """
 
 from __future__ import annotations
@@ -24,9 +23,10 @@ MARKERS = {
     "NK cell": ("GNLY", "NKG7", "KLRD1"),
     "CD14+": ("CD14", "LYZ", "S100A8", "S100A9"),
     "T cell": ("CD3D", "CD3E", "IL7R"),
-    "CD34+": ("CD34",),
+    "CD34+": ("CD34", "SPINK2", "PRSS57"),  # CD34 mRNA is sparse in 10x data; Azimuth's HSPC markers beside it
 }
-TOP = 20
+TOP = 10
+HOUSEKEEPING = r"^(RP[SL]\d|RPLP|MT-|B2M$|EEF1A1$|EEF2$|ACTB$|TMSB4X$|TMSB10$|GAPDH$|FTL$|FTH1$|MALAT1$|TPT1$)"
 
 
 def marker_reference(raw: ad.AnnData) -> ad.AnnData:
@@ -38,11 +38,11 @@ def marker_reference(raw: ad.AnnData) -> ad.AnnData:
 
 
 def marker_ranks(table: pd.DataFrame) -> dict[str, int]:
-    """Each marker's rank (by mean signed SHAP) within its own lineage's base-level ranking."""
+    """Each marker's rank within its own lineage's base-level ranking (the table's, as users read it)."""
     ranks = {}
     for lineage, markers in MARKERS.items():
         rows = table[(table["level"] == "base") & (table["class"] == lineage)]
-        order = rows.sort_values("mean_shap", ascending=False)["gene_symbol"].tolist()
+        order = rows.sort_values("rank")["gene_symbol"].tolist()
         for gene in markers:
             ranks[gene] = order.index(gene) + 1 if gene in order else -1
     return ranks
@@ -71,9 +71,11 @@ def one_run(reference: ad.AnnData, layout, loss: str, seed: int, epochs: int | N
         raw.file.close()
     ranks = marker_ranks(result.table)
     hits = {lin: any(0 < ranks[g] <= TOP for g in genes) for lin, genes in MARKERS.items()}
+    base = result.table[(result.table["level"] == "base") & (result.table["rank"] <= TOP)]
+    housekeeping = sorted(set(base.loc[base["gene_symbol"].str.match(HOUSEKEEPING), "gene_symbol"]))
     return {"loss": loss, "seed": seed, "epochs": training["epochs_run"], "alpha_final": training["alpha_final"],
             "val_base_f1": validation["val_base_f1"], "val_subtype_accuracy": validation["val_subtype_accuracy"],
-            "lineages_with_marker_in_top20": sum(hits.values()),
+            "lineages_with_marker_in_top10": sum(hits.values()), "housekeeping_in_top10": ",".join(housekeeping),
             **{f"rank_{gene}": rank for gene, rank in ranks.items()},
             "train_s": round(train_s, 1), "explain_s": round(explain_s, 1)}
 

@@ -13,15 +13,18 @@ ROOT = Path(__file__).resolve().parents[1]
 # The extra each step's container and conda environment add to cellpix's core (pyproject.toml); the Nextflow
 # helper processes split and merge run in the annotate image.
 STEP_EXTRAS = {"integrate": "integration", "image": "image", "explain": "explain"}
-STEP_IMAGES = {"split": "annotate", "merge": "annotate"}
+STEP_IMAGES = {"split": "annotate", "merge": "annotate", "consensus": "annotate"}
 # Canonical markers per Zheng lineage (the explain issue's list); the SHAP test checks the model finds them.
 CANONICAL_MARKERS = {
     "B cell": {"CD79A", "CD79B", "MS4A1", "CD19"},
     "NK cell": {"GNLY", "NKG7", "KLRD1"},
     "CD14+": {"CD14", "LYZ", "S100A8", "S100A9"},
     "T cell": {"CD3D", "CD3E", "IL7R"},
-    "CD34+": {"CD34"},
+    # CD34 mRNA is sparse in 10x data; SPINK2 and PRSS57 are the HSPC markers of Azimuth's PBMC reference
+    "CD34+": {"CD34", "SPINK2", "PRSS57"},
 }
+# Broadly expressed genes that must not be offered as a type's markers (ribosomal, mitochondrial and the like).
+HOUSEKEEPING = r"^(RP[SL]\d|RPLP|MT-|B2M$|EEF1A1$|EEF2$|ACTB$|TMSB4X$|TMSB10$|GAPDH$|FTL$|FTH1$|MALAT1$|TPT1$)"
 R_REQUIRED = os.environ.get("CELLPIX_REQUIRE_R") == "1"  # .ci/run installs R + Seurat and sets this
 # .ci/run sets this: there the real-data suite must run, so a missing ../shared is a failure, not a skip.
 DATA_REQUIRED = os.environ.get("CELLPIX_REQUIRE_DATA") == "1"

@@ -151,9 +151,10 @@ def check_samplesheet(csv_path: Path, schema: dict, launch_dir: Path) -> list[st
     """The errors nf-schema's ``samplesheetToList`` would raise for a CSV samplesheet (empty when it passes).
 
     Modelled: empty cells count as absent; ``required``; every JSON-schema keyword of a property (types,
-    ``pattern``, ``enum``, through jsonschema); ``format: file-path`` with ``exists`` (relative paths resolve
-    against the launch directory, as ``file()`` does); nf-schema's own ``uniqueEntries``; columns the
-    schema does not know.
+    ``pattern``, ``enum``, through jsonschema); ``format: file-path`` files that must exist: with ``exists``,
+    relative to the launch directory (as ``file()`` reads them); otherwise main.nf's rule (``samplePath``: the
+    launch directory, then the samplesheet's own folder); nf-schema's own ``uniqueEntries``; columns the schema
+    does not know.
     """
     import csv
 
@@ -175,9 +176,10 @@ def check_samplesheet(csv_path: Path, schema: dict, launch_dir: Path) -> list[st
     for number, row in enumerate(rows, start=1):
         errors += [f"row {number}: {e.message}" for e in validator.iter_errors(row)]
         for name, spec in item["properties"].items():
-            if name in row and spec.get("format") == "file-path" and spec.get("exists"):
-                path = Path(row[name]) if Path(row[name]).is_absolute() else launch_dir / row[name]
-                if not path.is_file():
+            if name in row and spec.get("format") == "file-path":
+                places = [Path(row[name])] if Path(row[name]).is_absolute() else \
+                    [launch_dir / row[name]] + ([] if spec.get("exists") else [csv_path.parent / row[name]])
+                if not any(path.is_file() for path in places):
                     errors.append(f"row {number}: {name} {row[name]} does not exist")
     for columns in [schema.get("uniqueEntries", [])] if schema.get("uniqueEntries") else []:
         keys = [tuple(row.get(c) for c in columns) for row in rows]

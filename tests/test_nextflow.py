@@ -48,7 +48,7 @@ def schema(name: str) -> Draft202012Validator:
 
 
 def test_every_step_has_a_module():
-    assert set(STEPS) == {"integrate", "image", "train", "annotate", "explain", "split", "merge"}
+    assert set(STEPS) == {"integrate", "image", "train", "annotate", "explain", "split", "merge", "consensus"}
     for step in STEPS:
         for name in ("main.nf", "meta.yml", "environment.yml", "tests/main.nf.test"):
             assert (MODULES / step / name).is_file(), f"{step}/{name}"
@@ -141,7 +141,7 @@ def run_block(step: str, block: str, workdir: Path, inputs: dict[str, Path | str
               args: str = "") -> list[Path]:
     """Stage inputs as symlinks (as Nextflow does), run the rendered block, return the declared outputs."""
     workdir.mkdir(parents=True)
-    values = {"args": args, "prefix": prefix, "task.cpus": "2"}
+    values = {"args": args, "prefix": prefix, "task.cpus": "2", "device": "cpu"}
     for name, value in inputs.items():
         if isinstance(value, list):
             staged = []
@@ -185,7 +185,7 @@ def test_stub_blocks_make_every_output(step, tmp_path):
 
 
 def test_script_blocks_run_the_pipeline_on_real_data(zheng_raw, tmp_path):
-    """reference: integrate → image → train; query: split → annotate ×2 → merge → explain."""
+    """reference: integrate → image → train; query: split → annotate ×2 → merge → consensus → explain."""
     rng = np.random.default_rng(0)
     rows = rng.permutation(zheng_raw.n_obs)
     zheng_raw[np.sort(rows[:900])].copy().write_h5ad(tmp_path / "reference.h5ad")
@@ -215,11 +215,16 @@ def test_script_blocks_run_the_pipeline_on_real_data(zheng_raw, tmp_path):
     annotated = []
     for shard in reversed(shards):  # arrival order must not matter to merge
         h5ad, table = run_block("annotate", "script", tmp_path / f"annotate_{shard.stem}",
-                                {"query": shard, "bundle": bundle}, f"{shard.stem}.cellpix")
+                                {"query": shard, "bundle": bundle}, f"{shard.stem}.cellpix", "--no-consensus")
         annotated.append(h5ad)
         assert table.read_text().splitlines()[0].startswith("cell,cellpix_base")
-    (merged,) = run_block("merge", "script", tmp_path / "merge", {"shards": annotated}, "query")
+    (merged,) = run_block("merge", "script", tmp_path / "merge", {"shards": annotated}, "query.merged")
+    merged, cells, summary, pictures = run_block("consensus", "script", tmp_path / "consensus",
+                                                 {"annotated": merged, "bundle": bundle}, "query")
+    assert json.loads(summary.read_text())["cells"] == 300 and (pictures / "cellpix_umap.png").exists()
+    assert len(cells.read_text().splitlines()) == 301  # one table of the merged cells, not one per shard
     result = ad.read_h5ad(merged)
+    assert result.obs["cellpix_cluster"].notna().all() and "clusters" in result.uns["cellpix"]
     query = ad.read_h5ad(tmp_path / "query.h5ad")
     assert list(result.obs_names) == list(query.obs_names)  # shard order restored
     assert result.uns["cellpix"]["n_cells"] == 300 and result.obsm["cellpix_subtype_proba"].shape[0] == 300
@@ -240,14 +245,14 @@ def test_profile_inputs_are_real_labelled_cells():
     assert check_samplesheet(sheet, json.loads((ROOT / "assets" / "schema_input.json").read_text()), ROOT) == []
     rows = [line.split(",") for line in sheet.read_text().splitlines()[1:]]
     assert len(rows) >= 2, "the test profile should annotate more than one sample"
-    for path in [reference] + [ROOT / row[1] for row in rows]:
+    for path in [reference] + [(sheet.parent / row[1]).resolve() for row in rows]:
         assert path.is_file() and 0 < path.stat().st_size < 2_000_000, path
         data = ad.read_h5ad(path)
         assert data.n_obs >= 100 and data.n_vars >= 1000 and data.X.nnz > 0, path
     assert ad.read_h5ad(reference).obs[label_key].nunique() >= 5
     for row in rows:  # a batch column named in the sheet must exist in that sample
         if len(row) > 2 and row[2]:
-            assert row[2] in ad.read_h5ad(ROOT / row[1], backed="r").obs.columns
+            assert row[2] in ad.read_h5ad(sheet.parent / row[1], backed="r").obs.columns
 
 
 def test_samplesheet_check_refuses_what_nf_schema_refuses(tmp_path):

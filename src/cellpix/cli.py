@@ -135,7 +135,7 @@ def cli() -> None:
 @click.option("--reference", type=INPUT_FILE, default=None,
               help="Query mode: the integrated reference h5ad (or a model bundle) whose panel DATA is brought to.")
 @click.option("--method", default="auto", show_default=True,
-              help="Batch correction: auto (combat when there is a reference or a --batch-key, else none), none, "
+              help="Batch correction: auto (combat when the query has --batch-key batches, else none), none, "
                    "combat, scanorama, harmony, seurat, or a plugin's (`cellpix integrate-methods`).")
 @click.option("--batch-key", default=None,
               help="obs column of batches: batch-aware gene selection and correction (reference mode), or the "
@@ -397,27 +397,40 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
 @click.option("--table", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write a CSV.")
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for UMAP, novelty map and confidence plots.")
+@click.option("--summary", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a JSON summary: cells, answers, share flagged novel, gene coverage, warnings.")
 @click.option("--gene-column", default=None, help="var column holding the gene names to match (auto by default).")
 @click.option("--layer", default=None, help="Read expression from this layer.")
 @click.option("--use-raw", is_flag=True, default=None, help="Read expression from .raw.")
 @coverage_option("Stop when less than this share of the model's genes is found.")
 @click.option("--restrict-to", default=None, help="Comma-separated base types or subtypes allowed as answers.")
 @click.option("--novelty-rule", default="calibrated", show_default=True,
-              type=click.Choice(["calibrated", "percentile"]))
+              type=click.Choice(["calibrated", "percentile"]),
+              help="calibrated: per-cell thresholds set on the reference's held-out cells, plus the out-of-reference "
+                   "distance; percentile: the published per-query rule (subtype score only).")
+@click.option("--over-clustering", default=None,
+              help="obs column of query clusters for the consensus and unknown-cluster checks (default: cellpix "
+                   "clusters the query's own expression with Leiden).")
+@click.option("--cluster-resolution", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Leiden resolution of the computed clusters (default 1.0).")
+@click.option("--no-consensus", is_flag=True,
+              help="Per-cell calls only: no clusters, no consensus label, no unknown-cluster flags.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Cells read and predicted at a time (default 2,048: peak memory stays near 1 GB).")
-@device_option("cpu")
+@device_option("auto", "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:1…")
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16"]),
               help="Arithmetic of the forward passes. auto: bfloat16 where the hardware computes it natively "
                    "(CUDA; CPUs with AVX512-BF16 or AMX), about 2x faster; float32 elsewhere.")
 @click.option("--force", is_flag=True,
               help="Annotate even a query whose values are on another scale than the reference's, or whose gene "
                    "symbols are written as another species' (recorded in uns).")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | None, plots: Path | None,
-             gene_column: str | None, layer: str | None, use_raw: bool | None, min_gene_coverage: float,
-             restrict_to: str | None, novelty_rule: str, chunk_size: int | None, device: str, precision: str,
-             force: bool, quiet: bool) -> None:
+             summary: Path | None, gene_column: str | None, layer: str | None, use_raw: bool | None,
+             min_gene_coverage: float,
+             restrict_to: str | None, novelty_rule: str, over_clustering: str | None,
+             cluster_resolution: float | None, no_consensus: bool, chunk_size: int | None, device: str,
+             precision: str, force: bool, quiet: bool) -> None:
     """Annotate QUERY (h5ad) with base types, subtypes, probabilities and novelty flags.
 
     The query is streamed in chunks, so memory does not grow with its size.
@@ -425,12 +438,18 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
     """
     # Only what annotation needs: the pipeline module would pull scikit-learn, matplotlib and scanpy into the
     # process (about 150 MB of peak RSS on 10,000 cells) before the stream starts.
-    from cellpix.data.io import read_h5ad, write_text_atomic
-    from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_file, annotation_table, load_models
+    from cellpix.data.io import resolve_device
+    from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_file, load_models
 
-    options = AnnotateOptions(gene_column, layer, use_raw, min_gene_coverage,
-                              [s.strip() for s in restrict_to.split(",")] if restrict_to else None, novelty_rule,
-                              device=device, precision=precision, progress=not quiet, force=force)
+    device = resolve_device(device)
+    options = AnnotateOptions(gene_column=gene_column, layer=layer, use_raw=use_raw,
+                              min_gene_coverage=min_gene_coverage,
+                              restrict_to=[s.strip() for s in restrict_to.split(",")] if restrict_to else None,
+                              novelty_rule=novelty_rule, device=device, precision=precision, progress=not quiet,
+                              force=force)
+    options.consensus, options.over_clustering = not no_consensus, over_clustering
+    if cluster_resolution is not None:
+        options.cluster_resolution = cluster_resolution
     if chunk_size is not None:
         options.chunk_size = chunk_size
     result = annotate_file(query, output, load_models(list(models), device), options)
@@ -440,13 +459,68 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
                f"{int(result.obs['cellpix_is_novel'].sum())} flagged novel/rare ("
                f"{int(result.obs['cellpix_novelty_reason'].astype(str).str.contains('out_of_reference').sum())} "
                "far from every reference cell), "
-               f"{int(result.obs['cellpix_out_of_reference'].sum())} outside the reference's range")
+               f"{int(result.obs['cellpix_out_of_reference'].sum())} outside the reference's range"
+               + _cluster_summary(result.metadata))
+    _annotation_outputs(result, output, table, summary, plots)
+
+
+def _annotation_outputs(result, output: Path, table: Path | None, summary: Path | None, plots: Path | None) -> None:
+    """The CSV, JSON summary and pictures beside an annotated h5ad (annotate and consensus)."""
+    from cellpix.data.io import read_h5ad, write_text_atomic
+    from cellpix.steps.annotate.annotate import annotation_summary, annotation_table
+
     if table:
         write_text_atomic(table, annotation_table(result.obs))
+    if summary:
+        write_text_atomic(summary, json.dumps(annotation_summary(result.obs, result.metadata), indent=2) + "\n")
     if plots:
         from cellpix.steps.annotate.plots import plot_annotation
 
         plot_annotation(read_h5ad(output), plots)
+
+
+@cli.command("consensus")
+@threads_option
+@click.argument("annotated", type=INPUT_FILE)
+@click.option("-m", "--model", required=True, type=INPUT_FILE, help="The bundle that annotated the cells.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The annotated h5ad with the cluster columns added.")
+@click.option("--table", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write a CSV.")
+@click.option("--summary", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a JSON summary: cells, answers, share flagged novel, gene coverage, warnings.")
+@click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for UMAP, novelty map and confidence plots.")
+@click.option("--over-clustering", default=None,
+              help="obs column of query clusters (default: cellpix clusters the query's own expression).")
+@click.option("--cluster-resolution", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Leiden resolution of the computed clusters (default 1.0).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def consensus_command(annotated: Path, model: Path, output: Path, table: Path | None, summary: Path | None,
+                      plots: Path | None, over_clustering: str | None, cluster_resolution: float | None,
+                      quiet: bool) -> None:
+    """Cluster consensus and unknown-cluster flags over a whole ANNOTATED query (h5ad).
+
+    For a query annotated in shards (`split`, `annotate --no-consensus` per shard, `merge`): clusters belong to
+    the whole query, so they are found once, on the merged file.
+    """
+    from cellpix.steps.annotate.annotate import AnnotateOptions, load_models
+    from cellpix.steps.annotate.whole_query import consensus_file
+
+    options = AnnotateOptions(over_clustering=over_clustering, progress=not quiet)
+    if cluster_resolution is not None:
+        options.cluster_resolution = cluster_resolution
+    result = consensus_file(annotated, output, load_models([model])[0], options)
+    click.echo(f"{len(result.obs)} cells → {output}" + _cluster_summary(result.metadata))
+    _annotation_outputs(result, output, table, summary, plots)
+
+
+def _cluster_summary(metadata: dict) -> str:
+    clusters = metadata.get("clusters")
+    if not clusters:
+        return ""
+    verdicts = list(clusters["verdict"])
+    flagged = sum(v != "" for v in verdicts)
+    return f"; {len(verdicts)} clusters, {flagged} unlike any reference type (obs['cellpix_label'])"
 
 
 # -- explain ---------------------------------------------------------------------
@@ -455,7 +529,8 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
 @click.argument("data", type=INPUT_FILE)
 @click.option("-m", "--model", required=True, type=INPUT_FILE, help="The model bundle to explain.")
 @click.option("-o", "--table", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="CSV ranking: level, class, gene, gene_symbol, mean_abs_shap, mean_shap, n_cells, rank.")
+              help="CSV ranking: level, class, gene, gene_symbol, marker_shap, mean_abs_shap, mean_shap, broad, "
+                   "n_cells, rank.")
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for per-class bar plots and per-level heat maps.")
 @click.option("--output-h5ad", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -463,8 +538,10 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
 @click.option("--labels", "label_key", default=None,
               help="obs column of true final labels; without it, cells are grouped by the model's prediction.")
 @click.option("--levels", default="base,subtype", show_default=True, help="Heads to explain: base, subtype or both.")
-@click.option("--background", type=click.Choice(["zeros", "data"]), default="zeros", show_default=True,
-              help="SHAP reference: an empty image (credit to expressed genes) or a label-stratified cell sample.")
+@click.option("--background", type=click.Choice(["mean", "zeros", "data"]), default="mean", show_default=True,
+              help="SHAP reference: the mean image of a label-stratified sample (credit to genes above the average "
+                   "cell), an empty image (credit to whatever a cell expresses most: housekeeping genes) or the "
+                   "sample itself.")
 @click.option("--background-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Cells in the SHAP background sample.")
 @click.option("--target", type=click.Choice(["centred-logit", "logit"]), default="centred-logit", show_default=True,
@@ -480,7 +557,7 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
 @click.option("--use-raw", is_flag=True, default=None, help="Read expression from .raw.")
 @coverage_option("Stop when less than this share of the model's genes is found.")
 @click.option("--seed", default=0, show_default=True)
-@device_option("cpu")
+@device_option("auto", "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:1…")
 @click.option("--quiet", is_flag=True)
 def explain_command(data: Path, model: Path, table: Path, plots: Path | None, output_h5ad: Path | None,
                     label_key: str | None, levels: str, background: str, background_size: int, target: str,
@@ -493,9 +570,11 @@ def explain_command(data: Path, model: Path, table: Path, plots: Path | None, ou
     own cells for its own (centred) logit.
     """
     from cellpix.core.trained import TrainedModel
+    from cellpix.data.io import resolve_device
     from cellpix.steps.explain.shap_genes import ExplainOptions
     from cellpix.steps.explain.step import explain_file
 
+    device = resolve_device(device)
     options = ExplainOptions(label_key=label_key, levels=tuple(x.strip() for x in levels.split(",") if x.strip()),
                              background=background, background_size=background_size, output=target,
                              cells_per_class=cells_per_class, nsamples=nsamples, top_n=top_n, seed=seed,

@@ -25,6 +25,15 @@ lacks, lie only a little farther than its known cells (AUROC 0.79 control, 0.88 
 threshold: 49 % of them flagged here, 8-20 % with a trained model's own calibration (``python -m benchmarks
 cross``). The factor is recorded and warned about.
 
+The space also keeps what the cluster-level evidence of :mod:`cellpix.core.consensus` needs: each kept cell's base
+type (``base_index``), so that a query cell's distance can be taken to the cells of one type; each type's own
+spread (``class_scale``: the median distance of its cells to their ``k`` nearest same-type neighbours, themselves
+left out), which puts a dispersed type (CD34+ progenitors) and a tight one (naive T cells) on one scale; and each
+final label's (subtype's, or terminal type's) detection rate of every panel gene (``detection``), against which a
+query cluster's own marker genes are checked. Per final label, because a base type's rate averages over its
+subtypes, and cytotoxic CD8 T cells' GZMK and NKG7 are rare among T cells as a whole. Bundles written before these
+have none of them and get no cluster-level novelty.
+
 The projection (panel mean and components) and the reference cells' coordinates travel in the bundle as
 tensors under :data:`PREFIX`, inside its checksum; their settings and the threshold sit in its metadata under
 ``reference_space``.
@@ -50,6 +59,7 @@ N_COMPONENTS = 30
 K_NEIGHBOURS = 10
 MAX_CELLS = 5000  # reference cells kept as neighbours: the score costs O(query cells × this)
 DEFAULT_FPR = 0.05
+CLASS_TENSORS = ("base_index", "class_scale", "detection")
 
 
 @dataclass
@@ -64,6 +74,17 @@ class ReferenceSpace:
     fpr: float
     # the calibration cells' SHIFT_QUANTILE score (NaN in bundles written before it was kept: no query scaling)
     shift_reference: float = float("nan")
+    # per kept cell, its base type's index; per base type, its cells' own spread; per final label, its genes'
+    # detection rates
+    # (None in bundles written before them: no cluster-level novelty, see the module docstring)
+    base_index: torch.Tensor | None = None
+    class_scale: torch.Tensor | None = None
+    detection: torch.Tensor | None = None
+
+    @property
+    def has_classes(self) -> bool:
+        """Whether per-type distances and detection rates are available (bundles from this version on)."""
+        return self.base_index is not None and self.class_scale is not None and self.detection is not None
 
     def project(self, panel: sp.spmatrix | np.ndarray) -> torch.Tensor:
         """Principal-component coordinates of panel rows (each scaled to unit length first, see
@@ -77,11 +98,38 @@ class ReferenceSpace:
 
     def distance(self, panel: sp.spmatrix | np.ndarray) -> np.ndarray:
         """Each row's mean distance to its ``k`` nearest reference cells."""
+        return self.distance_of(self.project(panel))
+
+    def scores(self, panel: sp.spmatrix | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(:meth:`distance`, :meth:`class_distances`) of panel rows, projected once."""
         coords = self.project(panel)
+        return self.distance_of(coords), self.class_distances_of(coords)
+
+    def distance_of(self, coords: torch.Tensor) -> np.ndarray:
+        """:meth:`distance` of rows already projected."""
         if len(coords) == 0:
             return np.zeros(0, dtype=np.float32)
         nearest = torch.cdist(coords, self.coords).topk(min(self.k, len(self.coords)), largest=False).values
         return nearest.mean(dim=1).numpy().astype(np.float32)
+
+    def class_distances(self, panel: sp.spmatrix | np.ndarray) -> np.ndarray:
+        """(cells, base types): each row's mean distance to its ``k`` nearest reference cells *of each type*,
+        divided by that type's own spread (``class_scale``); a value near 1 means "as close as the type's own
+        cells are to each other". NaN for a type without kept cells, or for a space without classes."""
+        return self.class_distances_of(self.project(panel))
+
+    def class_distances_of(self, coords: torch.Tensor) -> np.ndarray:
+        """:meth:`class_distances` of rows already projected."""
+        if not self.has_classes:
+            return np.full((len(coords), 0), np.nan, dtype=np.float32)
+        out = np.full((len(coords), len(self.class_scale)), np.nan, dtype=np.float32)
+        for b in range(len(self.class_scale)):
+            own = self.coords[self.base_index == b]
+            if len(own) == 0 or len(coords) == 0:
+                continue
+            nearest = torch.cdist(coords, own).topk(min(self.k, len(own)), largest=False).values
+            out[:, b] = (nearest.mean(dim=1) / self.class_scale[b].clamp_min(1e-6)).numpy()
+        return out
 
     def query_shift(self, distances: np.ndarray) -> float:
         """How much farther this query's nearest cells lie than the calibration cells' (:data:`SHIFT_QUANTILE`);
@@ -99,7 +147,10 @@ class ReferenceSpace:
         return self.threshold * scale, scale, shift
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {f"{PREFIX}mean": self.mean, f"{PREFIX}components": self.components, f"{PREFIX}coords": self.coords}
+        found = {f"{PREFIX}mean": self.mean, f"{PREFIX}components": self.components, f"{PREFIX}coords": self.coords}
+        if self.has_classes:
+            found.update({f"{PREFIX}{name}": getattr(self, name) for name in CLASS_TENSORS})
+        return found
 
     def metadata(self) -> dict[str, Any]:
         found = {"n_components": int(self.components.shape[1]), "n_cells": len(self.coords), "k": self.k,
@@ -112,18 +163,43 @@ class ReferenceSpace:
         """The space a bundle carries, or None for one trained before it existed."""
         if not metadata or f"{PREFIX}coords" not in tensors:
             return None
-        return cls(tensors[f"{PREFIX}mean"].float(), tensors[f"{PREFIX}components"].float(),
-                   tensors[f"{PREFIX}coords"].float(), int(metadata["k"]), float(metadata["threshold"]),
-                   float(metadata["fpr"]), float(metadata.get("shift_reference", float("nan"))))
+        space = cls(tensors[f"{PREFIX}mean"].float(), tensors[f"{PREFIX}components"].float(),
+                    tensors[f"{PREFIX}coords"].float(), int(metadata["k"]), float(metadata["threshold"]),
+                    float(metadata["fpr"]), float(metadata.get("shift_reference", float("nan"))))
+        if all(f"{PREFIX}{name}" in tensors for name in CLASS_TENSORS):
+            space.base_index = tensors[f"{PREFIX}base_index"].long()
+            space.class_scale = tensors[f"{PREFIX}class_scale"].float()
+            space.detection = tensors[f"{PREFIX}detection"].float()
+            _check_class_tensors(space)
+        return space
+
+
+def _check_class_tensors(space: ReferenceSpace) -> None:
+    """Shapes that agree with each other: a bundle whose checksum was recomputed after an edit is refused here."""
+    from cellpix.errors import BundleError
+
+    n_types = len(space.class_scale)
+    ok = (space.base_index.shape == (len(space.coords),) and space.detection.dim() == 2
+          and space.detection.shape[1] == len(space.mean)
+          and (len(space.base_index) == 0 or (int(space.base_index.min()) >= 0
+                                              and int(space.base_index.max()) < n_types))
+          and bool(torch.isfinite(space.class_scale).all()) and bool((space.class_scale >= 0).all())
+          and bool(torch.isfinite(space.detection).all()))
+    if not ok:
+        raise BundleError("the bundle's reference-space type tensors are malformed (shapes or values out of range)")
 
 
 def fit_reference_space(take: Callable[[np.ndarray], sp.csr_matrix], fit_rows: np.ndarray, calibration_rows: np.ndarray,
                         fpr: float = DEFAULT_FPR, n_components: int = N_COMPONENTS, k: int = K_NEIGHBOURS,
-                        max_cells: int = MAX_CELLS, seed: int = 0) -> ReferenceSpace:
+                        max_cells: int = MAX_CELLS, seed: int = 0, base_index: np.ndarray | None = None,
+                        n_bases: int = 0, label_index: np.ndarray | None = None, n_labels: int = 0
+                        ) -> ReferenceSpace:
     """Fit the projection on (at most ``max_cells`` of) ``fit_rows`` and the threshold on ``calibration_rows``.
 
     ``take(rows)`` returns those cells' log1p panel rows. Without separate calibration cells (no validation
-    split), each fitted cell is scored against the others (its own zero distance left out).
+    split), each fitted cell is scored against the others (its own zero distance left out). ``base_index`` and
+    ``label_index`` (every reference cell's base type and final label, ``n_bases`` and ``n_labels`` of them) add
+    the per-type tensors of the module docstring.
     """
     from sklearn.decomposition import PCA
 
@@ -144,7 +220,27 @@ def fit_reference_space(take: Callable[[np.ndarray], sp.csr_matrix], fit_rows: n
         scores = nearest.mean(dim=1).numpy()
     space.threshold = round(float(np.quantile(scores, 1 - fpr)), 6)
     space.shift_reference = round(float(np.quantile(scores, SHIFT_QUANTILE)), 6)
+    if base_index is not None and label_index is not None and n_bases > 0 and n_labels > 0:
+        _fit_classes(space, x, np.asarray(base_index)[rows], n_bases, np.asarray(label_index)[rows], n_labels)
     return space
+
+
+def _fit_classes(space: ReferenceSpace, x: np.ndarray, types: np.ndarray, n_bases: int, labels: np.ndarray,
+                 n_labels: int) -> None:
+    """Each kept cell's type, each type's spread, each final label's detection rates (the module docstring)."""
+    space.base_index = torch.from_numpy(types.astype(np.int64))
+    scale = np.zeros(n_bases, dtype=np.float32)
+    for b in range(n_bases):
+        own = space.coords[space.base_index == b]
+        if len(own) >= 2:
+            nearest = torch.cdist(own, own).topk(min(space.k + 1, len(own)), largest=False).values[:, 1:]
+            scale[b] = float(nearest.mean(dim=1).median())
+    detection = np.zeros((n_labels, x.shape[1]), dtype=np.float32)
+    for label in range(n_labels):
+        if (labels == label).any():
+            detection[label] = (x[labels == label] > 0).mean(axis=0)
+    space.class_scale = torch.from_numpy(scale)
+    space.detection = torch.from_numpy(detection)
 
 
 def unit_rows(panel: sp.spmatrix | np.ndarray) -> sp.csr_matrix | np.ndarray:

@@ -160,6 +160,16 @@ def configure_threads(threads: int | None = None) -> int:
     return threads
 
 
+def resolve_device(name: str) -> str:
+    """A concrete device for ``name``: ``auto`` is the first CUDA GPU when there is one, else the CPU."""
+    check_device(name)
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def check_device(name: str) -> None:
     """Refuse, in one line, a device name torch does not know or a GPU this machine does not have.
 

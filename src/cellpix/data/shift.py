@@ -68,15 +68,22 @@ def reference_profile(stats: np.ndarray) -> dict[str, Any]:
     return profile
 
 
-def compare(profile: dict[str, Any] | None, stats: np.ndarray) -> tuple[np.ndarray, dict[str, Any], list[str]]:
+def compare(profile: dict[str, Any] | None, stats: np.ndarray, corrected_by: str | None = None
+            ) -> tuple[np.ndarray, dict[str, Any], list[str]]:
     """Per-cell out-of-reference flags, the report for ``uns['cellpix']['shift']`` and console warnings.
 
     ``report['other_scale']`` is True when the query's values are on another scale than the reference's: the
-    caller refuses those unless forced.
+    caller refuses those unless forced. ``corrected_by`` names the method when the query is the output of
+    ``cellpix integrate`` in query mode with a correction: its values are the reference's scale by construction
+    (the reference is the correction's target), but no longer sparse counts, so the guards stand aside.
     """
     if not profile:
         return np.zeros(len(stats), dtype=bool), {"available": False, "reason": "model trained before shift "
                                                   "profiles were stored (cellpix < 0.9)"}, []
+    if corrected_by:
+        return np.zeros(len(stats), dtype=bool), {
+            "available": False, "reason": f"values batch-corrected by cellpix integrate --method {corrected_by}: "
+            "the guards compare uncorrected expression"}, []
     if len(stats) and float(np.median(stats[:, 0])) > DENSE * profile["detected"][HIGH]:
         return np.zeros(len(stats), dtype=bool), {
             "available": False, "reason": "dense values (a batch-corrected query, as integrate --method writes): "

@@ -1,6 +1,7 @@
 process CELLPIX_ANNOTATE {
     tag "$meta.id"
     label 'process_medium'
+    label 'process_gpu'
 
     conda "${moduleDir}/environment.yml"
     container "ghcr.io/cellpix/cellpix-annotate:0.1.0"
@@ -19,8 +20,9 @@ process CELLPIX_ANNOTATE {
     script:
     def args = task.ext.args ?: ''
     prefix = task.ext.prefix ?: "${meta.id}"
+    def device = task.accelerator ? 'cuda' : 'cpu'  // nf-core's accelerator convention: --profile gpu sets it
     """
-    cellpix annotate "$query" --threads ${task.cpus} --model "$bundle" --output "${prefix}.h5ad" --table "${prefix}.csv" --quiet $args
+    cellpix annotate "$query" --threads ${task.cpus} --model "$bundle" --output "${prefix}.h5ad" --table "${prefix}.csv" --device ${device} --quiet $args
     """
 
     stub:

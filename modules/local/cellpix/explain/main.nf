@@ -1,6 +1,7 @@
 process CELLPIX_EXPLAIN {
     tag "$meta.id"
     label 'process_medium'
+    label 'process_gpu'
 
     conda "${moduleDir}/environment.yml"
     container "ghcr.io/cellpix/cellpix-explain:0.1.0"
@@ -19,8 +20,9 @@ process CELLPIX_EXPLAIN {
     script:
     def args = task.ext.args ?: ''
     prefix = task.ext.prefix ?: "${meta.id}"
+    def device = task.accelerator ? 'cuda' : 'cpu'  // nf-core's accelerator convention: --profile gpu sets it
     """
-    cellpix explain "$data" --threads ${task.cpus} --model "$bundle" --table "${prefix}_shap.csv" --plots "${prefix}_plots" --quiet $args
+    cellpix explain "$data" --threads ${task.cpus} --model "$bundle" --table "${prefix}_shap.csv" --plots "${prefix}_plots" --device ${device} --quiet $args
     """
 
     stub:

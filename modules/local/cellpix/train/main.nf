@@ -1,5 +1,6 @@
 process CELLPIX_TRAIN {
     tag "$meta.id"
+    label 'process_high'
     label 'process_gpu'
 
     conda "${moduleDir}/environment.yml"
@@ -20,8 +21,9 @@ process CELLPIX_TRAIN {
     script:
     def args = task.ext.args ?: ''
     prefix = task.ext.prefix ?: "${meta.id}"
+    def device = task.accelerator ? 'cuda' : 'cpu'  // nf-core's accelerator convention: --profile gpu sets it
     """
-    cellpix train "$reference" --threads ${task.cpus} --layout "$layout" --labels "$label_key" --output "${prefix}.cellpix" --report-dir "${prefix}_report" --device auto --quiet $args
+    cellpix train "$reference" --threads ${task.cpus} --layout "$layout" --labels "$label_key" --output "${prefix}.cellpix" --report-dir "${prefix}_report" --device ${device} --quiet $args
     """
 
     stub:

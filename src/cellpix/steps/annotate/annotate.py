@@ -22,6 +22,7 @@ from anndata.io import write_elem
 from tqdm.auto import tqdm
 
 from cellpix import __version__
+from cellpix.core.clusters import DEFAULT_RESOLUTION, MAX_CLUSTER_CELLS
 from cellpix.core.novelty import flag_calibrated, flag_percentile
 from cellpix.core.predict import LabelSpace, Predictions, inference_copy, predict_matrix, resolve_precision
 from cellpix.core.trained import TrainedModel
@@ -30,11 +31,20 @@ from cellpix.data.io import atomic_path, read_h5ad, release_freed_memory, write_
 from cellpix.data.panel import PanelReader, open_on_panel
 from cellpix.data.shift import cell_statistics, compare, other_scale_message
 from cellpix.errors import CellpixError, InputDataError, warn
+from cellpix.steps.annotate.clustering import (
+    PCA_KEY,
+    REASONS,
+    UNASSIGNED,
+    ClusterPlan,
+    add_cluster_columns,
+    cluster_table,
+    cluster_warnings,
+    evidence,
+    plan_clusters,
+)
 
 NOVELTY_RULES = ("calibrated", "percentile")
 PREFIX = "cellpix_"
-# A cell without a single count on the model's genes: an empty image, which the network would still label.
-UNASSIGNED = "unassigned"
 NO_PANEL_EXPRESSION = "no expression on the model's genes"
 
 
@@ -65,6 +75,15 @@ class AnnotateOptions:
     precision: str = "auto"  # see cellpix.core.predict.PRECISIONS
     progress: bool = True
     force: bool = False  # annotate a query whose values are on another scale than the reference's
+    # cluster-level consensus and unknown-cluster novelty (cellpix.core.consensus), over the query's own clusters
+    # or the obs column ``over_clustering``; ``cluster_resolution`` is Leiden's for computed clusters, of at most
+    # ``max_cluster_cells`` sampled cells (the others join their nearest sampled cells' cluster)
+    consensus: bool = True
+    over_clustering: str | None = None
+    # set by annotation itself from the query's uns: the method of a cellpix-integrated, batch-corrected query
+    corrected_by: str | None = None
+    cluster_resolution: float = DEFAULT_RESOLUTION
+    max_cluster_cells: int = MAX_CLUSTER_CELLS
 
     @property
     def inference_batch(self) -> int:
@@ -107,8 +126,22 @@ def _readers(adata: ad.AnnData, models: list[TrainedModel], options: AnnotateOpt
             for m in models]
 
 
-def _stream(models: list[TrainedModel], readers: list[PanelReader], options: AnnotateOptions
-            ) -> Iterator[tuple[int, int, Predictions, np.ndarray]]:
+@dataclass
+class Chunk:
+    """One streamed chunk's results: predictions, per-cell statistics (detected share, mean non-zero value,
+    distance to the reference), distances to each base type's reference cells, and cluster placement."""
+
+    start: int
+    stop: int
+    pred: Predictions
+    stats: np.ndarray
+    class_distance: np.ndarray
+    codes: np.ndarray | None = None
+    coords: np.ndarray | None = None
+
+
+def _stream(models: list[TrainedModel], readers: list[PanelReader], options: AnnotateOptions,
+            plan: ClusterPlan | None) -> Iterator[Chunk]:
     space = models[0].space
     pairs = [(inference_copy(m.model), m.renderer) for m in models]
     source = readers[0].source
@@ -117,21 +150,24 @@ def _stream(models: list[TrainedModel], readers: list[PanelReader], options: Ann
         readers[0].check(raw, start)  # every chunk, not only the rows sampled to classify the file
         blocks = [reader.align(raw) for reader in readers]
         stats = cell_statistics(blocks[0])  # the shift guards' per-cell statistics, on the first model's panel
-        stats = np.column_stack([stats, _reference_distance(models[0], blocks[0])])
+        distance, by_class = _reference_scores(models[0], blocks[0])
+        stats = np.column_stack([stats, distance])
+        codes, coords = plan.place(start, stop, blocks[0]) if plan is not None else (None, None)
         pred = predict_matrix(pairs, blocks, space, options.inference_batch, options.device,
                               options.restrict_to, options.precision)
         del raw, blocks
         release_freed_memory()
         bar.update(stop - start)
-        yield start, stop, pred, stats
+        yield Chunk(start, stop, pred, stats, by_class, codes, coords)
     bar.close()
 
 
-def _reference_distance(model: TrainedModel, panel) -> np.ndarray:
-    """The out-of-reference score of each row (:mod:`cellpix.core.reference_space`); NaN for an older bundle."""
+def _reference_scores(model: TrainedModel, panel) -> tuple[np.ndarray, np.ndarray]:
+    """The out-of-reference score of each row and its distances to each base type's reference cells
+    (:mod:`cellpix.core.reference_space`); NaN and no columns for an older bundle."""
     if model.reference_space is None:
-        return np.full(panel.shape[0], np.nan, dtype=np.float32)
-    return model.reference_space.distance(panel)
+        return np.full(panel.shape[0], np.nan, dtype=np.float32), np.zeros((panel.shape[0], 0), np.float32)
+    return model.reference_space.scores(panel)
 
 
 def novelty_flags(pred: Predictions, space: LabelSpace, models: list[TrainedModel], rule: str,
@@ -182,7 +218,8 @@ def _flags(pred: Predictions, space: LabelSpace, models: list[TrainedModel], rul
 def _guards(models: list[TrainedModel], readers: list[PanelReader], pred: Predictions, stats: np.ndarray,
             options: AnnotateOptions) -> tuple[np.ndarray, dict[str, Any], list[str]]:
     """The shift comparison and the all-one-class symptom; refuses a query on another scale unless forced."""
-    out_of_reference, report, warnings = compare(models[0].metadata.get("shift_profile"), stats[:, :2])
+    out_of_reference, report, warnings = compare(models[0].metadata.get("shift_profile"), stats[:, :2],
+                                                 options.corrected_by)
     if report.get("other_scale"):
         if not options.force:
             raise InputDataError(other_scale_message(report))
@@ -245,8 +282,7 @@ def _obs_frame(pred: Predictions, novel: tuple[np.ndarray, np.ndarray], space: L
             f"{PREFIX}subtype_probability": np.where(empty, 0.0, pred.subtype_confidence).astype(np.float32),
             f"{PREFIX}novelty_score": pred.novelty_score,
             f"{PREFIX}is_novel": flags & ~empty,
-            f"{PREFIX}novelty_reason": pd.Categorical(np.where(empty, "", reason), categories=[
-                "", "subtype", "out_of_reference", "subtype,out_of_reference"]),
+            f"{PREFIX}novelty_reason": pd.Categorical(np.where(empty, "", reason), categories=list(REASONS)),
             f"{PREFIX}reference_distance": stats[:, 2].astype(np.float32),
             f"{PREFIX}uncertainty": pred.uncertainty,
             f"{PREFIX}out_of_reference": out_of_reference,
@@ -293,26 +329,75 @@ def _run_metadata(models: list[TrainedModel], readers: list[PanelReader], option
     }
 
 
+@dataclass
+class Finished:
+    """What both annotation paths write once every chunk is in: obs columns, uns entry, cluster coordinates."""
+
+    obs: pd.DataFrame
+    metadata: dict[str, Any]
+    coords: np.ndarray | None
+
+
+def _finish(models: list[TrainedModel], readers: list[PanelReader], options: AnnotateOptions, index: pd.Index,
+            chunks: list[Chunk], plan: ClusterPlan | None) -> Finished:
+    """Guards, per-cell and cluster-level novelty, consensus, the obs frame and the run metadata: one finish for
+    the in-memory and the streaming path."""
+    space = models[0].space
+    pred = _concat([c.pred for c in chunks])
+    stats = np.vstack([c.stats for c in chunks])
+    out_of_reference, shift, warnings = _guards(models, readers, pred, stats, options)
+    flags, reason, applied = novelty_flags(pred, space, models, options.novelty_rule, stats[:, 2])
+    warnings = _note(warnings, _far_query_warning(applied))
+    frame = _obs_frame(pred, (flags, reason), space, models, index, out_of_reference, stats)
+    coords, clusters = None, None
+    if plan is not None:
+        codes = np.concatenate([c.codes for c in chunks])
+        by_class = np.vstack([c.class_distance for c in chunks])
+        clusters = evidence(plan, codes, pred, space, models[0], by_class)
+        warnings = _note(warnings, cluster_warnings(clusters))
+        add_cluster_columns(frame, clusters, stats[:, 0] == 0)
+        if plan.clusters is not None:
+            coords = np.vstack([c.coords for c in chunks])
+    meta = _run_metadata(models, readers, options, len(index), shift, warnings, applied)
+    if clusters is not None:
+        meta["clusters"] = cluster_table(clusters, options.over_clustering, options.cluster_resolution)
+    return Finished(frame, meta, coords)
+
+
 def annotate_adata(adata: ad.AnnData, models: list[TrainedModel], options: AnnotateOptions | None = None
                    ) -> ad.AnnData:
     """Annotate an in-memory AnnData; returns a copy with cellpix's obs, obsm and uns entries."""
-    options = options or AnnotateOptions()
+    options = _with_query_facts(options or AnnotateOptions(), adata)
     _check_rule(options)
     readers = _readers(adata, models, options)
-    parts = list(_stream(models, readers, options))
-    pred = _concat([p for _, _, p, _ in parts])
-    out_of_reference, shift, warnings = _guards(models, readers, pred, np.vstack([s for *_, s in parts]), options)
-    space = models[0].space
-    stats = np.vstack([s for *_, s in parts])
-    *flags, applied = novelty_flags(pred, space, models, options.novelty_rule, stats[:, 2])
-    warnings = _note(warnings, _far_query_warning(applied))
+    plan = _plan(adata, readers, options)
+    chunks = list(_stream(models, readers, options, plan))
+    done = _finish(models, readers, options, adata.obs_names, chunks, plan)
     out = adata.copy()
-    for column, values in _obs_frame(pred, flags, space, models, out.obs_names, out_of_reference, stats).items():
+    for column, values in done.obs.items():
         out.obs[column] = values
-    out.obsm[f"{PREFIX}base_proba"] = pred.base_proba
-    out.obsm[f"{PREFIX}subtype_proba"] = pred.subtype_proba
-    out.uns["cellpix"] = _run_metadata(models, readers, options, adata.n_obs, shift, warnings, applied)
+    out.obsm[f"{PREFIX}base_proba"] = np.vstack([c.pred.base_proba for c in chunks])
+    out.obsm[f"{PREFIX}subtype_proba"] = np.vstack([c.pred.subtype_proba for c in chunks])
+    if done.coords is not None:
+        out.obsm[PCA_KEY] = done.coords
+    out.uns["cellpix"] = done.metadata
     return out
+
+
+def _with_query_facts(options: AnnotateOptions, adata: ad.AnnData) -> AnnotateOptions:
+    """The options, with what the query's own metadata says: the correction ``cellpix integrate`` applied."""
+    from dataclasses import replace
+
+    report = adata.uns.get("cellpix_integrate") if hasattr(adata, "uns") else None
+    method = report.get("method") if isinstance(report, dict) and report.get("mode") == "query" else None
+    return replace(options, corrected_by=str(method) if method and method != "none" else None)
+
+
+def _plan(adata: ad.AnnData, readers: list[PanelReader], options: AnnotateOptions) -> ClusterPlan | None:
+    if not options.consensus or adata.n_obs == 0:
+        return None
+    return plan_clusters(adata, readers[0], options.over_clustering, options.cluster_resolution,
+                         options.max_cluster_cells)
 
 
 def annotate_file(query: str | Path, output: str | Path, models: list[TrainedModel],
@@ -322,38 +407,60 @@ def annotate_file(query: str | Path, output: str | Path, models: list[TrainedMod
     _check_rule(options)
     adata = read_h5ad(query, backed=True)
     try:
+        options = _with_query_facts(options, adata)
         readers = _readers(adata, models, options)
+        plan = _plan(adata, readers, options)
         space = models[0].space
         n = adata.n_obs
         with atomic_path(output) as tmp:
             shutil.copyfile(query, tmp)
-            scalars: list[Predictions] = []
-            cell_stats: list[np.ndarray] = []
+            chunks: list[Chunk] = []
             with h5py.File(tmp, "r+") as f:
                 base_ds = _new_matrix(f, f"obsm/{PREFIX}base_proba", (n, len(space.bases)))
                 sub_ds = _new_matrix(f, f"obsm/{PREFIX}subtype_proba", (n, len(space.labels)))
-                for start, stop, pred, stats in _stream(models, readers, options):
-                    base_ds[start:stop] = pred.base_proba
-                    sub_ds[start:stop] = pred.subtype_proba
-                    pred.base_proba = pred.subtype_proba = np.empty((0, 0), np.float32)  # keep only per-cell scalars
-                    scalars.append(pred)
-                    cell_stats.append(stats)
-                pred = _concat(scalars)
-                out_of_reference, shift, warnings = _guards(models, readers, pred, np.vstack(cell_stats), options)
-                stats = np.vstack(cell_stats)
-                *flags, applied = novelty_flags(pred, space, models, options.novelty_rule, stats[:, 2])
-                warnings = _note(warnings, _far_query_warning(applied))
+                for chunk in _stream(models, readers, options, plan):
+                    base_ds[chunk.start:chunk.stop] = chunk.pred.base_proba
+                    sub_ds[chunk.start:chunk.stop] = chunk.pred.subtype_proba
+                    empty = np.empty((0, 0), np.float32)  # keep only per-cell scalars
+                    chunk.pred.base_proba = chunk.pred.subtype_proba = empty
+                    chunks.append(chunk)
+                done = _finish(models, readers, options, adata.obs_names, chunks, plan)
                 obs = adata.obs.copy()
-                new = _obs_frame(pred, flags, space, models, obs.index, out_of_reference, stats)
-                for column, values in new.items():
+                for column, values in done.obs.items():
                     obs[column] = values
                 del f["obs"]
                 write_elem(f, "obs", obs)
-                meta = _run_metadata(models, readers, options, n, shift, warnings, applied)
-                write_uns_entry(f, "cellpix", meta)
+                if done.coords is not None:
+                    coords = _new_matrix(f, f"obsm/{PCA_KEY}", done.coords.shape)
+                    coords[:] = done.coords
+                write_uns_entry(f, "cellpix", done.metadata)
     finally:
         adata.file.close()
-    return Annotation(obs=new, metadata=meta)
+    return Annotation(obs=done.obs, metadata=done.metadata)
+
+
+def annotation_summary(obs: pd.DataFrame, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The few figures a pipeline user reads first (``--summary``; one JSON per sample): cells, the answers,
+    the share flagged novel and why, gene coverage, shift warnings, the model's checksum."""
+    coverage = metadata.get("gene_matching", {}).get("model_0", {})
+    reasons = obs[f"{PREFIX}novelty_reason"].astype(str)
+    answer = f"{PREFIX}label" if f"{PREFIX}label" in obs else f"{PREFIX}subtype"
+    clusters = metadata.get("clusters") or {}
+    verdicts = [str(v) for v in clusters.get("verdict", [])]
+    return {
+        "cells": len(obs),
+        "labels": {str(k): int(v) for k, v in obs[answer].astype(str).value_counts().items()},
+        "flagged_novel_share": round(float(obs[f"{PREFIX}is_novel"].mean()), 4) if len(obs) else 0.0,
+        "flagged_by_cluster_share": round(float(reasons.str.contains("cluster").mean()), 4) if len(obs) else 0.0,
+        "out_of_reference_share": round(float(reasons.str.contains("out_of_reference").mean()), 4)
+        if len(obs) else 0.0,
+        "clusters": len(verdicts),
+        "unknown_clusters": sum(v != "" for v in verdicts),
+        "gene_coverage": coverage.get("coverage"),
+        "warnings": list(metadata.get("warnings", [])),
+        "model_checksum_sha256": metadata.get("models", {}).get("model_0", {}).get("checksum_sha256", ""),
+        "cellpix_version": metadata.get("cellpix_version", ""),
+    }
 
 
 def annotation_table(obs: pd.DataFrame) -> str:

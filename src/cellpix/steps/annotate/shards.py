@@ -59,13 +59,14 @@ def shard_order(paths: list[str | Path]) -> list[Path]:
 
 
 def merge_h5ad(shards: list[str | Path], output: str | Path) -> Path:
-    """Concatenate annotated shards on disk; ``uns['cellpix']`` comes from the first, with totals updated."""
+    """Concatenate annotated shards on disk; ``uns['cellpix']`` comes from the first, with totals updated and every
+    shard's warnings (each prefixed with its shard's file name)."""
     ordered = shard_order(shards)
     if not ordered:
         raise CellpixError("no shards to merge")
     if len({p.resolve() for p in ordered}) < len(ordered):
         raise InputDataError("the same shard is given twice; each shard must be merged once")
-    totals, models = 0, {}
+    totals, models, warnings = 0, {}, []
     seen_cells: set[str] = set()
     for path in ordered:
         with h5py.File(check_h5ad_path(path), "r") as f:
@@ -74,6 +75,11 @@ def merge_h5ad(shards: list[str | Path], output: str | Path) -> Path:
                                      "shard before merging")
             meta = read_elem(f["uns/cellpix"])
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["obs"][f["obs"].attrs["_index"]][:]]
+        if "clusters" in meta:
+            raise InputDataError(f"{path} carries a cluster consensus of its own, and a shard's clusters are not the "
+                                 "query's (each shard numbers its own): annotate shards with --no-consensus, merge "
+                                 "them, then run `cellpix consensus` on the merged file")
+        warnings += [f"{path.name}: {line}" for line in meta.get("warnings", [])]
         checksums = tuple(sorted(str(m.get("checksum_sha256", "")) for m in meta.get("models", {}).values()))
         models[path] = checksums
         if checksums != models[ordered[0]]:
@@ -86,10 +92,10 @@ def merge_h5ad(shards: list[str | Path], output: str | Path) -> Path:
         seen_cells.update(names)
         totals += len(names)
     with atomic_path(output) as tmp:
-        concat_on_disk([str(p) for p in ordered], str(tmp), max_loaded_elems=10_000_000)
+        concat_on_disk([Path(p) for p in ordered], Path(tmp), max_loaded_elems=10_000_000)  # Paths: one shard is copied
         with h5py.File(ordered[0], "r") as first:
             uns = read_elem(first["uns"])  # concat_on_disk drops uns; the first shard's run metadata stands for all
-        uns["cellpix"].update({"n_cells": totals, "n_shards": len(ordered)})
+        uns["cellpix"].update({"n_cells": totals, "n_shards": len(ordered), "warnings": warnings})
         with h5py.File(tmp, "r+") as f:
             for key, value in uns.items():
                 write_uns_entry(f, key, value)

@@ -23,20 +23,21 @@ def slug(text: str) -> str:
 
 
 def plot_class_bars(rows: pd.DataFrame, path: Path, top_n: int = 20) -> None:
-    """Top genes of one class by mean |SHAP|; bar colour shows whether the gene pushes toward the class."""
+    """Top genes of one class in the table's ranking (marker credit); broadly expressed genes in grey."""
     top = rows.nsmallest(top_n, "rank").iloc[::-1]
-    colours = [POSITIVE if v >= 0 else NEGATIVE for v in top["mean_shap"]]
+    colours = ["#9e9e9e" if broad else POSITIVE for broad in top["broad"]]
     fig, ax = plt.subplots(figsize=(5.5, 0.28 * len(top) + 1.2))
-    ax.barh(top["gene_symbol"], top["mean_abs_shap"], color=colours)
+    ax.barh(top["gene_symbol"], top["marker_shap"], color=colours)
     level, name = rows["level"].iloc[0], rows["class"].iloc[0]
     ax.set_title(f"{name} ({level} head, {int(rows['n_cells'].iloc[0])} cells)", fontsize=10)
-    ax.set_xlabel("mean |SHAP| (red: raises the class logit, blue: lowers it)")
+    ax.set_xlabel("credit from expression above the average cell (grey: broadly expressed)")
     ax.tick_params(axis="y", labelsize=8)
     save_figure(fig, path)
 
 
 def plot_heatmap(table: pd.DataFrame, path: Path, level: str, top_n: int = 5) -> None:
-    """The union of each class's top genes (rows) × classes (columns), coloured by mean signed SHAP."""
+    """The union of each class's top genes (rows) × classes (columns), coloured by mean signed SHAP: a marker is
+    red in its own class, and often blue in the others (its presence argues against them)."""
     rows = table[table["level"] == level]
     if rows.empty:
         return

@@ -18,31 +18,43 @@ MARKERS = ("CD3D", "CD3E", "CD79A", "CD79B", "MS4A1", "NKG7", "GNLY", "LYZ", "CD
 
 
 def plot_layout(layout: GeneLayout, mean_scaled: np.ndarray, path: str | Path) -> Path:
-    """Left: where genes sit (occupied pixels); right: mean scaled expression, markers labelled."""
+    """The gene image of an average reference cell: mean scaled expression per pixel, empty pixels light grey,
+    marker genes labelled where they sit (labels that would overlap an earlier one are left out)."""
     grid = np.full(layout.size * layout.size, np.nan)
     grid[layout.pixel_index] = mean_scaled
-    occupied = np.zeros(layout.size * layout.size)
-    np.add.at(occupied, layout.pixel_index, 1)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
-    axes[0].imshow(occupied.reshape(layout.size, layout.size), cmap="Greys", interpolation="nearest")
-    axes[0].set_title(f"{layout.n_genes} genes on {layout.size}×{layout.size} ({layout.method}, "
-                      f"{layout.discretization})")
-    shown = axes[1].imshow(grid.reshape(layout.size, layout.size), cmap="viridis", interpolation="nearest")
-    fig.colorbar(shown, ax=axes[1], label="mean scaled expression")
-    names = [n.upper() for n in layout.display_names]
-    for marker in MARKERS:
-        if marker in names:
-            i = names.index(marker)
-            axes[1].annotate(layout.display_names[i], (layout.cols[i], layout.rows[i]), color="white", fontsize=7,
-                             xytext=(3, 3), textcoords="offset points")
-            axes[1].plot(layout.cols[i], layout.rows[i], "r.", markersize=4)
-    axes[1].set_title("mean expression per gene pixel")
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("#e8e8e8")
+    shown = ax.imshow(grid.reshape(layout.size, layout.size), cmap=cmap, interpolation="nearest")
+    fig.colorbar(shown, ax=ax, label="mean scaled expression", shrink=0.8)
+    _label_markers(ax, layout)
+    ax.set_title(f"{layout.n_genes} genes on {layout.size}×{layout.size} pixels ({layout.method}, "
+                 f"{layout.discretization}); grey: no gene", fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path
+
+
+def _label_markers(ax, layout: GeneLayout) -> None:
+    """Red dots on the markers' pixels; each name in a white box, pointing inwards so it stays inside the image."""
+    names = [n.upper() for n in layout.display_names]
+    placed: list[tuple[float, float]] = []
+    min_gap = layout.size / 12
+    for marker in MARKERS:
+        if marker not in names:
+            continue
+        i = names.index(marker)
+        x, y = float(layout.cols[i]), float(layout.rows[i])
+        ax.plot(x, y, "o", color="red", markersize=4, markeredgecolor="white", markeredgewidth=0.5)
+        if any(abs(x - px) < min_gap and abs(y - py) < min_gap / 2 for px, py in placed):
+            continue
+        placed.append((x, y))
+        dx = 6 if x < layout.size / 2 else -6
+        ax.annotate(layout.display_names[i], (x, y), xytext=(dx, 4), textcoords="offset points", fontsize=7,
+                    ha="left" if dx > 0 else "right", annotation_clip=True,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})

@@ -449,7 +449,7 @@ def train(
     metadata["shift_profile"] = _shift_profile(data, config.chunk_size)
     metadata["label_shares"] = _label_shares(data, space)
     trained = TrainedModel(model.cpu(), renderer.cpu(), layout, hierarchy, metadata,
-                           reference_space=_reference_space(data, config))
+                           reference_space=_reference_space(data, config, space))
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
@@ -646,7 +646,7 @@ def _shift_profile(data: ReferenceData, chunk_size: int, max_cells: int = 5000) 
     return reference_profile(np.vstack(stats))
 
 
-def _reference_space(data: ReferenceData, config: TrainConfig) -> ReferenceSpace:
+def _reference_space(data: ReferenceData, config: TrainConfig, space: LabelSpace) -> ReferenceSpace:
     """The expression space of the out-of-reference score: fitted on training cells, its threshold calibrated on
     the validation cells; on all cells when the split is too small.
 
@@ -655,10 +655,12 @@ def _reference_space(data: ReferenceData, config: TrainConfig) -> ReferenceSpace
     known cells stay near the calibrated rate.
     """
     fpr = config.novelty_fpr / 2
+    types = {"base_index": data.base_index, "n_bases": len(space.bases), "label_index": data.label_index,
+             "n_labels": len(space.labels)}
     if len(data.val_idx) >= 50:
-        return fit_reference_space(data.reader.take, data.train_idx, data.val_idx, fpr, seed=config.seed)
+        return fit_reference_space(data.reader.take, data.train_idx, data.val_idx, fpr, seed=config.seed, **types)
     return fit_reference_space(data.reader.take, np.arange(data.reader.n_obs), np.array([], dtype=np.int64), fpr,
-                               seed=config.seed)
+                               seed=config.seed, **types)
 
 
 def small_class_warnings(data: ReferenceData, space: LabelSpace) -> list[str]:

@@ -1,0 +1,124 @@
+"""Types the reference lacks, across datasets: is each flagged, and are known cells left alone?
+
+``python -m benchmarks.unseen [--holdouts "none;CD14+ Monocyte;CD19+ B;CD56+ NK;CD34+"] [--seed 0]``: for each
+setting, the default model is trained on every Zheng cell except those of the held-out lineage ("none": all
+cells), with its panel chosen among the query's genes as ``cellpix run`` does, and annotates pbmc68k_reduced and
+Kang 2018 control and stimulated (silver lineages, :mod:`benchmarks.kang_labels`). Unseen cells are the held-out
+lineage's, plus, with nothing held out, the populations the sorted reference lacks (pbmc68k's "Dendritic" bulk
+label, Kang's FCGR3A+ monocytes, dendritic cells and megakaryocytes). Per row: the share of unseen and of known
+cells flagged ``cellpix_is_novel``, by the cluster verdict alone, the AUROC of the shipped cluster score
+(``cellpix_cluster_novelty``) and of the per-cell distance, lineage accuracy of the per-cell call and of the
+consensus on known cells, and SingleR's and the logistic regression's AUROC (their own confidence) beside them.
+Writes ``benchmarks/results/unseen.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.metrics import roc_auc_score
+
+from benchmarks.accuracy import LABEL, CrossQuery, cross_queries, lineage, log_normalised, panel_log_values
+from benchmarks.common import ZHENG, require, write_csv
+
+HOLDOUTS = "none;CD14+ Monocyte;CD19+ B;CD56+ NK;CD34+"
+LINEAGE_OF = {"CD14+ Monocyte": "CD14+", "CD19+ B": "B cell", "CD56+ NK": "NK cell", "CD34+": "CD34+"}
+
+
+def masks(query: CrossQuery, held: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(unseen, known) cells of a query for one held-out lineage (None: the reference's own gaps)."""
+    if held is None:
+        return query.unseen, query.known
+    truth = query.truth.astype(str)
+    lineages = truth if query.labels_are_lineages else lineage(truth)
+    unseen = lineages == LINEAGE_OF[held]
+    return unseen, query.known & ~unseen
+
+
+def auroc(unseen: np.ndarray, known: np.ndarray, score: np.ndarray) -> float | None:
+    scored = (unseen | known) & np.isfinite(score)
+    if not unseen[scored].any() or not known[scored].any():
+        return None
+    return float(roc_auc_score(unseen[scored], score[scored]))
+
+
+def one_setting(raw: ad.AnnData, held: str | None, seed: int) -> list[dict]:
+    from sklearn.linear_model import LogisticRegression
+
+    from benchmarks import singler as singler_peer
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
+    from cellpix.steps.imaging.layout import fit_layout
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference, query_gene_table
+    from cellpix.steps.train.trainer import TrainConfig, train
+
+    reference = raw if held is None else raw[raw.obs[LABEL].astype(str) != held].copy()
+    rows, models = [], {}
+    for query in cross_queries():
+        panel_key = tuple(query.adata.var_names[:50])  # Kang control and stimulated share their genes
+        if panel_key not in models:
+            start = time.perf_counter()
+            ref = prepare_reference(reference, QCOptions(n_top_genes=5000),
+                                    genes_from=[query_gene_table(query.adata, use_raw=query.use_raw)])
+            layout = fit_layout(ref, groupby=LABEL, symbol_column="gene_symbol", max_cells=1500)
+            model = train(ref, layout, resolve_hierarchy("pbmc-sorted"), LABEL, TrainConfig(seed=seed),
+                          progress=False)
+            models[panel_key] = (ref, model, time.perf_counter() - start)
+        ref, model, train_s = models[panel_key]
+        out = annotate_adata(query.adata, [model], AnnotateOptions(use_raw=query.use_raw, progress=False)).obs
+        unseen, known = masks(query, held)
+        novel = out["cellpix_is_novel"].to_numpy(dtype=bool)
+        by_cluster = out["cellpix_novelty_reason"].astype(str).str.contains("cluster").to_numpy()
+        truth = query.truth.astype(str)
+        lineages = truth if query.labels_are_lineages else lineage(truth)
+        call = lineage(out["cellpix_subtype"].astype(str).to_numpy())
+        consensus = lineage(out["cellpix_consensus_subtype"].astype(str).to_numpy())
+        row = {"held_out": held or "none", "query": query.name, "seed": seed, "unseen_cells": int(unseen.sum()),
+               "known_cells": int(known.sum()),
+               "unseen_flagged": float(novel[unseen].mean()) if unseen.any() else None,
+               "unseen_flagged_by_cluster": float(by_cluster[unseen].mean()) if unseen.any() else None,
+               "known_flagged": float(novel[known].mean()),
+               "known_flagged_by_cluster": float(by_cluster[known].mean()),
+               "auroc_cluster_score": auroc(unseen, known, out["cellpix_cluster_novelty"].to_numpy()),
+               "auroc_reference_distance": auroc(unseen, known, out["cellpix_reference_distance"].to_numpy()),
+               "auroc_1_minus_probability": auroc(unseen, known, 1 - out["cellpix_base_probability"].to_numpy()),
+               "lineage_accuracy_cell": float((call[known] == lineages[known]).mean()),
+               "lineage_accuracy_consensus": float((consensus[known] == lineages[known]).mean()),
+               "unseen_answers": "; ".join(f"{k} {v}" for k, v in
+                                           out.loc[unseen, "cellpix_label"].astype(str).value_counts().head(3).items()),
+               "train_s": round(train_s, 1)}
+        linear = LogisticRegression(max_iter=300, class_weight="balanced").fit(ref.X, ref.obs[LABEL].astype(str))
+        proba = linear.predict_proba(panel_log_values(query.adata, ref, use_raw=query.use_raw))
+        row["auroc_logistic_regression"] = auroc(unseen, known, 1 - proba.max(1))
+        if singler_peer.available():
+            everything = panel_log_values(query.adata, reference, use_raw=query.use_raw)
+            shared = np.flatnonzero(np.asarray((everything != 0).sum(axis=0)).ravel() > 0)
+            _, _, delta, _ = singler_peer.singler(log_normalised(reference)[:, shared],
+                                                  reference.obs[LABEL].astype(str).to_numpy(),
+                                                  sp.csr_matrix(everything[:, shared]),
+                                                  list(reference.var["gene_symbol"].astype(str).to_numpy()[shared]))
+            row["auroc_singler_delta"] = auroc(unseen, known, -delta)
+        print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.unseen")
+    parser.add_argument("--holdouts", default=HOLDOUTS, help="Zheng cell types held out, separated by ;")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    raw = ad.read_h5ad(require(ZHENG))
+    rows = []
+    for name in (h.strip() for h in args.holdouts.split(";") if h.strip()):
+        rows += one_setting(raw, None if name == "none" else name, args.seed)
+        write_csv(pd.DataFrame(rows), f"unseen_seed{args.seed}.csv")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Annotation's cluster pass: the query's clusters before streaming, each streamed chunk's cells placed in them,
+and the per-cluster evidence after (:mod:`cellpix.core.clusters`, :mod:`cellpix.core.consensus`).
+
+Before the stream, at most :data:`cellpix.core.clusters.MAX_CLUSTER_CELLS` cells are read once: they are
+clustered (unless the user names an obs column of clusters) and give every cluster's gene detection rates. A
+query that size or smaller is clustered whole; in a larger one each chunk's cells join the nearest sampled
+cells' cluster as they stream, so memory is bounded by the sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from cellpix.core.clusters import MAX_CLUSTER_CELLS, QueryClusters, fit_clusters, sample_rows
+from cellpix.core.consensus import (
+    NEW_SUBTYPE,
+    UNKNOWN,
+    ClusterEvidence,
+    cluster_detection,
+    final_labels,
+    judge_clusters,
+)
+from cellpix.core.predict import LabelSpace, Predictions
+from cellpix.core.trained import TrainedModel
+from cellpix.data.panel import PanelReader
+from cellpix.errors import CellpixError
+
+PCA_KEY = "X_cellpix_pca"
+PREFIX = "cellpix_"
+# A cell without a single count on the model's genes: an empty image, which the network would still label.
+UNASSIGNED = "unassigned"
+# cellpix_novelty_reason: per-cell reasons, joined with a comma when several hold (a cluster's joins them)
+REASONS = ("", "subtype", "out_of_reference", "subtype,out_of_reference")
+CLUSTER_COLUMNS = ("cluster", "consensus_base", "consensus_subtype", "consensus_agreement", "cluster_novelty", "label")
+
+
+@dataclass
+class ClusterPlan:
+    """What the stream needs to place cells, and the sampled cells' detection rates."""
+
+    names: list[str]
+    rates: np.ndarray  # clusters × panel genes
+    sample: np.ndarray  # rows the rates (and a computed clustering) came from
+    given: np.ndarray | None = None  # every cell's code, when known before the stream
+    clusters: QueryClusters | None = None  # a computed clustering (None: the user's column)
+
+    def place(self, start: int, stop: int, block: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray | None]:
+        """(codes, principal-component coordinates or None) of the chunk's rows."""
+        if self.clusters is None:
+            return self.given[start:stop], None
+        if self.given is not None:  # the whole query was clustered: its rows are the sample's, in order
+            return self.given[start:stop], self.clusters.coords[start:stop]
+        coords = self.clusters.project(block)
+        codes = self.clusters.assign(coords)
+        rows, sampled = np.arange(start, stop), self.clusters.sample_rows
+        inside = np.minimum(np.searchsorted(sampled, rows), len(sampled) - 1)
+        hit = sampled[inside] == rows  # sampled cells keep the cluster Leiden gave them
+        codes[hit] = self.clusters.labels[inside[hit]]
+        return codes, coords
+
+
+def plan_clusters(adata: ad.AnnData, reader: PanelReader, column: str | None, resolution: float,
+                  max_cells: int = MAX_CLUSTER_CELLS, seed: int = 0) -> ClusterPlan:
+    """Read the sample once; cluster it (or take the user's ``column``) and measure each cluster's detection."""
+    n = adata.n_obs
+    sample = sample_rows(n, max_cells, seed=seed)
+    rows = reader.take(sample)
+    if column is not None:
+        codes, names = _given_codes(adata, column)
+        rates, _ = cluster_detection(rows, codes[sample], len(names))
+        return ClusterPlan(names, rates, sample, given=codes)
+    clusters = fit_clusters(rows, sample, resolution=resolution, seed=seed)
+    names = [str(i) for i in range(clusters.n_clusters)]
+    rates, _ = cluster_detection(rows, clusters.labels, clusters.n_clusters)
+    given = clusters.labels if len(sample) == n else None
+    return ClusterPlan(names, rates, sample, given=given, clusters=clusters)
+
+
+def _given_codes(adata: ad.AnnData, column: str) -> tuple[np.ndarray, list[str]]:
+    if column not in adata.obs.columns:
+        raise CellpixError(f"--over-clustering {column!r} is not an obs column of the query; columns: "
+                           f"{', '.join(map(str, adata.obs.columns)) or 'none'}")
+    values = pd.Categorical(adata.obs[column].astype(str).to_numpy())
+    return np.asarray(values.codes, dtype=np.int64), [str(c) for c in values.categories]
+
+
+def evidence(plan: ClusterPlan, codes: np.ndarray, pred: Predictions, space: LabelSpace, model: TrainedModel,
+             class_distance: np.ndarray) -> ClusterEvidence:
+    """The per-cluster table (:func:`cellpix.core.consensus.judge_clusters`) for the whole query."""
+    reference = model.reference_space
+    detection = reference.detection.numpy() if reference is not None and reference.has_classes else None
+    return judge_clusters(pred, codes, plan.names, space, class_distance if detection is not None else None,
+                          plan.rates, detection, symbols=list(model.layout.display_names))
+
+
+def add_cluster_columns(frame: pd.DataFrame, clusters: ClusterEvidence, empty: np.ndarray) -> None:
+    """Cluster, consensus and the answer to read (``cellpix_label``); an unknown cluster's cells become novel."""
+    table = clusters.table
+    verdict = clusters.per_cell("verdict")
+    frame[f"{PREFIX}cluster"] = pd.Categorical(table["cluster"].to_numpy()[clusters.codes],
+                                               categories=list(table["cluster"]))
+    frame[f"{PREFIX}consensus_base"] = pd.Categorical(clusters.per_cell("consensus_base"))
+    frame[f"{PREFIX}consensus_subtype"] = pd.Categorical(clusters.per_cell("consensus_subtype"))
+    frame[f"{PREFIX}consensus_agreement"] = clusters.per_cell("agreement").astype(np.float32)
+    frame[f"{PREFIX}cluster_novelty"] = (clusters.per_cell("novelty_score") if "novelty_score" in table
+                                         else np.full(len(verdict), np.nan)).astype(np.float32)
+    label = np.where(empty, UNASSIGNED, final_labels(clusters))
+    frame[f"{PREFIX}label"] = pd.Categorical(label)
+    cluster_reason = np.select([verdict == UNKNOWN, verdict == NEW_SUBTYPE], ["unknown_cluster", "new_subtype_cluster"],
+                               "")
+    cluster_reason = np.where(empty, "", cluster_reason)
+    reason = np.array([",".join(x for x in r.split(",") if x and not x.endswith("_cluster"))
+                       for r in frame[f"{PREFIX}novelty_reason"].astype(str)])  # a second pass replaces the first
+    joined = np.array([",".join(x for x in pair if x) for pair in zip(reason, cluster_reason, strict=True)])
+    frame[f"{PREFIX}novelty_reason"] = pd.Categorical(joined, categories=sorted(set(joined) | set(REASONS)))
+    frame[f"{PREFIX}is_novel"] = joined != ""
+
+
+def cluster_warnings(clusters: ClusterEvidence) -> list[str]:
+    table = clusters.table
+    flagged = table[table["verdict"] != ""]
+    lines = []
+    for _, row in flagged.iterrows():
+        answer = "a type the reference lacks" if row["verdict"] == UNKNOWN else \
+            f"a {row['consensus_base']} subtype the reference lacks"
+        markers = f"; its markers: {row['markers']}" if row.get("markers") else ""
+        lines.append(f"cluster {row['cluster']} ({row['n_cells']} cells, called {row['consensus_subtype']!r}) looks "
+                     f"like {answer}: novelty score {row['novelty_score']:.2f} (distance ratio "
+                     f"{row['distance_ratio']:.2f}, marker support {row['marker_support']:.2f}){markers}; its cells "
+                     "are flagged cellpix_is_novel and labelled so in obs['cellpix_label']")
+    return lines
+
+
+def cluster_table(clusters: ClusterEvidence, column: str | None, resolution: float) -> dict[str, Any]:
+    """The per-cluster evidence as parallel arrays (any label survives the file, unlike a label-keyed mapping)."""
+    table = clusters.table
+    out: dict[str, Any] = {"source": column or "computed (leiden)", "resolution": resolution}
+    for column in table.columns:
+        values = table[column].to_numpy()
+        out[column] = values.astype(str) if values.dtype == object else values
+    return out
