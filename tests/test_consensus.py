@@ -47,7 +47,7 @@ def test_every_cell_gets_a_cluster_a_consensus_and_an_answer(small_model):
     for column in CLUSTER_COLUMNS:
         assert column in obs and obs[column].notna().all(), column
     assert obs["cellpix_cluster"].nunique() >= 3  # sorted populations: several clusters in 100 cells
-    for cluster, cells in obs.groupby("cellpix_cluster", observed=True):
+    for _, cells in obs.groupby("cellpix_cluster", observed=True):
         votes = cells["cellpix_subtype"].astype(str).value_counts()
         assert cells["cellpix_consensus_subtype"].astype(str).iloc[0] == votes.index[0]  # the majority
         assert np.isclose(cells["cellpix_consensus_agreement"].iloc[0], votes.iloc[0] / len(cells), atol=1e-6)
