@@ -19,6 +19,7 @@ from cellpix.errors import CellpixError
 from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata, annotate_file
 
 DATA = Path(__file__).parent / "data"
+ROOT_DATA = Path(__file__).parents[1] / "galaxy_tools" / "cellpix" / "test-data"  # an older bundle, another model
 CLUSTER_COLUMNS = ("cellpix_cluster", "cellpix_consensus_base", "cellpix_consensus_subtype",
                    "cellpix_consensus_agreement", "cellpix_cluster_novelty", "cellpix_label")
 
@@ -97,6 +98,40 @@ def test_user_clusters_are_used_as_given_and_a_missing_column_is_refused(small_m
                          capture_output=True, text=True)
     assert run.returncode == 1 and "'nope' is not an obs column" in run.stderr
     assert not (tmp_path / "x.h5ad").exists()
+
+
+def test_consensus_command_on_a_merged_query_and_its_bad_inputs(small_model, tmp_path):
+    """`cellpix consensus` adds the whole query's clusters to a file annotated per cell, writes its CSV, summary and
+    pictures; a file cellpix never annotated, or another model, is refused in one line and nothing is written."""
+    import json
+
+    model, path = small_model
+    cli = [sys.executable, "-m", "cellpix"]
+    per_cell = tmp_path / "per_cell.h5ad"
+    run = subprocess.run([*cli, "annotate", str(DATA / "zheng_query.h5ad"), "-m", str(path), "-o", str(per_cell),
+                          "--no-consensus", "--quiet"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "cellpix_cluster" not in ad.read_h5ad(per_cell).obs
+    out = tmp_path / "out.h5ad"
+    run = subprocess.run([*cli, "consensus", str(per_cell), "-m", str(path), "-o", str(out), "--table",
+                          str(tmp_path / "cells.csv"), "--summary", str(tmp_path / "summary.json"), "--plots",
+                          str(tmp_path / "plots"), "--quiet"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    whole = annotate_adata(ad.read_h5ad(DATA / "zheng_query.h5ad"), [model], AnnotateOptions(progress=False))
+    assert (ad.read_h5ad(out).obs["cellpix_label"].astype(str).to_numpy()
+            == whole.obs["cellpix_label"].astype(str).to_numpy()).all()  # the same answer as one annotate call
+    assert json.loads((tmp_path / "summary.json").read_text())["cells"] == 100
+    assert len((tmp_path / "cells.csv").read_text().splitlines()) == 101
+    assert (tmp_path / "plots" / "cellpix_umap.png").exists()
+    for bad, message in ((DATA / "zheng_query.h5ad", "not annotated by cellpix"),):
+        run = subprocess.run([*cli, "consensus", str(bad), "-m", str(path), "-o", str(tmp_path / "bad.h5ad")],
+                             capture_output=True, text=True)
+        assert run.returncode == 1 and message in run.stderr and "Traceback" not in run.stderr
+        assert not (tmp_path / "bad.h5ad").exists()
+    other = ROOT_DATA / "model.cellpix"
+    run = subprocess.run([*cli, "consensus", str(per_cell), "-m", str(other), "-o", str(tmp_path / "bad.h5ad")],
+                         capture_output=True, text=True)
+    assert run.returncode == 1 and "another model" in run.stderr and not (tmp_path / "bad.h5ad").exists()
 
 
 def test_a_sampled_clustering_places_every_other_cell_with_its_neighbours(zheng_model, zheng_raw):

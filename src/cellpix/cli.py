@@ -31,6 +31,29 @@ class Fraction(click.FloatRange):
         return number
 
 
+def annotation_output_options(command):
+    """``--table``, ``--plots`` and ``--summary``: the files beside an annotated h5ad (annotate, consensus)."""
+    for option in reversed([
+        click.option("--table", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Also write a CSV."),
+        click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Folder for UMAP, novelty map and confidence plots."),
+        click.option("--summary", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Also write a JSON summary: cells, answers, share flagged novel, gene coverage, warnings."),
+    ]):
+        command = option(command)
+    return command
+
+
+def cluster_options(command):
+    """``--over-clustering`` and ``--cluster-resolution``: the clusters of the consensus (annotate, consensus)."""
+    command = click.option("--cluster-resolution", type=click.FloatRange(min=0, min_open=True), default=None,
+                           help="Leiden resolution of the computed clusters (default 1.0).")(command)
+    return click.option("--over-clustering", default=None,
+                        help="obs column of query clusters for the consensus and unknown-cluster checks (default: "
+                             "cellpix clusters the query's own expression with Leiden).")(command)
+
+
 def coverage_option(help_text: str):
     """``--min-gene-coverage``, with the one default the data layer defines (``DEFAULT_MIN_COVERAGE``)."""
     from cellpix.data.genes import DEFAULT_MIN_COVERAGE
@@ -394,11 +417,7 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
               help="Model bundle; repeat for an ensemble (probabilities are averaged).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Annotated h5ad (the input plus cellpix_* obs/obsm/uns).")
-@click.option("--table", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write a CSV.")
-@click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for UMAP, novelty map and confidence plots.")
-@click.option("--summary", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write a JSON summary: cells, answers, share flagged novel, gene coverage, warnings.")
+@annotation_output_options
 @click.option("--gene-column", default=None, help="var column holding the gene names to match (auto by default).")
 @click.option("--layer", default=None, help="Read expression from this layer.")
 @click.option("--use-raw", is_flag=True, default=None, help="Read expression from .raw.")
@@ -408,11 +427,7 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
               type=click.Choice(["calibrated", "percentile"]),
               help="calibrated: per-cell thresholds set on the reference's held-out cells, plus the out-of-reference "
                    "distance; percentile: the published per-query rule (subtype score only).")
-@click.option("--over-clustering", default=None,
-              help="obs column of query clusters for the consensus and unknown-cluster checks (default: cellpix "
-                   "clusters the query's own expression with Leiden).")
-@click.option("--cluster-resolution", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Leiden resolution of the computed clusters (default 1.0).")
+@cluster_options
 @click.option("--no-consensus", is_flag=True,
               help="Per-cell calls only: no clusters, no consensus label, no unknown-cluster flags.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
@@ -485,15 +500,8 @@ def _annotation_outputs(result, output: Path, table: Path | None, summary: Path 
 @click.option("-m", "--model", required=True, type=INPUT_FILE, help="The bundle that annotated the cells.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The annotated h5ad with the cluster columns added.")
-@click.option("--table", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write a CSV.")
-@click.option("--summary", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write a JSON summary: cells, answers, share flagged novel, gene coverage, warnings.")
-@click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for UMAP, novelty map and confidence plots.")
-@click.option("--over-clustering", default=None,
-              help="obs column of query clusters (default: cellpix clusters the query's own expression).")
-@click.option("--cluster-resolution", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Leiden resolution of the computed clusters (default 1.0).")
+@annotation_output_options
+@cluster_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def consensus_command(annotated: Path, model: Path, output: Path, table: Path | None, summary: Path | None,
                       plots: Path | None, over_clustering: str | None, cluster_resolution: float | None,
