@@ -222,9 +222,16 @@ def test_merge_refuses_a_repeated_shard_and_shards_of_another_model(workdir):
     annotated = []
     for shard, model in zip(sorted(shards.glob("*.h5ad")), [workdir / "model.cellpix", other], strict=True):
         out = shard.with_name(shard.name.replace(".h5ad", ".cellpix.h5ad"))
-        assert runner.invoke(cli, ["annotate", str(shard), "-m", str(model), "-o", str(out), "--quiet"]).exit_code == 0
+        assert runner.invoke(cli, ["annotate", str(shard), "-m", str(model), "-o", str(out), "--no-consensus",
+                                   "--quiet"]).exit_code == 0
         annotated.append(out)
     merged = workdir / "merged.h5ad"
+    # a shard's own clusters are not the query's: shards carrying a consensus are refused, with the way out
+    clustered = workdir / "clustered.h5ad"
+    assert runner.invoke(cli, ["annotate", str(sorted(shards.glob("*.h5ad"))[0]), "-m", str(workdir / "model.cellpix"),
+                               "-o", str(clustered), "--quiet"]).exit_code == 0
+    own = runner.invoke(cli, ["merge", str(clustered), str(annotated[1]), "-o", str(merged)])
+    assert own.exit_code == 1 and "cellpix consensus" in own.output
     mixed = runner.invoke(cli, ["merge", *map(str, annotated), "-o", str(merged)])
     assert mixed.exit_code == 1 and "another model" in mixed.output
     twice = runner.invoke(cli, ["merge", str(annotated[0]), str(annotated[0]), "-o", str(merged)])

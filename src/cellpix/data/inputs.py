@@ -202,8 +202,11 @@ def _refusal(kind: str, where: str) -> str:
 
 
 def check_block(block: sp.csr_matrix, kind: str, where: str, first_row: int = 0,
-                cell_names: pd.Index | None = None) -> None:
+                cell_names: pd.Index | None = None, row_index: np.ndarray | None = None) -> None:
     """Refuse a streamed block whose values the sample that classified the file did not show.
+
+    The first bad cell is named by its row in the file: ``first_row`` plus its place in a block of consecutive
+    rows, or ``row_index[place]`` for a block of rows taken from anywhere.
 
     :func:`value_kind` judges a file on a sample of rows; this runs on every block read afterwards (one pass
     over values already in memory), so NaN, negative, fractional "counts" or overflowed values anywhere in
@@ -221,7 +224,8 @@ def check_block(block: sp.csr_matrix, kind: str, where: str, first_row: int = 0,
         problem = f"a value outside log-normalised data (negative, NaN, infinite or above {LOG_MAX:g})"
     if not bad.any():
         return
-    row = int(np.searchsorted(block.indptr, int(np.flatnonzero(bad)[0]), side="right") - 1) + first_row
+    place = int(np.searchsorted(block.indptr, int(np.flatnonzero(bad)[0]), side="right") - 1)
+    row = int(row_index[place]) if row_index is not None else place + first_row
     name = f" ({cell_names[row]!s})" if cell_names is not None and row < len(cell_names) else ""
     raise InputDataError(f"{where}: cell {row}{name} holds {problem}, unlike the rows sampled to classify the "
                          f"file as {kind}; fix or drop that cell first. Nothing was written")

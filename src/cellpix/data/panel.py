@@ -36,17 +36,20 @@ class PanelReader:
         aligned.sort_indices()
         return aligned.astype(np.float32, copy=False)
 
-    def check(self, block: sp.csr_matrix, first_row: int | None = None) -> sp.csr_matrix:
-        """The raw block, once its values are checked (:func:`check_block`); ``first_row`` names bad cells."""
-        check_block(block, self.kind, self.source.name, first_row or 0,
-                    self.cell_names if first_row is not None else None)
+    def check(self, block: sp.csr_matrix, first_row: int | None = None, row_index: np.ndarray | None = None
+              ) -> sp.csr_matrix:
+        """The raw block, once its values are checked (:func:`check_block`); ``first_row`` (consecutive rows)
+        or ``row_index`` (rows taken from anywhere) names bad cells."""
+        named = first_row is not None or row_index is not None
+        check_block(block, self.kind, self.source.name, first_row or 0, self.cell_names if named else None,
+                    row_index)
         return block
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
         return self.align(self.check(self.source.rows(start, stop), start))
 
     def take(self, indices: np.ndarray) -> sp.csr_matrix:
-        return self.align(self.check(self.source.take(indices)))
+        return self.align(self.check(self.source.take(indices), row_index=np.asarray(indices)))
 
     def chunks(self, chunk_size: int) -> Iterator[tuple[int, int, sp.csr_matrix]]:
         for start in range(0, self.n_obs, chunk_size):
