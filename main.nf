@@ -55,7 +55,7 @@ def summaryHeader() {
 def summaryRow(sample, json) {
     def s = new groovy.json.JsonSlurper().parse(json)
     return [sample, s.cells, s.flagged_novel_share, s.flagged_by_cluster_share, s.clusters, s.unknown_clusters,
-     s.gene_coverage, s.warnings.size(), s.model_checksum_sha256].join('\t')
+     s.gene_coverage, (s.warnings ?: []).size(), s.model_checksum_sha256].join('\t')
 }
 
 workflow {

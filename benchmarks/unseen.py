@@ -47,6 +47,21 @@ def auroc(unseen: np.ndarray, known: np.ndarray, score: np.ndarray) -> float | N
     return float(roc_auc_score(unseen[scored], score[scored]))
 
 
+def print_clusters(annotated: ad.AnnData, query: CrossQuery, held: str | None) -> None:
+    """Each cluster's evidence beside its cells' true lineages: where a verdict went right or wrong, and why."""
+    table = pd.DataFrame({k: v for k, v in annotated.uns["cellpix"]["clusters"].items()
+                          if k not in ("source", "resolution")})
+    truth = query.truth.astype(str)
+    lineages = pd.Series(truth if query.labels_are_lineages else lineage(truth), index=annotated.obs_names)
+    cluster = annotated.obs["cellpix_cluster"].astype(str)
+    table["truth"] = [", ".join(f"{k} {v}" for k, v in lineages[cluster == c].value_counts().head(2).items())
+                      for c in table["cluster"].astype(str)]
+    columns = [c for c in ("cluster", "n_cells", "consensus_subtype", "distance_ratio", "marker_support",
+                           "marker_presence", "novelty_score", "verdict", "lacking", "truth") if c in table]
+    print(f"--- {held or 'none'} held out, {query.name}")
+    print(table[columns].round(2).to_string(index=False), flush=True)
+
+
 def one_setting(raw: ad.AnnData, held: str | None, seed: int) -> list[dict]:
     from sklearn.linear_model import LogisticRegression
 
@@ -70,7 +85,9 @@ def one_setting(raw: ad.AnnData, held: str | None, seed: int) -> list[dict]:
                           progress=False)
             models[panel_key] = (ref, model, time.perf_counter() - start)
         ref, model, train_s = models[panel_key]
-        out = annotate_adata(query.adata, [model], AnnotateOptions(use_raw=query.use_raw, progress=False)).obs
+        annotated = annotate_adata(query.adata, [model], AnnotateOptions(use_raw=query.use_raw, progress=False))
+        out = annotated.obs
+        print_clusters(annotated, query, held)
         unseen, known = masks(query, held)
         novel = out["cellpix_is_novel"].to_numpy(dtype=bool)
         by_cluster = out["cellpix_novelty_reason"].astype(str).str.contains("cluster").to_numpy()

@@ -46,6 +46,10 @@ def make_bad_files(folder: Path) -> None:
         handle["X"].create_dataset("data", data=data.astype(np.float16))
     (folder / "binary.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
     (folder / "latin1.yaml").write_bytes("name: caf\xe9\nbases:\n  - name: T\xe9\n".encode("latin-1"))
+    # nested aliases: 9^8 leaves from a few hundred bytes (a "billion laughs" bomb), refused before expanding
+    rows = ['a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+    rows += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 8)]
+    (folder / "bomb.yaml").write_text("\n".join([*rows, "name: bomb", "cell_types: [*a7]", ""]))
     (folder / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
     import torch
 
@@ -93,6 +97,15 @@ CASES = [
     ([*TRAIN[:7], "binary.yaml", "-o", "m.cellpix"], 1, "not a UTF-8 text file"),
     ([*TRAIN[:7], "latin1.yaml", "-o", "m.cellpix"], 1, "not a UTF-8 text file"),
     (["hierarchies", "validate", "binary.yaml"], 1, "not a UTF-8 text file"),
+    # truth of the other level: base types scored as subtypes gave accuracy 0.18 without a word
+    (["evaluate", "query.h5ad", "-m", "model.cellpix", "--truth-subtype", "lineage"], 1,
+     "give this column as --truth-base"),
+    (["evaluate", "query.h5ad", "-m", "model.cellpix", "--truth-base", "cell_type"], 1,
+     "give this column as --truth-subtype"),
+    (["hierarchies", "validate", "bomb.yaml"], 1, "YAML aliases (*a0) are refused"),
+    ([*TRAIN[:7], "bomb.yaml", "-o", "m.cellpix"], 1, "YAML aliases (*a0) are refused"),
+    ([*TRAIN[:7], "pbmc-sorted", "--seed", "-1", "-o", "m.cellpix"], 2, "--seed"),
+    ([*TRAIN[:6], "--hierarchy-from-obs", "cell_type:cell_type", "-o", "m.cellpix"], 1, "for both levels"),
     (["evaluate", "query.h5ad", "-m", "model.cellpix", "--truth-subtype", "cell_type", "--mapping", "picture.png"],
      1, "not a two-column UTF-8 CSV/TSV"),
     (["annotate", "picture.png", "-m", "model.cellpix", "-o", "out.h5ad"], 1, "not an h5ad"),
@@ -528,3 +541,37 @@ def test_mouse_symbols_on_a_human_model_are_refused_unless_forced(workdir):
     human = CliRunner().invoke(cli, ["annotate", str(workdir / "query.h5ad"), "-m", str(workdir / "model.cellpix"),
                                      "-o", str(workdir / "human_out.h5ad"), "--quiet", "--gene-column", "gene_symbol"])
     assert human.exit_code == 0 and "another species" not in human.output  # the same symbols, written as humans'
+
+
+def test_cell_names_cannot_run_as_spreadsheet_formulas(workdir):
+    """OWASP CSV injection: cell names (from a user's file) that start like a formula are written as text."""
+    import csv
+
+    import anndata as ad
+
+    query = ad.read_h5ad(workdir / "query.h5ad")
+    hostile = ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tTAB"]
+    query.obs_names = hostile + list(query.obs_names[len(hostile):])
+    query.write_h5ad(workdir / "hostile.h5ad")
+    result = CliRunner().invoke(cli, ["annotate", str(workdir / "hostile.h5ad"), "-m", str(workdir / "model.cellpix"),
+                                      "-o", str(workdir / "out.h5ad"), "--table", str(workdir / "out.csv"),
+                                      "--no-consensus", "--quiet"])
+    assert result.exit_code == 0, result.output
+    with (workdir / "out.csv").open(newline="") as fh:
+        cells = [row["cell"] for row in csv.DictReader(fh)]
+    assert cells[:5] == ["'" + name for name in hostile] and cells[5:] == list(query.obs_names[5:])
+    assert list(ad.read_h5ad(workdir / "out.h5ad").obs_names[:5]) == hostile  # the h5ad keeps the names as they are
+
+
+def test_a_scheduler_slot_count_beyond_the_machine_is_capped(monkeypatch):
+    import torch
+
+    from cellpix.data.io import available_cores, configure_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("GALAXY_SLOTS", "99999")
+    try:
+        assert configure_threads() == available_cores() and os.environ["OMP_NUM_THREADS"] == str(available_cores())
+        assert configure_threads(4096) == available_cores()
+    finally:
+        configure_threads(before)

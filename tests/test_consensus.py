@@ -205,3 +205,38 @@ def test_a_lineage_the_reference_lacks_becomes_an_unknown_cluster(zheng_ref, zhe
     assert by_cluster[~held].mean() <= 0.1
     assert out["cellpix_is_novel"].to_numpy()[held].mean() > 4 * max(out["cellpix_is_novel"].to_numpy()[~held].mean(),
                                                                       0.01)
+
+
+def test_base_markers_and_their_presence_on_real_sorted_cells(zheng_raw):
+    """Zheng's sorts, NK cells left out of the 'reference': the T type's defining markers are CD3D/CD3E; a real
+    NK cluster lacks them (so it could never be answered a new T subtype), real T clusters and B cells do not."""
+    import scipy.sparse as sp
+
+    from cellpix.core.consensus import SUBTYPE_MIN_PRESENCE, base_markers, cluster_detection, marker_presence
+
+    symbols = zheng_raw.var["gene_symbol"].astype(str).to_numpy()
+    labels = zheng_raw.obs["cell_type"].astype(str).to_numpy()
+    lineages = zheng_raw.obs["lineage"].astype(str).to_numpy()
+    rng = np.random.default_rng(0)
+    reference, query = np.zeros(len(labels), bool), np.zeros(len(labels), bool)
+    for label in np.unique(labels):  # half of each sort to the reference, the other half to the query
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        reference[rows[: len(rows) // 2]] = label != "CD56+ NK"
+        query[rows[len(rows) // 2:]] = True
+    matrix = sp.csr_matrix(zheng_raw.X)
+    names = sorted(set(labels[reference]))
+    bases = sorted(set(lineages[reference]))
+    detection, _ = cluster_detection(matrix[reference], np.searchsorted(names, labels[reference]), len(names))
+    label_base = np.array([bases.index(lineages[labels == name][0]) for name in names])
+    floor, markers = base_markers(detection, label_base, len(bases))
+    t_markers = {symbols[g] for g in markers[bases.index("T cell")]}
+    assert {"CD3D", "CD3E"} <= t_markers and "CD79A" in {symbols[g] for g in markers[bases.index("B cell")]}
+
+    clusters = ["CD56+ NK", "CD8+ Cytotoxic T", "CD4+/CD45RO+ Memory", "CD19+ B"]  # the NK cluster called T
+    called = np.array([bases.index("T cell")] * 3 + [bases.index("B cell")])
+    keep = query & np.isin(labels, clusters)
+    rates, sizes = cluster_detection(matrix[keep], np.array([clusters.index(x) for x in labels[keep]]),
+                                     len(clusters))
+    presence, lacking = marker_presence(rates, called, sizes, floor, markers)
+    assert presence[0] < SUBTYPE_MIN_PRESENCE and {"CD3D", "CD3E"} <= {symbols[g] for g in lacking[0]}
+    assert (presence[1:] > 0.8).all(), presence

@@ -109,3 +109,23 @@ def test_shared_pixels_are_averaged_on_a_binned_grid(zheng_ref, zheng_layout):
     assert not renderer.unique_pixels
     block = zheng_ref.X[:50]
     assert torch.allclose(renderer.render_csr(block), renderer(torch.as_tensor(block.toarray())), atol=1e-6)
+
+
+# a nearly full grid (band start) and a sparse one (nearest-free start), on two different views of the genes
+@pytest.mark.parametrize(("size", "components"), [(41, (0, 1)), (60, (1, 2))])
+def test_tiled_assignment_costs_within_two_percent_of_the_dense_optimum(zheng_ref, size, components):
+    """Real gene positions (PCA of 1,600 Zheng genes): distinct pixels, cost near scipy's dense optimum."""
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
+    from sklearn.decomposition import PCA
+
+    from cellpix.steps.imaging.assignment import EXACT_MAX_GENES, assign_pixels, assignment_cost, pixel_centres
+
+    genes = zheng_ref.X[:, :1600].toarray().T
+    assert len(genes) > EXACT_MAX_GENES  # the tiled path, not the dense one
+    position = PCA(n_components=3, random_state=0).fit_transform(genes)[:, list(components)]
+    scaled = (position - position.min(0)) / (position.max(0) - position.min(0)) * size
+    pixels = assign_pixels(scaled, size)
+    assert len(np.unique(pixels)) == len(genes) and pixels.max() < size * size
+    _, optimum = linear_sum_assignment(cdist(scaled, pixel_centres(size), "sqeuclidean"))
+    assert assignment_cost(scaled, pixels, size) <= 1.02 * assignment_cost(scaled, optimum, size)

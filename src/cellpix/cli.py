@@ -189,7 +189,7 @@ def cli() -> None:
 @coverage_option("Query mode: stop when less than this share of the panel is found.")
 @click.option("--layer", default=None, help="Read expression from this layer instead of X.")
 @click.option("--use-raw", is_flag=True, default=None, help="Read expression from .raw.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 def integrate(data: Path, output: Path, reference: Path | None, method: str, batch_key: str | None,
               report_dir: Path | None, min_genes: int, min_cells: int, max_mito: float, n_top_genes: int,
               hvg_flavor: str, keep_genes: str, genes_from: tuple[Path, ...], max_reference_cells: int,
@@ -284,7 +284,7 @@ def integrate_methods() -> None:
               help="Cells (stratified) used to fit the manifold (default 2,000; the paper preset: all).")
 @click.option("--groupby", default=None, help="obs column to stratify the cell subsample by.")
 @pseudo_count_option()
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--write-images", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also export this many images (npz) to look at.")
 def image(reference: Path, outdir: Path, preset: str, method: str | None, perplexity: float | None, pixels: int | None,
@@ -352,7 +352,8 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
               help="L2 weight decay on the per-pixel read-out (default: the preset's).")
 @click.option("--mask-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Share of gene pixels zeroed per training image (random-masking augmentation; default 0.1). "
-                   "0 turns it off, which cost 0.05 subtype macro-F1 on a Zheng fold (docs/benchmarks.md).")
+                   "0 turns it off: a tie on Zheng's own folds, 0.026 lineage accuracy lost on a cut 2,000-gene "
+                   "panel (docs/benchmarks.md, pixel probe).")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Validation share (stratified).")
 @click.option("--val-key", default=None, help="Split validation by this obs column (donor/batch) instead.")
@@ -363,7 +364,7 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
 @click.option("--donor-key", default=None, help="obs column of donors: enables scTab donor augmentation.")
 @click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Early stopping on validation subtype macro-F1.")
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=click.IntRange(min=0), default=None)
 @device_option(None, "auto (default), cpu, cuda, cuda:1…")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to checkpoint each epoch (default: OUTPUT.ckpt/).")
@@ -564,9 +565,9 @@ def _cluster_summary(metadata: dict) -> str:
 @click.option("--layer", default=None, help="Read expression from this layer.")
 @click.option("--use-raw", is_flag=True, default=None, help="Read expression from .raw.")
 @coverage_option("Stop when less than this share of the model's genes is found.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @device_option("auto", "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:1…")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def explain_command(data: Path, model: Path, table: Path, plots: Path | None, output_h5ad: Path | None,
                     label_key: str | None, levels: str, background: str, background_size: int, target: str,
                     cells_per_class: int, nsamples: int, top_n: int, gene_column: str | None, layer: str | None,
@@ -601,7 +602,7 @@ def explain_command(data: Path, model: Path, table: Path, plots: Path | None, ou
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("-n", "--cells-per-shard", default=100_000, show_default=True, help="Cells per shard.")
 @click.option("--prefix", default="shard", show_default=True, help="Shard file names: PREFIX.00000.h5ad, …")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def split_command(query: Path, outdir: Path, cells_per_shard: int, prefix: str, quiet: bool) -> None:
     """Split QUERY (h5ad) into shards of N cells, read backed, for parallel annotation."""
     from cellpix.steps.annotate.shards import split_h5ad
@@ -701,7 +702,7 @@ def run(reference: Path, query: Path, label_key: str, hierarchy: str, outdir: Pa
 @click.option("-o", "--outdir", default="cellpix-demo", show_default=True,
               type=click.Path(file_okay=False, path_type=Path))
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (default: the cpu preset's).")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def demo(outdir: Path, epochs: int | None, quiet: bool) -> None:
     """Train on 80 % of scanpy's bundled pbmc68k_reduced and annotate the rest (offline, a few minutes)."""
     from cellpix.pipeline import run_demo

@@ -42,6 +42,26 @@ import yaml
 from cellpix.errors import CellpixError, HierarchyError
 
 CL_ID = re.compile(r"^CL:\d{7}$")
+MAX_YAML_BYTES = 1_000_000  # the largest built-in hierarchy is a few kB
+
+
+class AliasRefused(yaml.YAMLError):
+    """A YAML alias in a hierarchy file."""
+
+
+class NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases.
+
+    ``safe_load`` stops code execution, not a billion-laughs bomb: a 420-byte file of nested aliases expands to
+    9^8 nodes. A hierarchy never needs an alias, and a Galaxy server validates files its users upload.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise AliasRefused(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are refused in a "
+                               "hierarchy file; write each cell type out")
+        return super().compose_node(parent, index)
 
 
 @dataclass(frozen=True)
@@ -179,9 +199,14 @@ class Hierarchy:
     def from_yaml(cls, path: str | Path) -> Hierarchy:
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text())
+            if path.stat().st_size > MAX_YAML_BYTES:
+                raise HierarchyError(f"{path}: {path.stat().st_size:,} bytes; a hierarchy file is at most "
+                                     f"{MAX_YAML_BYTES:,}")
+            data = yaml.load(path.read_text(), Loader=NoAliasLoader)
         except FileNotFoundError as exc:
             raise HierarchyError(f"{path}: no such file") from exc
+        except AliasRefused as exc:
+            raise HierarchyError(f"{path}: {exc}") from exc
         except yaml.YAMLError as exc:
             raise HierarchyError(f"{path}: not valid YAML ({exc})") from exc
         except UnicodeDecodeError as exc:
@@ -394,5 +419,8 @@ def hierarchy_for_training(obs: pd.DataFrame, label_key: str, name: str | None =
         raise CellpixError("give exactly one of --hierarchy or --hierarchy-from-obs")
     if from_obs:
         base_col, _, sub_col = from_obs.partition(":")
+        if base_col == (sub_col or label_key):
+            raise CellpixError(f"--hierarchy-from-obs {from_obs!r} names obs column {base_col!r} for both levels; "
+                               "give BASE_COL:SUBTYPE_COL with two different columns (or --hierarchy)")
         return Hierarchy.from_obs(obs, base_col, sub_col or label_key, name=f"{reference_name}-obs")
     return resolve_hierarchy(str(name))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anndata as ad
+import pandas as pd
 
 from cellpix.errors import InputDataError
 
@@ -131,6 +132,32 @@ def current_umask() -> int:
     return mask
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the platform says, else every core)."""
+    with contextlib.suppress(AttributeError, OSError):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose text cells (index included) cannot run as spreadsheet formulas (OWASP CSV injection).
+
+    A cell beginning with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is prefixed with ``'``, which
+    spreadsheets show as text; numbers are left alone. Cell names and labels come from users' files.
+    """
+    def neutral(values: pd.Index | pd.Series) -> pd.Index | pd.Series:
+        text = values.astype(str)
+        risky = text.str.match(r"^[=+\-@\t\r]")
+        return text.where(~risky, "'" + text) if risky.any() else values
+
+    out = frame.copy()
+    out.index = neutral(pd.Index(out.index))
+    for column in out.columns:
+        if not pd.api.types.is_numeric_dtype(out[column]) and not pd.api.types.is_bool_dtype(out[column]):
+            out[column] = neutral(out[column].astype(str))
+    return out
+
+
 def configure_threads(threads: int | None = None) -> int:
     """Limit torch, BLAS/OpenMP and numba to ``threads`` cores, so a job uses the share its scheduler gave it.
 
@@ -145,9 +172,12 @@ def configure_threads(threads: int | None = None) -> int:
                 threads = int(value)
                 break
         else:
-            threads = os.cpu_count() or 1
+            threads = available_cores()
     if threads < 1:
         raise InputDataError(f"--threads must be at least 1, got {threads}")
+    # A scheduler's slot count (GALAXY_SLOTS=99999) or a typo must not size thread pools past the machine:
+    # OpenBLAS refuses to start with more threads than it was built for.
+    threads = min(threads, available_cores())
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[variable] = str(threads)
     import torch

@@ -32,6 +32,6 @@ process CELLPIX_CONSENSUS {
     echo $args
     mkdir -p "${prefix}_plots"
     touch "${prefix}.h5ad" "${prefix}.csv" "${prefix}_plots/cellpix_confidence.png"
-    echo '{"cells": 0}' > "${prefix}.summary.json"
+    echo '{"cells": 0, "flagged_novel_share": 0, "flagged_by_cluster_share": 0, "clusters": 0, "unknown_clusters": 0, "gene_coverage": 0, "warnings": [], "model_checksum_sha256": ""}' > "${prefix}.summary.json"
     """
 }

@@ -27,7 +27,7 @@ from cellpix.core.novelty import flag_calibrated, flag_percentile
 from cellpix.core.predict import LabelSpace, Predictions, inference_copy, predict_matrix, resolve_precision
 from cellpix.core.trained import TrainedModel
 from cellpix.data.genes import DEFAULT_MIN_COVERAGE
-from cellpix.data.io import atomic_path, read_h5ad, release_freed_memory, write_uns_entry
+from cellpix.data.io import atomic_path, read_h5ad, release_freed_memory, spreadsheet_safe, write_uns_entry
 from cellpix.data.panel import PanelReader, open_on_panel
 from cellpix.data.shift import cell_statistics, compare, other_scale_message
 from cellpix.errors import CellpixError, InputDataError, warn
@@ -466,7 +466,7 @@ def annotation_summary(obs: pd.DataFrame, metadata: dict[str, Any]) -> dict[str,
 def annotation_table(obs: pd.DataFrame) -> str:
     """The per-cell CSV: cell id and every cellpix obs column (from an annotated obs or ``Annotation.obs``)."""
     columns = [c for c in obs.columns if c.startswith(PREFIX)]
-    return obs[columns].to_csv(index_label="cell")
+    return spreadsheet_safe(obs[columns]).to_csv(index_label="cell")
 
 
 def _new_matrix(f: h5py.File, name: str, shape: tuple[int, int]) -> h5py.Dataset:

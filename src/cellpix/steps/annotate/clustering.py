@@ -130,10 +130,14 @@ def cluster_warnings(clusters: ClusterEvidence) -> list[str]:
         answer = "a type the reference lacks" if row["verdict"] == UNKNOWN else \
             f"a {row['consensus_base']} subtype the reference lacks"
         markers = f"; its markers: {row['markers']}" if row.get("markers") else ""
+        if row.get("lacking"):
+            markers += f"; it lacks {row['consensus_base']} markers {row['lacking']}"
+        evidence = (f"novelty score {row['novelty_score']:.2f}: distance ratio {row['distance_ratio']:.2f}, "
+                    f"marker support {row['marker_support']:.2f}, base-marker presence "
+                    f"{row.get('marker_presence', float('nan')):.2f}")
         lines.append(f"cluster {row['cluster']} ({row['n_cells']} cells, called {row['consensus_subtype']!r}) looks "
-                     f"like {answer}: novelty score {row['novelty_score']:.2f} (distance ratio "
-                     f"{row['distance_ratio']:.2f}, marker support {row['marker_support']:.2f}){markers}; its cells "
-                     "are flagged cellpix_is_novel and labelled so in obs['cellpix_label']")
+                     f"like {answer} ({evidence}){markers}; its cells are flagged cellpix_is_novel and labelled so "
+                     "in obs['cellpix_label']")
     return lines
 
 

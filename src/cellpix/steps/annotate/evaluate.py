@@ -55,12 +55,14 @@ def read_mapping(path: str | Path) -> dict[str, str]:
     return dict(zip(frame[0].str.strip(), frame[1].str.strip(), strict=True))
 
 
-def truth_labels(adata: ad.AnnData, key: str, mapping: dict[str, str] | None, known: list[str]
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def truth_labels(adata: ad.AnnData, key: str, mapping: dict[str, str] | None, known: list[str],
+                 other_level: tuple[str, list[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(labels, mask of cells that have one): a missing truth label is left out of the scores, not counted wrong.
 
-    Stops when the column is absent or when none of its labels is one the model can predict (a wrong column
-    or a missing ``--mapping`` would otherwise score 0.0 without a word).
+    Stops when the column is absent, when none of its labels is one the model can predict (a wrong column
+    or a missing ``--mapping`` would otherwise score 0.0 without a word), or when more of its cells carry labels
+    of the other level (``other_level``: its option and labels) than of this one: base types scored as
+    subtypes gave accuracy 0.18 without a word.
     """
     if key not in adata.obs.columns:
         raise CellpixError(f"no truth column {key!r} in obs; columns: {', '.join(map(str, adata.obs.columns))}")
@@ -72,6 +74,12 @@ def truth_labels(adata: ad.AnnData, key: str, mapping: dict[str, str] | None, kn
                            "hierarchy; map them with --mapping TRUTH,MODEL")
     if not present.any():
         raise CellpixError(f"truth column {key!r} holds no labels")
+    if other_level is not None:
+        option, other = other_level
+        elsewhere = np.isin(labels[present], other) & ~np.isin(labels[present], known)
+        if elsewhere.sum() > np.isin(labels[present], known).sum():
+            raise CellpixError(f"most labels in {key!r} (e.g. {labels[present][elsewhere][0]!r}) are the model's "
+                               f"labels of the other level; give this column as {option}")
     return labels, present
 
 
@@ -91,7 +99,8 @@ def evaluate(adata: ad.AnnData, hierarchy: Hierarchy, subtype_key: str | None = 
     consistent = np.array([l2b.get(s) == b for s, b in zip(pred_sub, pred_base, strict=True)])
     result["hierarchy_consistency"] = float(consistent.mean())
     if subtype_key:
-        truth, keep = truth_labels(adata, subtype_key, mapping, labels or hierarchy.labels)
+        truth, keep = truth_labels(adata, subtype_key, mapping, labels or hierarchy.labels,
+                                   ("--truth-base", bases or hierarchy.base_names))
         result["cells_scored"], result["cells_without_truth"] = int(keep.sum()), int((~keep).sum())
         proba = adata.obsm.get("cellpix_subtype_proba")
         joint = None
@@ -107,7 +116,8 @@ def evaluate(adata: ad.AnnData, hierarchy: Hierarchy, subtype_key: str | None = 
         if ids:
             result["subtype_ontology_aware_accuracy"] = _ontology_accuracy(truth[keep], pred_sub[keep], ids)
     if base_key:
-        truth_base, keep = truth_labels(adata, base_key, mapping, bases or hierarchy.base_names)
+        truth_base, keep = truth_labels(adata, base_key, mapping, bases or hierarchy.base_names,
+                                        ("--truth-subtype", labels or hierarchy.labels))
         result["base_cells_scored"], result["base_cells_without_truth"] = int(keep.sum()), int((~keep).sum())
         base_p = _base_proba(adata)
         result["base"] = _level_metrics(truth_base[keep], pred_base[keep], None if base_p is None else base_p[keep],

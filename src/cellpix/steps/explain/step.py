@@ -11,7 +11,7 @@ import numpy as np
 
 from cellpix import __version__
 from cellpix.core.trained import TrainedModel
-from cellpix.data.io import atomic_path, read_h5ad, write_uns_entry
+from cellpix.data.io import atomic_path, read_h5ad, spreadsheet_safe, write_uns_entry
 from cellpix.data.panel import open_on_panel
 from cellpix.errors import InputDataError
 from cellpix.steps.explain.plots import plot_class_bars, plot_heatmap, slug
@@ -48,7 +48,7 @@ def explain_file(data: str | Path, model: TrainedModel, table_path: str | Path, 
     result.metadata["cellpix_version"] = __version__
     table_path = Path(table_path)
     with atomic_path(table_path) as tmp:
-        result.table.to_csv(tmp, index=False, float_format="%.6g")
+        spreadsheet_safe(result.table).to_csv(tmp, index=False, float_format="%.6g")
     plots = write_plots(result, Path(plots_dir), options.top_n) if plots_dir else None
     h5ad = write_h5ad_with_table(data, output_h5ad, result) if output_h5ad else None
     return result, ExplainOutputs(table_path, plots, h5ad)

@@ -3,7 +3,8 @@
 Genes are the points: a manifold (t-SNE by default) of the gene-by-cell
 matrix puts genes with similar expression near each other, pyDeepInsight
 rotates the layout to fill its minimum bounding rectangle, and a linear sum
-assignment (``lsa``) gives each gene its own pixel.
+assignment (``lsa``) gives each gene its own pixel, solved on tiles of the grid
+(:mod:`cellpix.steps.imaging.assignment` says why and what it costs).
 
 The layout is stored as JSON (never pickle), together with the pixel values'
 pseudo-count and the per-gene min-max scaling fitted on the same reference,
@@ -24,6 +25,7 @@ import scipy.sparse as sp
 from cellpix import plugins
 from cellpix.core.layout import DEFAULT_PSEUDO_COUNT, DISCRETIZATIONS, GeneLayout
 from cellpix.errors import CellpixError, import_extra
+from cellpix.steps.imaging.assignment import assign_pixels
 
 
 def smallest_square(n_genes: int) -> int:
@@ -98,7 +100,7 @@ def fit_layout(
     value log(1 + CP10k / k) (:data:`cellpix.core.layout.DEFAULT_PSEUDO_COUNT`
     says why it is not 1).
     """
-    ImageTransformer = import_extra("pyDeepInsight", "image", "fitting a gene layout").ImageTransformer
+    ImageTransformer = _tiled_transformer()
 
     if discretization not in DISCRETIZATIONS:
         raise CellpixError(f"unknown discretization {discretization!r}; choose from {', '.join(DISCRETIZATIONS)}")
@@ -152,6 +154,23 @@ def fit_layout(
         fit_info={"n_cells_fit": len(rows_used), "n_cells_total": int(adata.n_obs), "fit_seconds": round(seconds, 2)},
         pseudo_count=pseudo_count,
     )
+
+
+def _tiled_transformer() -> type:
+    """pyDeepInsight's ImageTransformer whose ``lsa`` assignment is solved on tiles (same cost, seconds)."""
+    from scipy.optimize import linear_sum_assignment
+
+    base = import_extra("pyDeepInsight", "image", "fitting a gene layout").ImageTransformer
+
+    class TiledImageTransformer(base):
+        @classmethod
+        def coordinate_assignment(cls, position, px_size, solver):
+            if solver is not linear_sum_assignment or px_size[0] != px_size[1]:
+                return super().coordinate_assignment(position, px_size, solver)
+            pixels = assign_pixels(cls.scale_coordinates(position, px_size), px_size[0], solver)
+            return np.stack(np.divmod(pixels, px_size[0]), axis=1)
+
+    return TiledImageTransformer
 
 
 __all__ = ["GeneLayout", "fit_layout", "minmax_range", "smallest_square", "stratified_subsample"]

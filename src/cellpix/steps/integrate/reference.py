@@ -158,7 +158,8 @@ def _qc_warnings(keep_cells: np.ndarray, n_genes: int, kind: str, options: QCOpt
     if kind == "counts" and n_genes < FEW_GENES_FOR_TOTALS:
         found.append(f"the counts hold only {n_genes} genes, so each cell's normalisation totals and its detected-"
                      "gene count are taken over those alone; a query normalised over its whole transcriptome will "
-                     "not match. Integrate the full reference and choose the panel with --genes-from QUERY instead")
+                     "not match. Give the reference with all its genes; the panel is chosen afterwards (--n-top-genes, "
+                     "and --genes-from QUERY for a query's genes)")
     removed = 1.0 - float(keep_cells.mean())
     if removed > MOST_CELLS_REMOVED:
         found.append(f"QC removed {removed:.0%} of the cells (--min-genes {options.min_genes}, --max-mito "
