@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 
 from cellpix.errors import InputDataError
@@ -147,14 +148,16 @@ def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     """
     def neutral(values: pd.Index | pd.Series) -> pd.Index | pd.Series:
         text = values.astype(str)
-        risky = text.str.match(r"^[=+\-@\t\r]")
-        return text.where(~risky, "'" + text) if risky.any() else values
+        risky = np.asarray(text.str.match(r"^[=+\-@\t\r]")) & np.asarray(pd.notna(values))
+        if not risky.any():
+            return values  # untouched: missing values stay missing, categories stay categories
+        return values.astype(object).where(~risky, "'" + text)
 
     out = frame.copy()
     out.index = neutral(pd.Index(out.index))
     for column in out.columns:
         if not pd.api.types.is_numeric_dtype(out[column]) and not pd.api.types.is_bool_dtype(out[column]):
-            out[column] = neutral(out[column].astype(str))
+            out[column] = neutral(out[column])
     return out
 
 
