@@ -34,10 +34,9 @@ VARIANTS = {f"gain{g}-{summary}-{peers}": {"min_gain": g, "summary": summary, "p
 def presence(rates: np.ndarray, base: np.ndarray, sizes: np.ndarray, detection: np.ndarray, label_base: np.ndarray,
              min_gain: float, summary: str, peers: str) -> np.ndarray:
     """One variant of ``cellpix.core.consensus.marker_presence`` (see the module docstring for the knobs)."""
-    from cellpix.core.consensus import BASE_MARKER_DETECTION, MIN_CLUSTER_CELLS, N_MARKERS
+    from cellpix.core.consensus import BASE_MARKER_DETECTION, MIN_CLUSTER_CELLS, N_MARKERS, base_markers
 
-    n_bases = int(label_base.max()) + 1
-    floor = np.stack([detection[label_base == b].min(axis=0) for b in range(n_bases)])
+    floor, _ = base_markers(detection, label_base, int(label_base.max()) + 1)
     out = np.full(len(rates), np.nan)
     for c in range(len(rates)):
         b = base[c]

@@ -22,7 +22,7 @@ import anndata as ad
 import pytest
 import yaml
 
-from tests.conftest import DATA_REQUIRED, ROOT
+from tests.conftest import ROOT, require
 
 ENGINE = ROOT.parent / "shared" / "tools" / "nextflow" / "bin" / "nextflow"
 PROCESSES = {"CELLPIX_INTEGRATE", "CELLPIX_IMAGE", "CELLPIX_TRAIN", "CELLPIX_INTEGRATE_QUERY", "CELLPIX_SPLIT",
@@ -33,14 +33,11 @@ RUN_TIMEOUT_S = 900
 
 
 def engine() -> str:
-    """The Nextflow launcher: the shared offline build, else one on PATH; CI (CELLPIX_REQUIRE_DATA=1) needs one."""
-    found = str(ENGINE) if ENGINE.is_file() else shutil.which("nextflow")
-    if found is None:
-        message = f"no Nextflow engine: neither {ENGINE} nor `nextflow` on PATH"
-        if DATA_REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    """The Nextflow launcher: the shared offline build, else one on PATH, else :func:`require`'s verdict on the
+    shared build (a failure in CI, where CELLPIX_REQUIRE_DATA=1)."""
+    if not ENGINE.is_file() and shutil.which("nextflow"):
+        return shutil.which("nextflow")
+    return str(require(ENGINE))
 
 
 def nextflow(launch: Path, *args: str, path_prefix: Path | None = None) -> subprocess.CompletedProcess:
