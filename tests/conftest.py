@@ -51,7 +51,8 @@ def require(path: Path) -> Path:
     """``path``, or skip the test when it is missing: a fresh clone runs the suite on the committed fixtures
     (tests/data/, galaxy_tools/cellpix/test-data/); with CELLPIX_REQUIRE_DATA=1 (CI) a missing file fails."""
     if not path.exists():
-        message = f"real data not here: {path} (set CELLPIX_SHARED_DATA; CI requires it)"
+        message = (f"real data not here: {path} (a public data set of the full suite: see docs/data.md for what it "
+                   "is and where to get it; set CELLPIX_SHARED_DATA to its folder; CI requires it)")
         if DATA_REQUIRED:
             pytest.fail(message)
         pytest.skip(message)

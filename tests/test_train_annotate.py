@@ -242,3 +242,53 @@ def test_split_and_merge_refuse_what_they_cannot_do(query, tmp_path):
     assert not (tmp_path / "merged.h5ad").exists()
     with pytest.raises(CellpixError, match="at least 1"):
         split_h5ad(path, tmp_path / "none", 0, progress=False)
+
+
+def _thinned(adata: ad.AnnData, keep: float, seed: int) -> ad.AnnData:
+    """Counts thinned binomially to ``keep`` of their depth: a shallower run of the same cells."""
+    import scipy.sparse as sp
+
+    out = adata.copy()
+    counts = sp.csr_matrix(out.X)
+    counts.data = np.random.default_rng(seed).binomial(counts.data.astype(np.int64), keep).astype(np.float32)
+    counts.eliminate_zeros()
+    out.X = counts
+    return out
+
+
+@pytest.mark.parametrize("rule", ["calibrated", "percentile"])
+def test_split_annotate_merge_equals_one_run_cell_for_cell(zheng_model, query, tmp_path, rule):
+    """Before, per-query quantities (the shift factor that raises the distance threshold, the percentile rule's
+    quantiles, the guards' medians) were computed per shard: a 300-cell query cut in two had 132 cells' novelty
+    flags changed. A shallow query is shifted as a whole, so each shard's own factor differs from the query's."""
+    import pandas as pd
+
+    from cellpix.steps.annotate.shards import merge_h5ad, split_h5ad
+
+    path = tmp_path / "shallow.h5ad"
+    _thinned(query[::15], 0.3, seed=1).write_h5ad(path)  # 40 cells
+    models = load_models([zheng_model])
+    options = AnnotateOptions(progress=False, consensus=False, novelty_rule=rule)
+    whole = annotate_file(path, tmp_path / "whole.h5ad", models, options)
+    assert whole.metadata["reference_distance"]["query_scale"] > 1.15  # raised for this query as a whole
+    written = ad.read_h5ad(tmp_path / "whole.h5ad").obs
+    columns = [c for c in written.columns if c.startswith("cellpix_")]
+    expected = written[columns].astype({c: str for c in columns if written[c].dtype == "category"})
+    differed = 0
+    for size in (1, 9, 40):
+        shards = split_h5ad(path, tmp_path / f"shards{size}", size, progress=False)
+        annotated = [annotate_file(s, s.with_name(s.name.replace(".h5ad", ".cellpix.h5ad")), models, options)
+                     for s in shards]
+        per_shard = pd.concat([a.obs["cellpix_is_novel"] for a in annotated])
+        differed += int((per_shard != whole.obs["cellpix_is_novel"]).sum())
+        merged = ad.read_h5ad(merge_h5ad([s.with_name(s.name.replace(".h5ad", ".cellpix.h5ad")) for s in shards],
+                                         tmp_path / f"merged{size}.h5ad"))
+        got = merged.obs[columns].astype({c: str for c in columns if merged.obs[c].dtype == "category"})
+        pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+        meta = merged.uns["cellpix"]
+        assert meta["n_cells"] == 40 and meta["n_shards"] == len(shards)
+        assert list(meta["warnings"]) == list(whole.metadata["warnings"])
+        assert meta["reference_distance"]["threshold_applied"] == whole.metadata["reference_distance"][
+            "threshold_applied"]
+        assert meta["shift"]["outside_share"] == whole.metadata["shift"]["outside_share"]
+    assert differed > 0  # the shards' own answers did differ: the merge is what makes them one run

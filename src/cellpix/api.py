@@ -146,12 +146,19 @@ def annotate(query: ad.AnnData, model: TrainedModel | Sequence[TrainedModel] | s
         ``obs['cellpix_novelty_score']``, ``obs['cellpix_is_novel']`` with its reason in
         ``obs['cellpix_novelty_reason']`` (``subtype``, ``out_of_reference`` or both),
         ``obs['cellpix_reference_distance']`` (distance to the nearest reference cells in expression space),
-        ``obs['cellpix_uncertainty']``, ``obs['cellpix_out_of_reference']`` and, where the hierarchy has Cell
-        Ontology IDs,
-        ``obs['cellpix_base_ontology_id']`` and ``obs['cellpix_subtype_ontology_id']``;
-        ``obsm['cellpix_base_proba']`` and ``obsm['cellpix_subtype_proba']`` (columns in
-        ``uns['cellpix']['base_types']`` and ``['subtypes']`` order); ``uns['cellpix']`` (models, gene matching,
-        novelty rule, the distance threshold (``reference_distance``), the shift comparison and warnings).
+        ``obs['cellpix_uncertainty']``, ``obs['cellpix_out_of_reference']``, the shift guards' per-cell
+        statistics ``obs['cellpix_panel_detected']`` (share of the model's genes detected) and
+        ``obs['cellpix_panel_mean_nonzero']`` (mean non-zero log1p CP10k value on them), and, where the hierarchy
+        has Cell Ontology IDs, ``obs['cellpix_base_ontology_id']`` and ``obs['cellpix_subtype_ontology_id']``;
+        with the consensus (the default), the cluster columns ``obs['cellpix_cluster']``,
+        ``['cellpix_consensus_base']``, ``['cellpix_consensus_subtype']``, ``['cellpix_consensus_agreement']``,
+        ``['cellpix_cluster_novelty']``, the answer to read ``obs['cellpix_label']`` and
+        ``obsm['X_cellpix_pca']``; ``obsm['cellpix_base_proba']`` and ``obsm['cellpix_subtype_proba']``
+        (columns in ``uns['cellpix']['base_types']`` and ``['subtypes']`` order); ``uns['cellpix']``: models,
+        gene matching, novelty rule and ``novelty_thresholds`` (per subtype, as parallel arrays), the distance
+        threshold and the one applied to this query (``reference_distance``), the shift comparison (``shift``),
+        the reference's shift profile and label shares, ``clusters`` (the per-cluster evidence) and
+        ``warnings``. Every label-keyed record is stored as parallel arrays, so any label survives the file.
     """
     from cellpix.steps.annotate.annotate import annotate_adata
 

@@ -134,6 +134,12 @@ class CellpixGroup(click.Group):
             return super().invoke(ctx)
         except CellpixError as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:  # a write outside atomic_path (plots, reports) that the storage refused
+            from cellpix.data.io import STORAGE_ERRORS, storage_message
+
+            if exc.errno not in STORAGE_ERRORS:
+                raise
+            raise click.ClickException(storage_message(exc.filename or "an output", exc)) from exc
 
 
 @click.group(cls=CellpixGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -681,19 +687,25 @@ def inspect(bundle: Path, as_json: bool) -> None:
 @click.option("--labels", "label_key", required=True, help="Reference obs column with subtype labels.")
 @click.option("--hierarchy", required=True, help="Registered hierarchy name or YAML file.")
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--truth", default=None, help="Query obs column to evaluate against, if known.")
+@click.option("--truth", default=None, help="Query obs column of subtype labels to evaluate against, if known.")
+@click.option("--mapping", type=INPUT_FILE, default=None,
+              help="Two-column CSV/TSV: --truth label → model label (checked before any work).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (default: the cpu preset's).")
 @click.option("--use-raw", is_flag=True, default=None, help="Read both datasets from .raw.")
 def run(reference: Path, query: Path, label_key: str, hierarchy: str, outdir: Path, truth: str | None,
-        epochs: int | None, use_raw: bool | None) -> None:
+        mapping: Path | None, epochs: int | None, use_raw: bool | None) -> None:
     """All steps: integrate, image and train on REFERENCE, then annotate (and evaluate) QUERY."""
     from cellpix.core.hierarchy import resolve_hierarchy
     from cellpix.data.io import read_h5ad
     from cellpix.pipeline import run_pipeline
+    from cellpix.steps.annotate.evaluate import read_mapping
     from cellpix.steps.train.trainer import TrainConfig
 
+    if mapping is not None and not truth:
+        raise CellpixError("--mapping maps the --truth column's labels; give --truth too")
     result = run_pipeline(read_h5ad(reference), read_h5ad(query), label_key, resolve_hierarchy(hierarchy), outdir,
-                          config=TrainConfig.from_preset("cpu", epochs=epochs), use_raw=use_raw, truth_key=truth)
+                          config=TrainConfig.from_preset("cpu", epochs=epochs), use_raw=use_raw, truth_key=truth,
+                          truth_mapping=read_mapping(mapping) if mapping else None)
     click.echo(json.dumps(result.metrics, indent=2, default=float))
 
 
@@ -771,7 +783,16 @@ def hierarchies_list() -> None:
     for name, value in sorted(plugins.registered("hierarchies").items()):
         tree = plugins.resolve_lazy(value)
         click.echo(f"{name}: {len(tree.bases)} base types, {tree.n_subtypes()} subtypes"
-                   + (f" — {tree.description.splitlines()[0][:80]}" if tree.description else ""))
+                   + (f" — {_first_sentence(tree.description)}" if tree.description else ""))
+
+
+def _first_sentence(description: str) -> str:
+    """The description's first sentence, whole (`hierarchies show NAME` prints the rest)."""
+    import re
+
+    flat = " ".join(description.split())
+    end = re.search(r"(?<!\bal)(?<!\be\.g)(?<!\bi\.e)\.\s+(?=[A-Z(])", flat)  # not after "et al." or "e.g."
+    return flat if end is None else flat[: end.start() + 1]
 
 
 @hierarchies.command("show")

@@ -19,7 +19,7 @@ from cellpix.core.trained import TrainedModel
 from cellpix.data.io import write_h5ad_atomic, write_text_atomic
 from cellpix.errors import CellpixError, warn
 from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata, annotation_table
-from cellpix.steps.annotate.evaluate import evaluate, write_confusion
+from cellpix.steps.annotate.evaluate import evaluate, truth_labels, write_confusion
 from cellpix.steps.annotate.plots import plot_annotation
 from cellpix.steps.imaging.step import image_step
 from cellpix.steps.integrate.reference import QCOptions, prepare_reference, query_gene_table
@@ -38,15 +38,20 @@ class PipelineResult:
 def run_pipeline(reference: ad.AnnData, query: ad.AnnData, label_key: str, hierarchy: Hierarchy, outdir: str | Path,
                  qc: QCOptions | None = None, config: TrainConfig | None = None, use_raw: bool | None = None,
                  layout_options: dict[str, Any] | None = None, truth_key: str | None = None,
-                 progress: bool = True) -> PipelineResult:
+                 progress: bool = True, truth_mapping: dict[str, str] | None = None) -> PipelineResult:
     """Run every step and write the reference, layout, bundle, annotated query, CSV, plots and metrics.
 
     The query is checked first (readable, its values of a kind annotation accepts, in every chunk), and the
     reference panel is chosen among the genes the query has: a model trained for genes the query lacks would
-    image them as zero. Warnings from integration and annotation go to ``summary.json['warnings']``.
+    image them as zero. The truth column (``truth_key``, its labels mapped by ``truth_mapping``) is checked against
+    the hierarchy before any work too: a wrong column or a missing mapping stopped the run after training before.
+    Warnings from integration and annotation go to ``summary.json['warnings']``.
     """
     outdir = Path(outdir)
     timings: dict[str, float] = {}
+    if truth_key:
+        truth_labels(query, truth_key, truth_mapping, hierarchy.labels,
+                     ("`cellpix evaluate --truth-base` after the run (run scores subtypes)", hierarchy.base_names))
 
     started = time.perf_counter()
     query_genes = query_gene_table(query, use_raw=use_raw, check_values=True)
@@ -83,9 +88,9 @@ def run_pipeline(reference: ad.AnnData, query: ad.AnnData, label_key: str, hiera
                                + list(model.metadata["training"].get("warnings", []))
                                + list(annotated.uns["cellpix"].get("warnings", []))}
     if truth_key:
-        metrics.update(evaluate(annotated, model.hierarchy, subtype_key=truth_key))
+        metrics.update(evaluate(annotated, model.hierarchy, subtype_key=truth_key, mapping=truth_mapping))
         write_confusion(annotated, model.hierarchy, outdir / "plots" / "confusion_subtype.png", subtype_key=truth_key,
-                        title="subtype confusion (held-out cells)")
+                        mapping=truth_mapping, title="subtype confusion (held-out cells)")
     write_text_atomic(outdir / "summary.json", json.dumps(metrics, indent=2, default=float))
     return PipelineResult(model, annotated, metrics, outdir)
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cellpix.core.fields import check_fields, count, finite, listing, mapping, positive, positive_int, text
 from cellpix.errors import CellpixError
 
 LAYOUT_SCHEMA = "cellpix.layout/1"
@@ -26,6 +27,35 @@ DISCRETIZATIONS = ("lsa", "bin", "qtb", "sla", "ags")
 # 0.806); k = 30 scored alike, k = 1,000 lower on a small reference (Puram accuracy 0.925 against 0.950)
 # (`python -m benchmarks.probe_pixels`, seed 0).
 DEFAULT_PSEUDO_COUNT = 100.0
+
+
+def _texts(value: Any, where: str) -> list[str]:
+    return listing(value, where, text)
+
+
+def _texts_or_none(value: Any, where: str) -> list[str] | None:
+    return None if value is None else _texts(value, where)
+
+
+def _pixels(value: Any, where: str) -> list[int]:
+    return listing(value, where, count)
+
+
+def _finites(value: Any, where: str) -> list[float]:
+    return listing(value, where, finite)
+
+
+LAYOUT_FIELDS = ({"size": positive_int, "genes": _texts, "rows": _pixels, "cols": _pixels, "scaling": mapping},
+                 {"symbols": _texts_or_none, "method": text, "discretization": text, "params": mapping,
+                  "fit_info": mapping})
+SCALING_FIELDS = ({"min": _finites, "max": _finites}, {"pseudo_count": positive, "method": text})
+
+
+def check_layout_fields(data: dict[str, Any]) -> None:
+    """Every field of a layout of the type and in the range the renderer needs (:mod:`cellpix.core.fields`): a
+    hand-edited ``layout.json`` is refused in one line naming the field."""
+    check_fields(data, "layout", *LAYOUT_FIELDS)
+    check_fields(data["scaling"], "layout.scaling", *SCALING_FIELDS)
 
 
 @dataclass
@@ -56,6 +86,8 @@ class GeneLayout:
         self.gene_min = np.asarray(self.gene_min, dtype=np.float32)
         self.gene_max = np.asarray(self.gene_max, dtype=np.float32)
         n = len(self.genes)
+        if self.symbols is not None and len(self.symbols) != n:
+            raise CellpixError(f"layout: symbols has {len(self.symbols)} entries for {n} genes")
         for name in ("rows", "cols", "gene_min", "gene_max"):
             if len(getattr(self, name)) != n:
                 raise CellpixError(f"layout: {name} has {len(getattr(self, name))} entries for {n} genes")
@@ -116,6 +148,7 @@ class GeneLayout:
         if not isinstance(data, dict) or data.get("schema") != LAYOUT_SCHEMA:
             found = data.get("schema") if isinstance(data, dict) else type(data).__name__
             raise CellpixError(f"not a cellpix layout (schema {found!r}, expected {LAYOUT_SCHEMA!r})")
+        check_layout_fields(data)
         return cls(
             genes=list(data["genes"]),
             rows=np.asarray(data["rows"]),
@@ -145,7 +178,10 @@ class GeneLayout:
             raise CellpixError(f"{path}: no such layout file") from exc
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CellpixError(f"{path}: not a JSON layout file ({exc})") from exc
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except CellpixError as exc:
+            raise CellpixError(f"{path}: {exc}") from exc
 
     def to_frame(self) -> pd.DataFrame:
         """One row per gene: id, symbol, row, col, scaling range (for people and spreadsheets)."""

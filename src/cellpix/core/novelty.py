@@ -25,6 +25,9 @@ from cellpix.core.predict import LabelSpace, Predictions
 
 DEFAULT_FPR = 0.05
 MIN_CELLS_PER_BASE = 20
+# the published rule's quantiles of the base and subtype probability, within each predicted base type
+PERCENTILE_BASE_Q = 0.6
+PERCENTILE_SUBTYPE_Q = 0.1
 
 
 def calibrate(pred: Predictions, space: LabelSpace, fpr: float = DEFAULT_FPR) -> dict[str, Any]:
@@ -45,26 +48,33 @@ def calibrate(pred: Predictions, space: LabelSpace, fpr: float = DEFAULT_FPR) ->
             "per_subtype": per_subtype, "n_validation_cells": len(scores)}
 
 
-def flag_calibrated(pred: Predictions, space: LabelSpace, calibration: dict[str, Any]) -> np.ndarray:
-    """True where the score exceeds its predicted subtype's (else base type's) threshold; terminal leaves never."""
+def label_thresholds(space: LabelSpace, calibration: dict[str, Any]) -> np.ndarray:
+    """Each final label's threshold on the score: its own, else its base type's, else the overall one; infinite for
+    a terminal type, which is never flagged by this score (its subtype probability is 1 by construction)."""
     base_thresholds = np.full(len(space.bases), np.inf)
     for b in space.branching:
         base_thresholds[b] = calibration.get("per_base", {}).get(space.bases[b], calibration.get("overall", np.inf))
     per_subtype = calibration.get("per_subtype", {})  # absent in bundles calibrated before it existed
-    label_thresholds = np.array([per_subtype.get(label, base_thresholds[space.label_base[i]])
-                                 for i, label in enumerate(space.labels)])
-    label_thresholds[~np.isin(space.label_base, space.branching)] = np.inf
-    return pred.novelty_score > label_thresholds[pred.label_index]
+    thresholds = np.array([per_subtype.get(label, base_thresholds[space.label_base[i]])
+                           for i, label in enumerate(space.labels)], dtype=np.float64)
+    thresholds[~np.isin(space.label_base, space.branching)] = np.inf
+    return thresholds
 
 
-def flag_percentile(pred: Predictions, space: LabelSpace, base_q: float = 0.6, sub_q: float = 0.1) -> np.ndarray:
-    """The published rule: within each predicted base, base > its q60 and subtype < its q10."""
-    flags = np.zeros(len(pred.base_index), dtype=bool)
-    for b in space.branching:
-        rows = np.flatnonzero(pred.base_index == b)
+def flag_percentile(base_index: np.ndarray, base_confidence: np.ndarray, subtype_confidence: np.ndarray,
+                    branching: list[int], base_q: float = PERCENTILE_BASE_Q, sub_q: float = PERCENTILE_SUBTYPE_Q
+                    ) -> np.ndarray:
+    """The published rule: within each predicted base, base > its q60 and subtype < its q10.
+
+    The quantiles are the query's own, so the flags of a query annotated in shards are recomputed over the whole
+    query when the shards are merged. Cells with no base (``base_index`` -1: nothing on the panel) take no part.
+    """
+    flags = np.zeros(len(base_index), dtype=bool)
+    for b in branching:
+        rows = np.flatnonzero(base_index == b)
         if len(rows) == 0:
             continue
-        base_cut = np.quantile(pred.base_confidence[rows], base_q)
-        sub_cut = np.quantile(pred.subtype_confidence[rows], sub_q)
-        flags[rows] = (pred.base_confidence[rows] > base_cut) & (pred.subtype_confidence[rows] < sub_cut)
+        base_cut = np.quantile(base_confidence[rows], base_q)
+        sub_cut = np.quantile(subtype_confidence[rows], sub_q)
+        flags[rows] = (base_confidence[rows] > base_cut) & (subtype_confidence[rows] < sub_cut)
     return flags

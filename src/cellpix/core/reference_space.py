@@ -132,19 +132,12 @@ class ReferenceSpace:
         return out
 
     def query_shift(self, distances: np.ndarray) -> float:
-        """How much farther this query's nearest cells lie than the calibration cells' (:data:`SHIFT_QUANTILE`);
-        NaN for a bundle without the reference figure or a query without distances."""
-        finite = distances[np.isfinite(distances)]
-        if not np.isfinite(self.shift_reference) or self.shift_reference <= 0 or len(finite) == 0:
-            return float("nan")
-        return float(np.quantile(finite, SHIFT_QUANTILE)) / self.shift_reference
+        """:func:`query_shift` against this space's calibration cells."""
+        return query_shift(distances, self.shift_reference)
 
     def query_threshold(self, distances: np.ndarray) -> tuple[float, float, float]:
-        """(threshold for this query, scale, :meth:`query_shift`): the calibrated threshold, raised by the shift
-        when the query is shifted as a whole (beyond :data:`SHIFT_TOLERANCE`; see the module docstring)."""
-        shift = self.query_shift(distances)
-        scale = shift if np.isfinite(shift) and shift > SHIFT_TOLERANCE else 1.0
-        return self.threshold * scale, scale, shift
+        """:func:`query_threshold` of this space's calibrated threshold."""
+        return query_threshold(distances, self.threshold, self.shift_reference)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         found = {f"{PREFIX}mean": self.mean, f"{PREFIX}components": self.components, f"{PREFIX}coords": self.coords}
@@ -172,6 +165,27 @@ class ReferenceSpace:
             space.detection = tensors[f"{PREFIX}detection"].float()
             _check_class_tensors(space)
         return space
+
+
+def query_shift(distances: np.ndarray, shift_reference: float) -> float:
+    """How much farther this query's nearest cells lie than the calibration cells' (:data:`SHIFT_QUANTILE`);
+    NaN for a bundle without the reference figure or a query without distances.
+
+    A property of the whole query, so a query annotated in shards has it recomputed over all of them when they are
+    merged (:mod:`cellpix.steps.annotate.query_wide`): the figure must not depend on how the query was cut.
+    """
+    finite = distances[np.isfinite(distances)]
+    if not np.isfinite(shift_reference) or shift_reference <= 0 or len(finite) == 0:
+        return float("nan")
+    return float(np.quantile(finite, SHIFT_QUANTILE)) / shift_reference
+
+
+def query_threshold(distances: np.ndarray, threshold: float, shift_reference: float) -> tuple[float, float, float]:
+    """(threshold for this query, scale, :func:`query_shift`): the calibrated ``threshold``, raised by the shift
+    when the query is shifted as a whole (beyond :data:`SHIFT_TOLERANCE`; see the module docstring)."""
+    shift = query_shift(distances, shift_reference)
+    scale = shift if np.isfinite(shift) and shift > SHIFT_TOLERANCE else 1.0
+    return threshold * scale, scale, shift
 
 
 def _check_class_tensors(space: ReferenceSpace) -> None:

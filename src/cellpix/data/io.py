@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import glob
 import os
 import tempfile
@@ -41,7 +42,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f"{_temporary_prefix(target)}{os.getpid()}.", suffix=f".tmp{target.suffix}",
                                    dir=target.parent)
     except OSError as exc:
-        raise InputDataError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        raise InputDataError(storage_message(target, exc)) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -51,10 +52,22 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         if tmp_path.exists():
             tmp_path.chmod(0o666 & ~current_umask())
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRORS:
+            raise InputDataError(storage_message(target, exc)) from exc
         raise
+
+
+# Errors of the storage rather than of cellpix: a full disk or quota, a file-size limit, a read-only or forbidden place.
+STORAGE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def storage_message(target: str | os.PathLike, exc: OSError) -> str:
+    """One line for a write the storage refused (the unfinished output is already removed)."""
+    return (f"cannot write {target}: {exc.strerror or exc}; nothing was left half-written. Free space or choose "
+            "another output folder")
 
 
 def _temporary_prefix(target: Path) -> str:

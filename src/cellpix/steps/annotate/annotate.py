@@ -23,14 +23,14 @@ from tqdm.auto import tqdm
 
 from cellpix import __version__
 from cellpix.core.clusters import DEFAULT_RESOLUTION, MAX_CLUSTER_CELLS
-from cellpix.core.novelty import flag_calibrated, flag_percentile
+from cellpix.core.novelty import label_thresholds
 from cellpix.core.predict import LabelSpace, Predictions, inference_copy, predict_matrix, resolve_precision
 from cellpix.core.trained import TrainedModel
 from cellpix.data.genes import DEFAULT_MIN_COVERAGE
 from cellpix.data.io import atomic_path, read_h5ad, release_freed_memory, spreadsheet_safe, write_uns_entry
 from cellpix.data.panel import PanelReader, open_on_panel
-from cellpix.data.shift import cell_statistics, compare, other_scale_message
-from cellpix.errors import CellpixError, InputDataError, warn
+from cellpix.data.shift import cell_statistics
+from cellpix.errors import CellpixError, warn
 from cellpix.steps.annotate.clustering import (
     PCA_KEY,
     REASONS,
@@ -42,14 +42,15 @@ from cellpix.steps.annotate.clustering import (
     evidence,
     plan_clusters,
 )
+from cellpix.steps.annotate.query_wide import PANEL_DETECTED, PANEL_MEAN_NONZERO, query_wide
+from cellpix.steps.annotate.query_wide import apply as apply_query_wide
+from cellpix.steps.annotate.query_wide import settings as query_settings
 
 NOVELTY_RULES = ("calibrated", "percentile")
 PREFIX = "cellpix_"
 NO_PANEL_EXPRESSION = "no expression on the model's genes"
 
 
-# One class taking more than this share of a query, where no reference class holds half of the cells, is a symptom.
-ONE_CLASS_SHARE = 0.9
 CPU_BATCH = 64
 GPU_BATCH = 512
 # Cells read, normalised and predicted at a time. Annotating 10,000 cells with resnet18 on 2 cores peaked at
@@ -170,90 +171,6 @@ def _reference_scores(model: TrainedModel, panel) -> tuple[np.ndarray, np.ndarra
     return model.reference_space.scores(panel)
 
 
-def novelty_flags(pred: Predictions, space: LabelSpace, models: list[TrainedModel], rule: str,
-                  distance: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """``cellpix_is_novel``, its reason (``subtype``, ``out_of_reference``, both, or empty) and how the distance
-    threshold was set for this query.
-
-    The subtype rule is the paper's score against its calibrated (or per-query percentile) threshold. Under the
-    calibrated rule a cell is also novel when its distance to the reference cells exceeds the threshold
-    calibrated on the reference's validation cells, raised when the query as a whole is shifted from the reference
-    (:meth:`cellpix.core.reference_space.ReferenceSpace.query_threshold`): that is what finds a lineage the
-    reference lacks, which the subtype score cannot (it is zero for a terminal type). The published percentile rule
-    stays as published.
-    """
-    by_subtype = _flags(pred, space, models, rule)
-    reference = models[0].reference_space
-    threshold, scale, shift = reference.query_threshold(distance) if reference is not None \
-        else (np.inf, 1.0, float("nan"))
-    far = (distance > threshold) if rule == "calibrated" else np.zeros(len(distance), dtype=bool)
-    reason = np.select([by_subtype & far, by_subtype, far], ["subtype,out_of_reference", "subtype",
-                                                             "out_of_reference"], "")
-    applied = {"query_shift": round(shift, 4) if np.isfinite(shift) else None, "query_scale": round(scale, 4),
-               "threshold_applied": round(float(threshold), 6)} if reference is not None else {}
-    return by_subtype | far, reason, applied
-
-
-def _far_query_warning(applied: dict[str, float]) -> list[str]:
-    scale = applied.get("query_scale", 1.0)
-    if scale == 1.0:
-        return []
-    return [f"even the query's nearest cells lie {scale:.2f}x farther from the reference than its own held-out "
-            "cells: the query is shifted as a whole (another batch, depth or gene panel), so the out-of-reference "
-            f"threshold of cellpix_is_novel was raised {scale:.2f}x; obs['cellpix_reference_distance'] holds the "
-            "raw distances. Batch-correcting the query onto the reference (cellpix integrate --reference) "
-            "brings it closer"]
-
-
-def _flags(pred: Predictions, space: LabelSpace, models: list[TrainedModel], rule: str) -> np.ndarray:
-    if rule == "percentile":
-        return flag_percentile(pred, space)
-    calibration = models[0].novelty
-    if not calibration:
-        raise CellpixError("the model has no novelty calibration (trained without a validation split); "
-                           "use --novelty-rule percentile")
-    return flag_calibrated(pred, space, calibration)
-
-
-def _guards(models: list[TrainedModel], readers: list[PanelReader], pred: Predictions, stats: np.ndarray,
-            options: AnnotateOptions) -> tuple[np.ndarray, dict[str, Any], list[str]]:
-    """The shift comparison and the all-one-class symptom; refuses a query on another scale unless forced."""
-    out_of_reference, report, warnings = compare(models[0].metadata.get("shift_profile"), stats[:, :2],
-                                                 options.corrected_by)
-    if report.get("other_scale"):
-        if not options.force:
-            raise InputDataError(other_scale_message(report))
-        warnings.append("forced: " + other_scale_message(report))
-    warnings += _one_class_warnings(models[0], pred)
-    warnings += sorted({"forced: " + r.match.species_note for r in readers if r.match.species_note})
-    n_empty = int((stats[:, 0] == 0).sum())
-    if n_empty:
-        warnings.append(f"{n_empty} cell(s) have no expression on the model's genes and are left "
-                        f"{UNASSIGNED!r} (obs['cellpix_unassigned'])")
-    for line in warnings:
-        warn(line)
-    return out_of_reference, report, warnings
-
-
-def _one_class_warnings(model: TrainedModel, pred: Predictions) -> list[str]:
-    """A query called almost all one class, where the reference is mixed, or near-uniform probabilities."""
-    found = []
-    n = len(pred.label_index)
-    shares = model.metadata.get("label_shares") or {}
-    if n >= 50 and shares and max(shares.values()) < 0.5:
-        counts = np.bincount(pred.label_index, minlength=len(model.space.labels))
-        top = int(counts.argmax())
-        if counts[top] / n > ONE_CLASS_SHARE:
-            found.append(f"{counts[top] / n:.0%} of the query was called {model.space.labels[top]!r}, which is "
-                         f"{shares.get(model.space.labels[top], 0.0):.0%} of the reference: a shifted query or a "
-                         "model that did not learn; check obs['cellpix_out_of_reference'] and uns['cellpix']")
-    uniform = 1.0 / max(1, len(model.space.bases))
-    if n and float(np.mean(pred.base_confidence)) < 1.5 * uniform:
-        found.append(f"the mean base-type probability is {float(np.mean(pred.base_confidence)):.2f}, near the "
-                     f"uniform {uniform:.2f}: the model cannot tell these cells apart")
-    return found
-
-
 def _unassigned(labels: pd.Categorical, empty: np.ndarray) -> pd.Categorical:
     if not empty.any():
         return labels
@@ -262,18 +179,18 @@ def _unassigned(labels: pd.Categorical, empty: np.ndarray) -> pd.Categorical:
     return labels
 
 
-def _obs_frame(pred: Predictions, novel: tuple[np.ndarray, np.ndarray], space: LabelSpace,
-               models: list[TrainedModel], index: pd.Index, out_of_reference: np.ndarray, stats: np.ndarray
-               ) -> pd.DataFrame:
+def _obs_frame(pred: Predictions, space: LabelSpace, models: list[TrainedModel], index: pd.Index,
+               stats: np.ndarray) -> pd.DataFrame:
     """The per-cell columns. A cell with no expression on the model's genes gets no label: ``unassigned``, with
     probability 0 and the reason in ``cellpix_unassigned`` (the network would call its empty image something,
-    at high confidence). ``novel`` is the flags and reasons of :func:`novelty_flags`; ``stats`` the streamed
-    per-cell statistics (detected share, mean non-zero value, distance to the reference)."""
-    flags, reason = novel
+    at high confidence). ``stats`` is the streamed per-cell statistics (detected share, mean non-zero value,
+    distance to the reference). The novelty flag, its reason and the out-of-reference flag are left for
+    :func:`cellpix.steps.annotate.query_wide.query_wide`, which needs the whole query."""
     empty = stats[:, 0] == 0
     ids = models[0].hierarchy.ontology_ids()
     base = _unassigned(pd.Categorical.from_codes(pred.base_index, categories=space.bases), empty)
     label = _unassigned(pd.Categorical.from_codes(pred.label_index, categories=space.labels), empty)
+    n = len(index)
     frame = pd.DataFrame(
         {
             f"{PREFIX}base": base,
@@ -281,13 +198,15 @@ def _obs_frame(pred: Predictions, novel: tuple[np.ndarray, np.ndarray], space: L
             f"{PREFIX}base_probability": np.where(empty, 0.0, pred.base_confidence).astype(np.float32),
             f"{PREFIX}subtype_probability": np.where(empty, 0.0, pred.subtype_confidence).astype(np.float32),
             f"{PREFIX}novelty_score": pred.novelty_score,
-            f"{PREFIX}is_novel": flags & ~empty,
-            f"{PREFIX}novelty_reason": pd.Categorical(np.where(empty, "", reason), categories=list(REASONS)),
+            f"{PREFIX}is_novel": np.zeros(n, dtype=bool),
+            f"{PREFIX}novelty_reason": pd.Categorical(np.full(n, ""), categories=list(REASONS)),
             f"{PREFIX}reference_distance": stats[:, 2].astype(np.float32),
             f"{PREFIX}uncertainty": pred.uncertainty,
-            f"{PREFIX}out_of_reference": out_of_reference,
+            f"{PREFIX}out_of_reference": np.zeros(n, dtype=bool),
             f"{PREFIX}unassigned": pd.Categorical(np.where(empty, NO_PANEL_EXPRESSION, ""),
                                                    categories=["", NO_PANEL_EXPRESSION]),
+            PANEL_DETECTED: stats[:, 0].astype(np.float32),
+            PANEL_MEAN_NONZERO: stats[:, 1].astype(np.float32),
         },
         index=index,
     )
@@ -305,10 +224,15 @@ def _note(warnings: list[str], new: list[str]) -> list[str]:
 
 
 def _run_metadata(models: list[TrainedModel], readers: list[PanelReader], options: AnnotateOptions,
-                  n_obs: int, shift: dict[str, Any], warnings: list[str], applied: dict[str, float]) -> dict[str, Any]:
+                  n_obs: int) -> dict[str, Any]:
+    """The run's record in ``uns['cellpix']``, with the settings :mod:`~cellpix.steps.annotate.query_wide` reads."""
+    model = models[0]
+    calibrated = options.novelty_rule == "calibrated"
+    if calibrated and not model.novelty:
+        raise CellpixError("the model has no novelty calibration (trained without a validation split); "
+                           "use --novelty-rule percentile")
+    branching = [model.space.bases[b] for b in model.space.branching]
     return {
-        "shift": shift,
-        "warnings": list(warnings),
         "cellpix_version": __version__,
         "models": {f"model_{i}": {"checksum_sha256": m.checksum, "network": m.model.config.describe(),
                                   "trained_with": m.metadata.get("cellpix_version", "")}
@@ -316,14 +240,17 @@ def _run_metadata(models: list[TrainedModel], readers: list[PanelReader], option
         "gene_matching": {f"model_{i}": r.report() for i, r in enumerate(readers)},
         "precision": resolve_precision(options.precision, options.device),
         "novelty_rule": options.novelty_rule,
-        # the out-of-reference score's settings, its calibrated threshold and the threshold applied to this query
-        # (cellpix.core.reference_space); it feeds cellpix_is_novel under the calibrated rule
-        "reference_distance": {**(models[0].metadata.get("reference_space") or {"available": False}), **applied},
-        "novelty_thresholds": models[0].novelty if options.novelty_rule == "calibrated" else
-        {"base_quantile": 0.6, "subtype_quantile": 0.1},
+        # the out-of-reference score's settings and calibrated threshold (cellpix.core.reference_space); the
+        # threshold applied to this query is added by query_wide. It feeds cellpix_is_novel under the calibrated rule
+        "reference_distance": dict(model.metadata.get("reference_space") or {"available": False}),
+        **query_settings(options.novelty_rule, model.novelty,
+                         label_thresholds(model.space, model.novelty) if calibrated else None,
+                         model.metadata, model.space.labels, branching),
+        "forced": bool(options.force),
+        "corrected_by": options.corrected_by or "",
         "restrict_to": ",".join(options.restrict_to or []),
-        "base_types": models[0].space.bases,
-        "subtypes": models[0].space.labels,
+        "base_types": model.space.bases,
+        "subtypes": model.space.labels,
         "n_cells": n_obs,
         "ensemble_size": len(models),
     }
@@ -340,27 +267,28 @@ class Finished:
 
 def _finish(models: list[TrainedModel], readers: list[PanelReader], options: AnnotateOptions, index: pd.Index,
             chunks: list[Chunk], plan: ClusterPlan | None) -> Finished:
-    """Guards, per-cell and cluster-level novelty, consensus, the obs frame and the run metadata: one finish for
+    """Per-cell columns, the query-wide answers (guards, novelty), consensus and the run metadata: one finish for
     the in-memory and the streaming path."""
     space = models[0].space
     pred = _concat([c.pred for c in chunks])
     stats = np.vstack([c.stats for c in chunks])
-    out_of_reference, shift, warnings = _guards(models, readers, pred, stats, options)
-    flags, reason, applied = novelty_flags(pred, space, models, options.novelty_rule, stats[:, 2])
-    warnings = _note(warnings, _far_query_warning(applied))
-    frame = _obs_frame(pred, (flags, reason), space, models, index, out_of_reference, stats)
-    coords, clusters = None, None
+    frame = _obs_frame(pred, space, models, index, stats)
+    meta = _run_metadata(models, readers, options, len(index))
+    wide = query_wide(frame, meta)
+    apply_query_wide(frame, meta, wide, sorted({"forced: " + r.match.species_note for r in readers
+                                                if r.match.species_note}))
+    for line in meta["warnings"]:
+        warn(line)
+    coords = None
     if plan is not None:
         codes = np.concatenate([c.codes for c in chunks])
         by_class = np.vstack([c.class_distance for c in chunks])
         clusters = evidence(plan, codes, pred, space, models[0], by_class)
-        warnings = _note(warnings, cluster_warnings(clusters))
+        meta["warnings"] = _note(meta["warnings"], cluster_warnings(clusters))
         add_cluster_columns(frame, clusters, stats[:, 0] == 0)
+        meta["clusters"] = cluster_table(clusters, options.over_clustering, options.cluster_resolution)
         if plan.clusters is not None:
             coords = np.vstack([c.coords for c in chunks])
-    meta = _run_metadata(models, readers, options, len(index), shift, warnings, applied)
-    if clusters is not None:
-        meta["clusters"] = cluster_table(clusters, options.over_clustering, options.cluster_resolution)
     return Finished(frame, meta, coords)
 
 

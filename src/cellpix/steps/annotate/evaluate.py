@@ -92,6 +92,10 @@ def evaluate(adata: ad.AnnData, hierarchy: Hierarchy, subtype_key: str | None = 
         raise CellpixError("give a truth column: --truth-subtype and/or --truth-base")
     meta = adata.uns.get("cellpix", {})
     bases, labels = list(meta.get("base_types", [])), list(meta.get("subtypes", []))
+    if labels and [str(x) for x in labels] != list(hierarchy.labels):
+        raise CellpixError(f"the file was annotated with other labels ({', '.join(map(str, labels[:4]))} …) than "
+                           f"this model's hierarchy {hierarchy.name!r} ({', '.join(hierarchy.labels[:4])} …); give "
+                           "the -m bundle that made the annotation")
     pred_sub = adata.obs["cellpix_subtype"].astype(str).to_numpy()
     pred_base = adata.obs["cellpix_base"].astype(str).to_numpy()
     result: dict[str, Any] = {}
