@@ -20,6 +20,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from cellpix.core.neighbours import connectivities
+
 MAX_CLUSTER_CELLS = 20000
 N_TOP_GENES = 2000
 N_COMPONENTS = 30
@@ -95,9 +97,10 @@ def fit_clusters(rows: sp.csr_matrix, sample: np.ndarray, resolution: float = DE
     components = pca.components_.T.astype(np.float32)
     # no re-centring on the PCA's own mean: x is centred already (its mean is 0 up to clipping)
     coords = (x @ components).astype(np.float32)
-    view = AnnData(X=np.zeros((n, 0), np.float32), obsm={"X_pca": coords})
-    sc.pp.neighbors(view, n_neighbors=n_neighbours(n), use_rep="X_pca", random_state=seed)
-    sc.tl.leiden(view, resolution=resolution, flavor="igraph", n_iterations=2, random_state=seed)
+    view = AnnData(X=np.zeros((n, 0), np.float32))
+    # the graph scanpy's pp.neighbors builds, without its numba compilation (cellpix.core.neighbours)
+    graph = connectivities(coords, n_neighbours(n))
+    sc.tl.leiden(view, resolution=resolution, flavor="igraph", n_iterations=2, random_state=seed, adjacency=graph)
     labels = _ordered_by_size(view.obs["leiden"].astype(int).to_numpy())
     return QueryClusters(sample, labels, genes, mean.astype(np.float32), scale.astype(np.float32), components,
                          coords)
