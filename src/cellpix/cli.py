@@ -716,7 +716,7 @@ def run(reference: Path, query: Path, label_key: str, hierarchy: str, outdir: Pa
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (default: the cpu preset's).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def demo(outdir: Path, epochs: int | None, quiet: bool) -> None:
-    """Train on 80 % of scanpy's bundled pbmc68k_reduced and annotate the rest (offline, a few minutes)."""
+    """Train on 80 % of scanpy's bundled pbmc68k_reduced and annotate the rest (offline, about 25 s on 2 cores)."""
     from cellpix.pipeline import run_demo
 
     result = run_demo(outdir, epochs=epochs, progress=not quiet)
