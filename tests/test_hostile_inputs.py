@@ -342,3 +342,18 @@ def test_run_checks_its_truth_before_any_work(workdir, extra, fragment):
                            "pbmc-sorted", "-o", "run_out", *extra], fragment)
     finally:
         os.chdir(cwd)
+
+
+def test_a_one_cell_query_with_plots_and_no_library_warnings_on_the_console(workdir):
+    """Before, a one-cell query with --plots raised scikit-learn's InvalidParameterError and left its output behind;
+    anndata's FutureWarning and scipy's SparseEfficiencyWarning reached the console on ordinary runs."""
+    import anndata as ad
+
+    ad.read_h5ad(workdir / "query.h5ad")[:1].copy().write_h5ad(workdir / "one.h5ad")
+    result = subprocess.run([sys.executable, "-m", "cellpix", "annotate", "one.h5ad", "-m", "model.cellpix", "-o",
+                             "one_out.h5ad", "--plots", "plots", "--quiet"], cwd=workdir, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert ad.read_h5ad(workdir / "one_out.h5ad").n_obs == 1
+    assert (workdir / "plots" / "cellpix_confidence.png").exists()
+    assert "Warning" not in result.stderr.replace("warning:", ""), result.stderr  # cellpix's own lines say warning:
