@@ -24,6 +24,7 @@ include { CELLPIX_ANNOTATE  } from './modules/local/cellpix/annotate/main'
 include { CELLPIX_MERGE     } from './modules/local/cellpix/merge/main'
 include { CELLPIX_CONSENSUS } from './modules/local/cellpix/consensus/main'
 include { CELLPIX_EXPLAIN   } from './modules/local/cellpix/explain/main'
+include { CELLPIX_MODELS    } from './modules/local/cellpix/models/main'
 
 /*
  * A samplesheet row's h5ad: as nf-core reads it (relative to the launch directory), else relative to the
@@ -58,6 +59,11 @@ def summaryRow(sample, json) {
      s.gene_coverage, (s.warnings ?: []).size(), s.model_checksum_sha256].join('\t')
 }
 
+// A --model value naming a file (a folder part or the bundle suffix), as cellpix's own resolver reads it.
+def isBundlePath(String value) {
+    return value.contains('/') || value.endsWith('.cellpix')
+}
+
 workflow {
     validateParameters()
     log.info paramsSummaryLog(workflow)
@@ -65,7 +71,7 @@ workflow {
         error "Give --input SAMPLESHEET.csv (sample,h5ad[,batch_key]) or --query QUERY.h5ad, one of the two"
     }
     if (!params.model && !params.reference) {
-        error "Give --reference REF.h5ad to train a model, or --model BUNDLE.cellpix to use an existing one"
+        error "Give --reference REF.h5ad to train a model, or --model BUNDLE.cellpix or a model name (cellpix models list)"
     }
 
     // Queries: [meta (id, batch_key), h5ad] per samplesheet row, checked against assets/schema_input.json.
@@ -76,8 +82,13 @@ workflow {
 
     // Reference: integrate -> image -> train, unless a bundle is given. The panel is chosen among the genes
     // every query has (--genes-from), so no query misses part of it.
-    if (params.model) {
+    // --model is a bundle's path or a ready-made model's name (`cellpix models list`), which cellpix itself
+    // resolves and verifies: a name is never read as a path, so a typo fails with the list of known models.
+    if (params.model && isBundlePath(params.model)) {
         ch_bundle = channel.value(file(params.model, checkIfExists: true))
+    } else if (params.model) {
+        CELLPIX_MODELS(channel.value(params.model))
+        ch_bundle = CELLPIX_MODELS.out.bundle.first()
     } else {
         ch_genes_from = params.panel_from_queries
             ? ch_samples.map { _meta, h5ad -> h5ad }.collect().map { files -> [files] }

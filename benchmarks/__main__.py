@@ -191,7 +191,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=positive_int, default=None, help="epochs for every cellpix contender")
     parser.add_argument("--only", default="",
                         help="CV runs: rerun only the contenders whose names contain one of these ;-separated "
-                             "texts, keeping the other contenders' rows of the existing CSV")
+                             "texts, keeping the other contenders' rows of the existing CSV; cross: only the query "
+                             "pbmc68k or kang, keeping the other's rows")
     parser.add_argument("--paper-grid", action="store_true",
                         help="ablation: add the 224-px grid (25 min per fold at 8 epochs on 2 CPU cores)")
     args = parser.parse_args()
@@ -227,7 +228,11 @@ def main() -> None:
         from benchmarks.accuracy import cross_dataset
 
         quick = {"max_reference_cells": QUICK_TRAIN_CELLS} if args.quick else {}
-        save(cross_dataset(epochs=args.epochs or (QUICK_EPOCHS if args.quick else None), **quick), "cross_dataset.csv")
+        frame = cross_dataset(epochs=args.epochs or (QUICK_EPOCHS if args.quick else None), only=args.only, **quick)
+        if args.only:  # rerun one query (pbmc68k or kang), keeping the other queries' rows
+            kept = pd.read_csv(results / "cross_dataset.csv")
+            frame = pd.concat([frame, kept[~kept["query"].isin(frame["query"])]], ignore_index=True)
+        save(frame, "cross_dataset.csv")
     if args.what in ("integration", "all"):
         from benchmarks import integration
 

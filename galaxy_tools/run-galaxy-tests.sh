@@ -16,6 +16,7 @@ PORT=${CELLPIX_GALAXY_PORT:-8089}
 URL="http://127.0.0.1:$PORT"
 KEY=cellpix-admin-bootstrap-key
 TOOLS="$ROOT/galaxy_tools/cellpix"
+DATA_MANAGER="$ROOT/galaxy_tools/data_managers/data_manager_cellpix_models"
 VERSION=$("$PROJECT_VENV/bin/cellpix" --version | sed 's/.* version //')
 
 if [ ! -x "$GXV/bin/galaxy-web" ]; then
@@ -23,7 +24,7 @@ if [ ! -x "$GXV/bin/galaxy-web" ]; then
     "$GXV/bin/pip" install -q "galaxy==26.1.1" planemo
 fi
 
-rm -rf "$CACHE/data" && mkdir -p "$CACHE/data" "$CACHE/deps/cellpix/$VERSION"
+rm -rf "$CACHE/data" && mkdir -p "$CACHE/data/tool-data" "$CACHE/deps/cellpix/$VERSION"
 printf 'export PATH="%s/bin:$PATH"\n' "$PROJECT_VENV" > "$CACHE/deps/cellpix/$VERSION/env.sh"
 
 {
@@ -31,6 +32,12 @@ printf 'export PATH="%s/bin:$PATH"\n' "$PROJECT_VENV" > "$CACHE/deps/cellpix/$VE
     for tool in "$TOOLS"/cellpix_*.xml; do echo "  <tool file=\"$tool\"/>"; done
     echo '</section></toolbox>'
 } > "$CACHE/tool_conf.xml"
+
+# The cellpix_models table starts empty; the data manager's test fills it, then the annotate tool's
+# installed-model test reads it.
+: > "$CACHE/data/tool-data/cellpix_models.loc"
+sed "s#tool-data/cellpix_models.loc#$CACHE/data/tool-data/cellpix_models.loc#" \
+    "$DATA_MANAGER/tool_data_table_conf.xml.sample" > "$CACHE/tool_data_table_conf.xml"
 
 cat > "$CACHE/galaxy.yml" <<YAML
 galaxy:
@@ -49,6 +56,10 @@ galaxy:
   enable_celery_tasks: false
   watch_tools: false
   galaxy_infrastructure_url: $URL
+  tool_data_table_config_path: $CACHE/tool_data_table_conf.xml
+  data_manager_config_file: $DATA_MANAGER/data_manager_conf.xml
+  galaxy_data_manager_data_path: $CACHE/data/tool-data
+  tool_data_path: $CACHE/data/tool-data
 YAML
 
 # shellcheck disable=SC1091
@@ -70,6 +81,16 @@ USER_ID=$(curl -sf -H "x-api-key: $KEY" -H 'Content-Type: application/json' -X P
 USER_KEY=$(curl -sf -H "x-api-key: $KEY" -X POST "$URL/api/users/$USER_ID/api_key" | tr -d '"')
 
 passed=0; failed=0
+# The data manager first: it installs pbmc-zheng2017 (and a bundle from the history) into cellpix_models.
+id=cellpix_models_fetcher
+if galaxy-tool-test -u "$URL" -k "$USER_KEY" -a "$KEY" -t "$id" --test-data "$TOOLS/test-data" -j "$CACHE/$id.json" \
+    > "$CACHE/$id.log" 2>&1 && grep -q "pbmc-zheng2017" "$CACHE/data/tool-data/cellpix_models.loc"; then
+    echo "PASS $id"; passed=$((passed + 1))
+else
+    echo "FAIL $id"; tail -60 "$CACHE/$id.log" | LC_ALL=C tr -cd "[:print:]\n" | cut -c1-400
+    cat "$CACHE/data/tool-data/cellpix_models.loc"; failed=$((failed + 1))
+fi
+
 for tool in "$TOOLS"/cellpix_*.xml; do
     id=$(basename "$tool" .xml)
     if galaxy-tool-test -u "$URL" -k "$USER_KEY" -a "$KEY" -t "$id" -j "$CACHE/$id.json" > "$CACHE/$id.log" 2>&1; then

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The extra each step's container and conda environment add to cellpix's core (pyproject.toml); the Nextflow
 # helper processes split and merge run in the annotate image.
 STEP_EXTRAS = {"integrate": "integration", "image": "image", "explain": "explain"}
-STEP_IMAGES = {"split": "annotate", "merge": "annotate", "consensus": "annotate"}
+STEP_IMAGES = {"split": "annotate", "merge": "annotate", "consensus": "annotate", "models": "annotate"}
 # Canonical markers per Zheng lineage (the explain issue's list); the SHAP test checks the model finds them.
 CANONICAL_MARKERS = {
     "B cell": {"CD79A", "CD79B", "MS4A1", "CD19"},

@@ -26,7 +26,7 @@ def test_docs_are_generated_from_the_hookspecs():
     committed = (ROOT / "docs" / "plugins.md").read_text()
     assert committed == render(), "docs/plugins.md is stale: run `cellpix plugins docs -o docs/plugins.md`"
     for hook in ("cellpix_hierarchies", "cellpix_backbones", "cellpix_integration_methods",
-                 "cellpix_layout_methods", "cellpix_register_commands"):
+                 "cellpix_layout_methods", "cellpix_models", "cellpix_register_commands"):
         assert f"### `{hook}(" in committed
 
 
@@ -50,8 +50,9 @@ def test_plugin_passes_its_own_tests_when_installed(plugin, tmp_path):
 
 
 def test_scaffolded_plugin_passes_its_tests_in_a_fresh_venv(tmp_path):
-    made = subprocess.run([sys.executable, "-m", "cellpix", "plugins", "new", "lung-atlas", "--dest", str(tmp_path)],
-                          capture_output=True, text=True)
+    # It ships a model (here cellpix's own PBMC bundle stands in for the author's): packaged with its card.
+    made = subprocess.run([sys.executable, "-m", "cellpix", "plugins", "new", "lung-atlas", "--dest", str(tmp_path),
+                           "--model", "pbmc-zheng2017"], capture_output=True, text=True)
     assert made.returncode == 0, made.stderr
     package = tmp_path / "cellpix-lung-atlas"
     again = subprocess.run([sys.executable, "-m", "cellpix", "plugins", "new", "lung-atlas", "--dest", str(tmp_path)],
@@ -67,9 +68,11 @@ def test_scaffolded_plugin_passes_its_tests_in_a_fresh_venv(tmp_path):
                     str(package)], check=True)
     listing = subprocess.run([str(python), "-m", "cellpix", "hierarchies", "list"], capture_output=True, text=True)
     assert "lung-atlas: 2 base types" in listing.stdout, listing.stderr
+    models = subprocess.run([str(python), "-m", "cellpix", "models", "list"], capture_output=True, text=True)
+    assert "lung-atlas: Human PBMC" in models.stdout and "pbmc-zheng2017" in models.stdout, models.stderr
     run = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(package / "tests")],
                          capture_output=True, text=True, cwd=tmp_path)
-    assert run.returncode == 0 and "2 passed" in run.stdout, run.stdout + run.stderr
+    assert run.returncode == 0 and "3 passed" in run.stdout, run.stdout + run.stderr
     bad = subprocess.run([sys.executable, "-m", "cellpix", "plugins", "new", "Bad Name", "--dest", str(tmp_path)],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "lower-case letters" in bad.stderr

@@ -20,6 +20,7 @@ from tests.conftest import ROOT
 
 TOOLS = ROOT / "galaxy_tools" / "cellpix"
 WRAPPERS = sorted(TOOLS.glob("cellpix_*.xml"))
+DATA_MANAGER = ROOT / "galaxy_tools" / "data_managers" / "data_manager_cellpix_models"
 GALAXY_VENV = ROOT / ".cache" / "galaxy-venv"
 
 
@@ -28,7 +29,8 @@ def test_a_wrapper_per_step():
                                            sorted(["integrate", "image", "train", "annotate", "explain"])]
 
 
-@pytest.mark.parametrize("wrapper", WRAPPERS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("wrapper", [*WRAPPERS, DATA_MANAGER / "data_manager" / "cellpix_models_fetcher.xml"],
+                         ids=lambda p: p.stem)
 def test_wrapper_command_only_calls_the_cli(wrapper):
     command = ET.parse(wrapper).getroot().find("command")
     assert command.get("detect_errors") == "exit_code"
@@ -88,7 +90,7 @@ def test_tools_and_workflow_pass_in_a_real_galaxy():
     lines = output.strip().splitlines()
     print("\n".join(line for line in lines if line.startswith(("PASS", "FAIL"))))
     summary = lines[-1] if lines else ""
-    assert summary == f"{len(WRAPPERS) + 1} passed, 0 failed", output[-6000:]
+    assert summary == f"{len(WRAPPERS) + 2} passed, 0 failed", output[-6000:]  # + the data manager, the workflow
     assert returncode == 0
 
 
@@ -106,3 +108,16 @@ def test_text_validators_are_anchored_and_refuse_a_bad_label(wrapper):
 def test_threads_come_from_galaxy_slots():
     for wrapper in WRAPPERS:
         assert "--threads \\${GALAXY_SLOTS:-1}" in ET.parse(wrapper).getroot().find("command").text, wrapper.name
+
+
+def test_the_data_manager_fills_the_table_the_tools_read():
+    """The data manager writes the columns of the table that annotate and explain offer, from one table file."""
+    conf = ET.parse(DATA_MANAGER / "data_manager_conf.xml").getroot()
+    table = conf.find("data_manager/data_table")
+    written = [c.get("name") for c in table.find("output").iter("column")]
+    for sample in (DATA_MANAGER / "tool_data_table_conf.xml.sample", TOOLS / "tool_data_table_conf.xml.sample"):
+        declared = ET.parse(sample).getroot().find("table")
+        assert declared.get("name") == table.get("name") == "cellpix_models"
+        assert [c.strip() for c in declared.find("columns").text.split(",")] == written
+    macros = (TOOLS / "macros.xml").read_text()
+    assert 'from_data_table="cellpix_models"' in macros and ".fields.path" in macros

@@ -47,7 +47,8 @@ def schema(name: str) -> Draft202012Validator:
 
 
 def test_every_step_has_a_module():
-    assert set(STEPS) == {"integrate", "image", "train", "annotate", "explain", "split", "merge", "consensus"}
+    assert set(STEPS) == {"integrate", "image", "train", "annotate", "explain", "split", "merge", "consensus",
+                          "models"}
     for step in STEPS:
         for name in ("main.nf", "meta.yml", "environment.yml", "tests/main.nf.test"):
             assert (MODULES / step / name).is_file(), f"{step}/{name}"

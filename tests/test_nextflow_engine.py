@@ -193,3 +193,22 @@ def test_a_bad_samplesheet_row_is_refused_before_any_task(tmp_path):
     proc = nextflow(tmp_path, "run", str(ROOT), "-profile", "test", "--outdir", "results", "--input", str(sheet))
     assert proc.returncode != 0 and "absent.h5ad" in output(proc), output(proc)
     assert not (tmp_path / "results" / "annotate").exists()
+
+
+def test_a_ready_model_by_name_replaces_training(tmp_path):
+    """``--model pbmc-zheng2017``: cellpix fetches and verifies the named model; nothing is integrated or trained
+    for a reference, and the Zheng sample is annotated by it."""
+    sheet = tmp_path / "one_sample.csv"
+    sheet.write_text(f"sample,h5ad,batch_key\nzheng_query,{ROOT / 'tests' / 'data' / 'zheng_query.h5ad'},\n")
+    launch = tmp_path / "launch"
+    proc = nextflow(launch, "run", str(ROOT), "-profile", "test", "--outdir", "results", "--input", str(sheet),
+                    "--model", "pbmc-zheng2017", "--skip_explain")
+    assert proc.returncode == 0, output(proc)
+    ran = {r["process"] for r in trace(launch)}
+    assert "CELLPIX_MODELS" in ran and not ran & {"CELLPIX_INTEGRATE", "CELLPIX_IMAGE", "CELLPIX_TRAIN"}
+    merged = ad.read_h5ad(launch / "results" / "annotate" / "zheng_query.cellpix.h5ad")
+    truth = merged.obs["lineage"].astype(str).to_numpy()
+    assert (merged.obs["cellpix_base"].astype(str).to_numpy() == truth).mean() > 0.9
+    typo = nextflow(tmp_path / "typo", "run", str(ROOT), "-profile", "test", "--outdir", "results", "--input",
+                    str(sheet), "--model", "pbmc-zheng", "--skip_explain")
+    assert typo.returncode != 0 and "unknown model 'pbmc-zheng'. Known models: " in output(typo)

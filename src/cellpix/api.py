@@ -162,8 +162,8 @@ def annotate(query: ad.AnnData, model: TrainedModel | Sequence[TrainedModel] | s
     """
     from cellpix.steps.annotate.annotate import annotate_adata
 
-    models = [load_model(model)] if isinstance(model, (str, Path)) else \
-        list(model) if isinstance(model, Sequence) else [model]
+    given = list(model) if isinstance(model, Sequence) and not isinstance(model, str) else [model]
+    models = [load_model(m) if isinstance(m, (str, Path)) else m for m in given]
     return annotate_adata(query, models, options)
 
 
@@ -204,10 +204,15 @@ def explain(adata: ad.AnnData, model: TrainedModel | str | Path, options: Explai
 
 
 def load_model(path: str | Path, device: str = "cpu") -> TrainedModel:
-    """Load a ``.cellpix`` bundle (safetensors weights plus JSON metadata; the checksum is verified)."""
+    """Load a ``.cellpix`` bundle by path, or a ready-made model by name (``cellpix models list``).
+
+    A name is fetched into the model cache on first use and verified against its published sha256; every
+    bundle's own checksum is verified as it loads.
+    """
+    from cellpix.core.models import resolve
     from cellpix.core.trained import TrainedModel as Loaded
 
-    return Loaded.load(path, device=device)
+    return Loaded.load(resolve(path), device=device)
 
 
 def hierarchy(name_or_path: str) -> Hierarchy:

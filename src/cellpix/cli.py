@@ -10,10 +10,33 @@ from pathlib import Path
 import click
 
 from cellpix import __version__, plugins
+from cellpix.cli_models import models_command
 from cellpix.errors import CellpixError, warn
 
 # An existing file: an h5ad, a bundle, a layout or a CSV (each command checks the kind when it reads it).
 INPUT_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+class ModelSource(click.ParamType):
+    """A bundle's path or a ready-made model's name (``cellpix models list``), resolved to a local file.
+
+    A name is fetched into the model cache on first use (a packaged model is used where it is installed).
+    """
+
+    name = "bundle or model name"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, Path):
+            return value
+        from cellpix.core.models import resolve
+
+        try:
+            return resolve(value)
+        except CellpixError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+MODEL = ModelSource()
 
 
 class Fraction(click.FloatRange):
@@ -161,8 +184,9 @@ def cli() -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output h5ad: log1p(CP10k) on the gene panel, ready for `image`/`train` (reference) or "
                    "`annotate` (query).")
-@click.option("--reference", type=INPUT_FILE, default=None,
-              help="Query mode: the integrated reference h5ad (or a model bundle) whose panel DATA is brought to.")
+@click.option("--reference", type=MODEL, default=None,
+              help="Query mode: the integrated reference h5ad, or a model bundle or model name, whose panel DATA is "
+                   "brought to.")
 @click.option("--method", default="auto", show_default=True,
               help="Batch correction: auto (combat when the query has --batch-key batches, else none), none, "
                    "combat, scanorama, harmony, seurat, or a plugin's (`cellpix integrate-methods`).")
@@ -420,7 +444,7 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
 @cli.command()
 @threads_option
 @click.argument("query", type=INPUT_FILE)
-@click.option("-m", "--model", "models", required=True, multiple=True, type=INPUT_FILE,
+@click.option("-m", "--model", "models", required=True, multiple=True, type=MODEL,
               help="Model bundle; repeat for an ensemble (probabilities are averaged).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Annotated h5ad (the input plus cellpix_* obs/obsm/uns).")
@@ -504,7 +528,7 @@ def _annotation_outputs(result, output: Path, table: Path | None, summary: Path 
 @cli.command("consensus")
 @threads_option
 @click.argument("annotated", type=INPUT_FILE)
-@click.option("-m", "--model", required=True, type=INPUT_FILE, help="The bundle that annotated the cells.")
+@click.option("-m", "--model", required=True, type=MODEL, help="The bundle that annotated the cells.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The annotated h5ad with the cluster columns added.")
 @annotation_output_options
@@ -542,7 +566,7 @@ def _cluster_summary(metadata: dict) -> str:
 @cli.command("explain")
 @threads_option
 @click.argument("data", type=INPUT_FILE)
-@click.option("-m", "--model", required=True, type=INPUT_FILE, help="The model bundle to explain.")
+@click.option("-m", "--model", required=True, type=MODEL, help="The model bundle to explain.")
 @click.option("-o", "--table", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="CSV ranking: level, class, gene, gene_symbol, marker_shap, mean_abs_shap, mean_shap, broad, "
                    "n_cells, rank.")
@@ -631,7 +655,7 @@ def merge_command(shards: tuple[Path, ...], output: Path) -> None:
 # -- evaluate --------------------------------------------------------------------
 @cli.command("evaluate")
 @click.argument("annotated", type=INPUT_FILE)
-@click.option("-m", "--model", required=True, type=INPUT_FILE,
+@click.option("-m", "--model", required=True, type=MODEL,
               help="The bundle that made the annotation (its hierarchy).")
 @click.option("--truth-subtype", default=None, help="obs column with true subtype labels.")
 @click.option("--truth-base", default=None, help="obs column with true base labels.")
@@ -663,19 +687,24 @@ def evaluate_command(annotated: Path, model: Path, truth_subtype: str | None, tr
 
 # -- inspect ---------------------------------------------------------------------
 @cli.command()
-@click.argument("bundle", type=INPUT_FILE)
+@click.argument("bundle", type=MODEL)
 @click.option("--json", "as_json", is_flag=True, help="The summary as JSON.")
 def inspect(bundle: Path, as_json: bool) -> None:
-    """What a model BUNDLE is: network, hierarchy, gene panel, training and its validation scores."""
+    """What a model BUNDLE (a path or a model name) is: network, hierarchy, gene panel, training and validation
+    scores, and its model card (training data, labels with Cell Ontology IDs, figures, licence)."""
+    from cellpix.core.model_card import model_card, render_card
     from cellpix.core.trained import TrainedModel
 
     model = TrainedModel.load(bundle)
     summary = model.summary()
     if as_json:
-        click.echo(json.dumps(summary, indent=2, default=str))
+        click.echo(json.dumps({**summary, "card": model_card(model.metadata)}, indent=2, default=str))
         return
     for key, value in summary.items():
         click.echo(f"{key:>20}: {json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}")
+    click.echo("\nmodel card")
+    for line in render_card(model_card(model.metadata)):
+        click.echo(f"  {line}")
 
 
 
@@ -750,11 +779,13 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--dest", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to create cellpix-NAME/ in.")
-def plugins_new(name: str, dest: Path) -> None:
+@click.option("--model", type=MODEL, default=None,
+              help="A trained bundle (or model name) the package ships as model NAME, with its card.")
+def plugins_new(name: str, dest: Path, model: Path | None) -> None:
     """Scaffold a plugin package cellpix-NAME that installs, registers and passes its own tests as made."""
     from cellpix.scaffold import new_plugin
 
-    root = new_plugin(name, dest)
+    root = new_plugin(name, dest, model)
     click.echo(f"created {root}: cd {root} && pip install -e '.[test]' && pytest")
 
 
@@ -826,6 +857,9 @@ def backbones() -> None:
     for name, spec in sorted(plugins.registered("backbones").items()):
         click.echo(f"{name}: {spec.description}")
     click.echo("…or any timm architecture, e.g. --backbone convnext_atto (see timm.list_models()).")
+
+
+cli.add_command(models_command)
 
 
 def _register_plugin_commands() -> None:

@@ -63,5 +63,15 @@ def cellpix_layout_methods():
 
 
 @hookspec
+def cellpix_models():
+    """Return ``{name: ModelEntry}`` of ready-made model bundles (``cellpix models list``).
+
+    A ``ModelEntry`` (``cellpix.core.models``) names a bundle shipped in the package or a URL, the sha256 of
+    that file and its model card. A package that ships models keeps a ``models.json`` manifest beside them and
+    returns ``read_manifest(folder)``; ``cellpix models package`` writes that manifest.
+    """
+
+
+@hookspec
 def cellpix_register_commands(cli):
     """Add click commands to the ``cellpix`` group passed as ``cli``."""

@@ -31,6 +31,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "cellpix.builtin.backbones",
     "cellpix.builtin.layouts",
     "cellpix.builtin.integration",
+    "cellpix.builtin.models",
 )
 
 DISABLE_ENV = "CELLPIX_DISABLE_PLUGINS"
@@ -89,7 +90,7 @@ def _merged(hook_name: str) -> dict[str, Any]:
 
 
 def registered(kind: str) -> dict[str, Any]:
-    """All registered things of one kind: hierarchies, backbones, integration_methods, layout_methods."""
+    """All registered things of one kind: hierarchies, backbones, integration_methods, layout_methods, models."""
     return _merged(f"cellpix_{kind}")
 
 
@@ -144,6 +145,8 @@ CONTRACT = {
     "CellType": "cellpix.core.hierarchy",
     "IntegrationMethod": "cellpix.steps.integrate.methods",
     "CellpixError": "cellpix.errors",
+    "ModelEntry": "cellpix.core.models",
+    "read_manifest": "cellpix.core.models",
 }
 
 

@@ -39,11 +39,14 @@ test = ["pytest>=8"]
 where = ["src"]
 
 [tool.setuptools.package-data]
-{module} = ["hierarchies/*.yaml"]
+{module} = ["hierarchies/*.yaml", "bundles/*.cellpix", "bundles/models.json"]
 """
 
 INIT = '''\
-"""cellpix plugin {name}: registers the hierarchies in hierarchies/*.yaml.
+"""cellpix plugin {name}: registers the hierarchies in hierarchies/*.yaml and the models in bundles/.
+
+The models are listed, with the sha256 of each file and its model card, in bundles/models.json, which
+`cellpix models package BUNDLE --name NAME --into src/{module}/bundles` writes.
 
 Add more hooks from cellpix.hookspecs here (backbones, integration methods,
 layout methods, CLI commands); `cellpix plugins` lists what is loaded.
@@ -54,15 +57,20 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from cellpix.core.hierarchy import Hierarchy
-from cellpix.hookspecs import hookimpl
+from cellpix.plugins import Hierarchy, hookimpl, read_manifest
 
 HIERARCHY_DIR = Path(__file__).with_name("hierarchies")
+MODEL_DIR = Path(__file__).with_name("bundles")
 
 
 @hookimpl
 def cellpix_hierarchies():
     return {{path.stem: partial(Hierarchy.from_yaml, path) for path in sorted(HIERARCHY_DIR.glob("*.yaml"))}}
+
+
+@hookimpl
+def cellpix_models():
+    return read_manifest(MODEL_DIR)
 '''
 
 HIERARCHY = """\
@@ -100,6 +108,16 @@ def test_cellpix_lists_the_plugin():
     assert "cellpix-{name}" in names
 
 
+def test_every_shipped_model_matches_its_checksum_and_loads():
+    from cellpix.core.models import fetch, read_manifest
+    from cellpix.core.trained import TrainedModel
+    from {module} import MODEL_DIR
+
+    for name in read_manifest(MODEL_DIR):
+        model = TrainedModel.load(fetch(name))
+        assert model.layout.n_genes > 0
+
+
 def test_hierarchy_is_registered_and_valid():
     tree = plugins.resolve_lazy(plugins.lookup("hierarchies", "{name}", "hierarchy"))
     assert tree.base_names == ["T cell", "Endothelial"]
@@ -121,16 +139,37 @@ pytest
 Edit `src/{module}/hierarchies/{name}.yaml` (check it with `cellpix hierarchies validate`), or add
 hooks from `cellpix.hookspecs` to `src/{module}/__init__.py`. Publish with `python -m build` and
 `twine upload dist/*`; users then `pip install cellpix-{name}`.
+
+## Ship a trained model with the hierarchy
+
+```bash
+cellpix train ref.h5ad --layout layout/layout.json --labels cell_type --hierarchy {name} -o trained.cellpix
+cellpix models package trained.cellpix --name {name} --into src/{module}/bundles --card card.yaml
+cellpix models list                  # {name}, its sha256 and card; users run: cellpix annotate q.h5ad -m {name}
+```
+
+`card.yaml` holds what only you know: `title`, `training_data`, `provenance`, `figures` (cross-validation
+and cross-dataset scores), `licence`, `intended_use`, `limitations`; the labels with their Cell Ontology
+IDs, the gene panel and species, and the versions are read from the bundle. A model of a few MB belongs
+in the package; for a larger one add `--url https://…` (the manifest then points there, with its sha256,
+and cellpix downloads it once into its cache) and upload the written file to that URL.
 """
 
 
-def new_plugin(name: str, destination: str | Path = ".") -> Path:
-    """Write the package ``cellpix-NAME`` under ``destination``; refuses to overwrite anything."""
+def new_plugin(name: str, destination: str | Path = ".", model: str | Path | None = None) -> Path:
+    """Write the package ``cellpix-NAME`` under ``destination``; refuses to overwrite anything.
+
+    With ``model`` (a bundle), the package ships it as the model ``NAME`` (``cellpix models package``).
+    """
     if not NAME.match(name):
         raise CellpixError(f"plugin name {name!r}: use lower-case letters, digits and dashes (e.g. lung-atlas)")
     root = Path(destination) / f"cellpix-{name}"
     if root.exists():
         raise CellpixError(f"{root} already exists; choose another name or folder")
+    if model is not None:  # a bad bundle is refused before anything is written
+        from cellpix.core.bundle import ModelBundle
+
+        ModelBundle.load(model)
     module = "cellpix_" + name.replace("-", "_")
     values = {"name": name, "module": module, "cellpix_version": __version__}
     files = {
@@ -144,4 +183,21 @@ def new_plugin(name: str, destination: str | Path = ".") -> Path:
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(template.format(**values))
+    bundles = root / "src" / module / "bundles"
+    if model is not None:
+        from cellpix.core.models import package_model
+
+        package_model(model, name, bundles)
+    else:
+        write_manifest(bundles)
     return root
+
+
+def write_manifest(directory: Path) -> None:
+    """An empty model manifest, so the package's model hook works before it ships a model."""
+    import json
+
+    from cellpix.core.models import MANIFEST_NAME, MANIFEST_SCHEMA
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MANIFEST_NAME).write_text(json.dumps({"schema": MANIFEST_SCHEMA, "models": []}, indent=2) + "\n")

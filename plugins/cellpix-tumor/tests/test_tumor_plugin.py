@@ -91,3 +91,20 @@ def test_train_and_annotate_puram_through_the_plugin(tmp_path):
     guesser_ceiling = binom.isf(1e-6, len(truth), 1 / len(tree.labels))
     assert subtype_correct > guesser_ceiling
     assert set(annotated.obs["cellpix_base_ontology_id"].astype(str)) <= set(tree.ontology_ids().values())
+
+
+def test_the_shipped_model_is_listed_and_annotates_by_name(tmp_path):
+    """The plugin path for models: registered through the entry point, verified, and used by name only."""
+    if not PURAM.exists():
+        pytest.fail(f"real test data missing: {PURAM} (set CELLPIX_SHARED_DATA)")
+    listing = run(["models", "list"]).stdout
+    assert "headneck-puram2017: Head-and-neck tumour microenvironment" in listing
+    assert "pbmc-zheng2017" in listing  # cellpix's own model beside the plugin's
+    card = run(["models", "show", "headneck-puram2017"]).stdout
+    assert "Macrophage [CL:0000235]" in card and "licence: CC-BY-4.0" in card
+    # Its training cells, annotated through the name: the packaged weights are the trained ones (a wrong or
+    # untrained file scores near chance, 0.11).
+    run(["annotate", PURAM, "-m", "headneck-puram2017", "-o", tmp_path / "annotated.h5ad", "--quiet"])
+    annotated = ad.read_h5ad(tmp_path / "annotated.h5ad")
+    truth = annotated.obs["cell_type"].astype(str).to_numpy()
+    assert (annotated.obs["cellpix_subtype"].astype(str).to_numpy() == truth).mean() > 0.8

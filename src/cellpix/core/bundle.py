@@ -71,6 +71,7 @@ class ModelBundle:
         }
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=header)
+            _sort_header(Path(tmp))
         return self.checksum
 
     @classmethod
@@ -92,6 +93,26 @@ class ModelBundle:
         return cls(tensors=tensors, metadata=_parse_metadata(path, meta_json), checksum=actual)
 
 
+def _sort_header(path: Path) -> None:
+    """Rewrite the safetensors header with sorted keys, so the same bundle is the same bytes.
+
+    safetensors writes its metadata from a hash map, in an order that changes from process to process; a model
+    published by its file's sha256 (``cellpix models``) must rebuild to identical bytes. The header is JSON
+    after an 8-byte little-endian length, padded with spaces to 8 bytes; tensor offsets count from its end, so
+    only the length changes.
+    """
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(length))
+        data = handle.read()
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as handle:
+        handle.write(len(text).to_bytes(8, "little"))
+        handle.write(text)
+        handle.write(data)
+
+
 @contextmanager
 def _opened(path: Path, device: str = "cpu") -> Iterator[Any]:
     if not path.is_file():
@@ -107,10 +128,20 @@ def _opened(path: Path, device: str = "cpu") -> Iterator[Any]:
 def _checked_header(path: Path, header: dict[str, str]) -> dict[str, str]:
     if header.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: a safetensors file, but not a cellpix model bundle")
-    if header.get("schema") != str(BUNDLE_SCHEMA):
-        raise BundleError(f"{path}: bundle schema {header.get('schema')!r} is not supported by this cellpix "
+    schema = header.get("schema")
+    if schema != str(BUNDLE_SCHEMA):
+        if str(schema).isdigit() and int(schema) > BUNDLE_SCHEMA:
+            raise BundleError(f"{path}: written by a newer cellpix (bundle schema {schema}; this cellpix "
+                              f"{_own_version()} reads schema {BUNDLE_SCHEMA}); upgrade cellpix to load it")
+        raise BundleError(f"{path}: bundle schema {schema!r} is not supported by this cellpix "
                           f"(supports {BUNDLE_SCHEMA}); retrain or upgrade cellpix")
     return header
+
+
+def _own_version() -> str:
+    from cellpix import __version__
+
+    return __version__
 
 
 def _parse_metadata(path: Path, meta_json: str) -> dict[str, Any]:
