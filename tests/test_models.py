@@ -119,7 +119,7 @@ def test_a_name_works_in_the_api_inspect_explain_and_evaluate(tmp_path):
                                        str(tmp_path / "o.h5ad")])
     assert unknown.exit_code == 2 and f"unknown model 'pbmc-zheng'. Known models: {BUILTIN}" in unknown.output
     missing = CliRunner().invoke(cli, ["inspect", str(tmp_path / "nope.cellpix")])
-    assert missing.exit_code == 2 and "no such model bundle" in missing.output
+    assert missing.exit_code == 2 and "does not exist" in missing.output
 
 
 def test_download_through_a_file_url_is_verified_cached_and_reused(tmp_path, mirrored):

@@ -206,7 +206,7 @@ def resolve(spec: str | Path, progress: bool = False) -> Path:
     if text in registered_models():
         return fetch(text, progress)
     if os.sep in text or "/" in text or text.endswith(BUNDLE_SUFFIX):
-        raise BundleError(f"{text}: no such model bundle")
+        raise BundleError(f"{text}: the file does not exist (nor is a model registered under that name)")
     raise UnknownNameError("model", text, list(registered_models()))
 
 

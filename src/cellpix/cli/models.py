@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
+from cellpix.cli.group import cli
 from cellpix.errors import CellpixError
 
 
-@click.group("models")
+@cli.group("models")
 def models_command() -> None:
     """Ready-made models from cellpix and its plugins: list, show, fetch, package."""
 
@@ -34,7 +35,7 @@ def models_list(as_json: bool) -> None:
         labels = card.get("labels", [])
         subtypes = sum(row.get("level") == "subtype" for row in labels)
         click.echo(f"{entry.name}: {card.get('title', '')}")
-        click.echo(f"    {len(labels) - subtypes} base types, {subtypes} subtypes; "
+        click.echo(f"    {len(labels) - subtypes} base types, {subtypes} final labels; "
                    f"{card.get('gene_panel', {}).get('genes', '?')} genes "
                    f"({card.get('gene_panel', {}).get('species', 'species unknown')}); "
                    f"licence {card.get('licence', 'not stated')}; {size}")

@@ -1,0 +1,120 @@
+"""The options several commands share, each with the one default its layer defines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cellpix.errors import CellpixError
+
+# An existing file: an h5ad, a bundle, a layout or a CSV (each command checks the kind when it reads it).
+INPUT_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+class ModelSource(click.ParamType):
+    """A bundle's path or a ready-made model's name (``cellpix models list``), resolved to a local file.
+
+    A name is fetched into the model cache on first use (a packaged model is used where it is installed).
+    """
+
+    name = "bundle or model name"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, Path):
+            return value
+        from cellpix.core.models import resolve
+
+        try:
+            return resolve(value)
+        except CellpixError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+MODEL = ModelSource()
+
+
+class Fraction(click.FloatRange):
+    """A number in [0, 1]; click's FloatRange lets ``nan`` through (every comparison with it is false)."""
+
+    name = "fraction"
+
+    def __init__(self) -> None:
+        super().__init__(0.0, 1.0)
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if number != number:  # nan
+            self.fail(f"{value!r} is not a number between 0 and 1", param, ctx)
+        return number
+
+
+def annotation_output_options(command):
+    """``--table``, ``--plots`` and ``--summary``: the files beside an annotated h5ad (annotate, consensus)."""
+    for option in reversed([
+        click.option("--table", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Also write a CSV."),
+        click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Folder for UMAP, novelty map and confidence plots."),
+        click.option("--summary", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Also write a JSON summary: cells, answers, share flagged novel, gene coverage, warnings."),
+    ]):
+        command = option(command)
+    return command
+
+
+def cluster_options(command):
+    """``--over-clustering`` and ``--cluster-resolution``: the clusters of the consensus (annotate, consensus)."""
+    command = click.option("--cluster-resolution", type=click.FloatRange(min=0, min_open=True), default=None,
+                           help="Leiden resolution of the computed clusters (default 1.0).")(command)
+    return click.option("--over-clustering", default=None,
+                        help="obs column of query clusters for the consensus and unknown-cluster checks (default: "
+                             "cellpix clusters the query's own expression with Leiden).")(command)
+
+
+def coverage_option(help_text: str):
+    """``--min-gene-coverage``, with the one default the data layer defines (``DEFAULT_MIN_COVERAGE``)."""
+    from cellpix.data.genes import DEFAULT_MIN_COVERAGE
+
+    return click.option("--min-gene-coverage", type=Fraction(), default=DEFAULT_MIN_COVERAGE, show_default=True,
+                        help=help_text)
+
+
+def pseudo_count_option():
+    """``--pseudo-count``, naming the one default the layout defines (``DEFAULT_PSEUDO_COUNT``)."""
+    from cellpix.core.layout import DEFAULT_PSEUDO_COUNT
+
+    return click.option("--pseudo-count", type=click.FloatRange(min=0, min_open=True), default=None,
+                        help=f"k in the pixel value log(1 + CP10k / k), before min-max scaling (default "
+                             f"{DEFAULT_PSEUDO_COUNT:g}; the paper preset 1, i.e. log1p(CP10k)).")
+
+
+def device_option(default: str | None, help_text: str = "auto, cpu, cuda, cuda:1…"):
+    return click.option("--device", default=default, show_default=default is not None, callback=_check_device,
+                        help=help_text)
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a device torch cannot name, or a GPU this machine lacks, before any work."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    from cellpix.data.io import check_device
+
+    try:
+        check_device(value)
+    except CellpixError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+    return value
+
+
+def _apply_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    from cellpix.data.io import configure_threads
+
+    if ctx.resilient_parsing:
+        return value
+    return configure_threads(value)
+
+
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), default=None, expose_value=False, callback=_apply_threads,
+    help="Cores to use (torch, BLAS, numba). Default: GALAXY_SLOTS, NSLOTS or OMP_NUM_THREADS, else all cores.")
