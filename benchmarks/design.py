@@ -40,8 +40,8 @@ def fold_images(fold: int, n_genes: int = 5000) -> dict[str, Any]:
     import anndata as ad
 
     from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.core.label_space import LabelSpace
     from cellpix.core.layout import GeneLayout
-    from cellpix.core.predict import LabelSpace
     from cellpix.core.render import ImageRenderer
     from cellpix.data.panel import open_on_panel
     from cellpix.steps.integrate.reference import QCOptions, prepare_reference

@@ -125,7 +125,8 @@ def readout(pseudo_count: float = 100.0, epochs: int = 40, **train: Any):
                "min_epoch_steps": 40, **train}
 
     def run(setting: Setting, seed: int) -> dict[str, np.ndarray]:
-        from cellpix.core.predict import LabelSpace, finalize
+        from cellpix.core.label_space import LabelSpace
+        from cellpix.core.predict import finalize
 
         hierarchy = setting.hierarchy.restricted_to(np.unique(setting.labels))
         space = LabelSpace(hierarchy)

@@ -99,6 +99,10 @@ CASES = [
     (["hierarchies", "validate", "binary.yaml"], 1, "not a UTF-8 text file"),
     (["hierarchies", "validate", "bomb.yaml"], 1, "YAML aliases (*a0) are refused"),
     ([*TRAIN[:7], "bomb.yaml", "-o", "m.cellpix"], 1, "YAML aliases (*a0) are refused"),
+    (["models", "package", "model.cellpix", "--name", "m", "--into", "shelf", "--card", "bomb.yaml"], 1,
+     "YAML aliases (*a0) are refused"),
+    (["models", "package", "model.cellpix", "--name", "m", "--into", "shelf", "--card", "latin1.yaml"], 1,
+     "not a UTF-8 text file"),
     ([*TRAIN[:7], "pbmc-sorted", "--seed", "-1", "-o", "m.cellpix"], 2, "--seed"),
     ([*TRAIN[:6], "--hierarchy-from-obs", "cell_type:cell_type", "-o", "m.cellpix"], 1, "for both levels"),
     (["evaluate", "query.h5ad", "-m", "model.cellpix", "--truth-subtype", "cell_type", "--mapping", "picture.png"],
@@ -566,7 +570,7 @@ def test_cell_names_cannot_run_as_spreadsheet_formulas(workdir):
 def test_a_scheduler_slot_count_beyond_the_machine_is_capped(monkeypatch):
     import torch
 
-    from cellpix.data.io import available_cores, configure_threads
+    from cellpix.data.runtime import available_cores, configure_threads
 
     before = torch.get_num_threads()
     monkeypatch.setenv("GALAXY_SLOTS", "99999")

@@ -129,3 +129,47 @@ def test_tiled_assignment_costs_within_two_percent_of_the_dense_optimum(zheng_re
     assert len(np.unique(pixels)) == len(genes) and pixels.max() < size * size
     _, optimum = linear_sum_assignment(cdist(scaled, pixel_centres(size), "sqeuclidean"))
     assert assignment_cost(scaled, pixels, size) <= 1.02 * assignment_cost(scaled, optimum, size)
+
+
+def test_the_cpu_preset_layout_is_the_panel_order_made_without_a_manifold(zheng_ref):
+    """`cx.fit_layout` by default (the cpu preset) puts genes row by row in panel order, samples no cells and
+    takes no time; an explicit method still wins over the preset."""
+    import cellpix as cx
+
+    layout = cx.fit_layout(zheng_ref)
+    assert layout.method == "ordered" and layout.fit_info["n_cells_fit"] == 0
+    assert layout.fit_info["fit_seconds"] < 1.0
+    assert layout.genes == list(zheng_ref.var_names)
+    np.testing.assert_array_equal(layout.pixel_index, np.arange(zheng_ref.n_vars))
+    assert cx.fit_layout(zheng_ref, preset="trunk", method="pca", max_cells=200).method == "pca"
+    with pytest.raises(Exception, match="own pixel; --discretization bin"):
+        cx.fit_layout(zheng_ref, discretization="bin")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_read_out_learns_the_same_from_any_gene_placement(zheng_ref, zheng_layout, seed):
+    """The reason the cpu preset skips the manifold: the per-pixel read-out gives every pixel its own weights, so
+    the panel-order layout and the t-SNE layout train models that score alike and call the same cells."""
+    import cellpix as cx
+    from cellpix.steps.annotate.annotate import AnnotateOptions
+    from cellpix.steps.train.trainer import TrainConfig
+
+    config = TrainConfig(epochs=12, seed=seed, val_fraction=0.2)
+    scores, calls = [], []
+    for layout in (zheng_layout, cx.fit_layout(zheng_ref)):
+        model = cx.train(zheng_ref, layout, "pbmc-sorted", "cell_type", config, progress=False)
+        scores.append(model.metadata["training"]["validation_metrics"]["val_subtype_accuracy"])
+        annotated = cx.annotate(zheng_ref[::7].copy(), model, AnnotateOptions(progress=False))
+        calls.append(annotated.obs["cellpix_subtype"].astype(str).to_numpy())
+    assert scores[0] > 0.75 and abs(scores[0] - scores[1]) <= 0.03, scores
+    assert (calls[0] == calls[1]).mean() >= 0.9
+
+
+def test_a_trunk_is_refused_a_layout_without_geometry(zheng_ref):
+    import cellpix as cx
+    from cellpix.errors import CellpixError
+    from cellpix.steps.train.trainer import TrainConfig
+
+    with pytest.raises(CellpixError, match=r"puts genes in panel order.*--preset trunk"):
+        cx.train(zheng_ref, cx.fit_layout(zheng_ref), "pbmc-sorted", "cell_type",
+                 TrainConfig.from_preset("trunk", epochs=1), progress=False)

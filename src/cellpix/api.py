@@ -62,21 +62,27 @@ def integrate(adata: ad.AnnData, options: QCOptions | None = None, *, genes_from
     return prepare_reference(adata, options, layer=layer, use_raw=use_raw, genes_from=tables)
 
 
-def fit_layout(reference: ad.AnnData, *, groupby: str | None = None, pixels: int | None = None,
-               **options: Any) -> GeneLayout:
-    """Place the panel's genes on a pixel grid (t-SNE of the genes, then one gene per pixel by assignment).
+def fit_layout(reference: ad.AnnData, *, preset: str | None = None, groupby: str | None = None,
+               pixels: int | None = None, **options: Any) -> GeneLayout:
+    """Place the panel's genes on a pixel grid, as the model to be trained needs them.
 
     Parameters
     ----------
     reference
         The output of :func:`integrate` (its ``var_names`` are the panel).
+    preset
+        The training preset the layout is for (:data:`cellpix.core.layout.LAYOUT_PRESETS`; by default
+        the cpu preset's). ``"cpu"``: genes in panel order, instantly, because the per-pixel read-out gives every
+        pixel its own weights and cannot use where a gene sits. ``"trunk"``: t-SNE of the genes, then one gene
+        per pixel by assignment, which a convolutional trunk reads. ``"paper"``: the published 224-px t-SNE layout.
     groupby
         obs column to stratify the cells the manifold is fitted on.
     pixels
         Grid side; by default the smallest square that gives every gene its own pixel.
     **options
         Passed to :func:`cellpix.steps.imaging.layout.fit_layout` (``method``, ``max_cells``, ``discretization``,
-        ``random_state``, ``pseudo_count``, the manifold's own parameters such as ``perplexity``).
+        ``random_state``, ``pseudo_count``, the manifold's own parameters such as ``perplexity``); they win over
+        the preset's.
 
     Returns
     -------
@@ -85,10 +91,12 @@ def fit_layout(reference: ad.AnnData, *, groupby: str | None = None, pixels: int
         ``.save(path)`` writes it as JSON.
     """
     from cellpix.data.genes import find_symbol_column
+    from cellpix.steps.imaging.layout import DEFAULT_LAYOUT_PRESET, layout_options
     from cellpix.steps.imaging.layout import fit_layout as fit
 
     options.setdefault("symbol_column", find_symbol_column(reference.var))
-    return fit(reference, pixels=pixels, groupby=groupby, **options)
+    chosen = layout_options(preset or DEFAULT_LAYOUT_PRESET, pixels=pixels, **options)
+    return fit(reference, groupby=groupby, **chosen)
 
 
 def train(reference: ad.AnnData, layout: GeneLayout, hierarchy: Hierarchy | str, label_key: str,

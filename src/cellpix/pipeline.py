@@ -18,9 +18,11 @@ from cellpix.core.hierarchy import Hierarchy, resolve_hierarchy
 from cellpix.core.trained import TrainedModel
 from cellpix.data.io import write_h5ad_atomic, write_text_atomic
 from cellpix.errors import CellpixError, warn
-from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata, annotation_table
+from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
 from cellpix.steps.annotate.evaluate import evaluate, truth_labels, write_confusion
 from cellpix.steps.annotate.plots import plot_annotation
+from cellpix.steps.annotate.results import annotation_table
+from cellpix.steps.imaging.layout import layout_options as preset_layout_options
 from cellpix.steps.imaging.step import image_step
 from cellpix.steps.integrate.reference import QCOptions, prepare_reference, query_gene_table
 from cellpix.steps.train.data import stratified_split
@@ -63,7 +65,8 @@ def run_pipeline(reference: ad.AnnData, query: ad.AnnData, label_key: str, hiera
     timings["integrate_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    layout = image_step(ref, outdir, prefix="layout", groupby=label_key, **(layout_options or {}))
+    layout = image_step(ref, outdir, prefix="layout", groupby=label_key,
+                        **(layout_options or layout_for(config or TrainConfig())))
     timings["image_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -93,6 +96,12 @@ def run_pipeline(reference: ad.AnnData, query: ad.AnnData, label_key: str, hiera
                         mapping=truth_mapping, title="subtype confusion (held-out cells)")
     write_text_atomic(outdir / "summary.json", json.dumps(metrics, indent=2, default=float))
     return PipelineResult(model, annotated, metrics, outdir)
+
+
+def layout_for(config: TrainConfig) -> dict[str, Any]:
+    """The layout a training configuration can use: panel order for the per-pixel read-out alone (a t-SNE layout
+    would cost half a minute and change nothing), t-SNE for a convolutional trunk, at the size it needs."""
+    return preset_layout_options("trunk" if config.deep else "cpu", pixels=config.pixels)
 
 
 def demo_split(adata: ad.AnnData, label_key: str, query_fraction: float = 0.2, seed: int = 0

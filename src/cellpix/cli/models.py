@@ -105,12 +105,9 @@ def models_package(bundle: Path, name: str, directory: Path, card_file: Path | N
 def _read_card(path: Path | None) -> dict | None:
     if path is None:
         return None
-    import yaml
+    from cellpix.data.yaml_text import read_yaml
 
-    try:
-        card = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML
-    except yaml.YAMLError as exc:
-        raise CellpixError(f"{path}: not valid JSON or YAML ({str(exc).splitlines()[0]})") from exc
+    card = read_yaml(path, "a model card")  # JSON is YAML
     if not isinstance(card, dict):
         raise CellpixError(f"{path}: a model card is a mapping of fields")
     return card

@@ -98,7 +98,7 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str | None)
     """Refuse a device torch cannot name, or a GPU this machine lacks, before any work."""
     if value is None or ctx.resilient_parsing:
         return value
-    from cellpix.data.io import check_device
+    from cellpix.data.runtime import check_device
 
     try:
         check_device(value)
@@ -108,7 +108,7 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str | None)
 
 
 def _apply_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
-    from cellpix.data.io import configure_threads
+    from cellpix.data.runtime import configure_threads
 
     if ctx.resilient_parsing:
         return value

@@ -63,7 +63,7 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
     """
     # Only what annotation needs: the pipeline module would pull scikit-learn, matplotlib and scanpy into the
     # process (about 150 MB of peak RSS on 10,000 cells) before the stream starts.
-    from cellpix.data.io import resolve_device
+    from cellpix.data.runtime import resolve_device
     from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_file, load_models
 
     device = resolve_device(device)
@@ -92,7 +92,7 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
 def _annotation_outputs(result, output: Path, table: Path | None, summary: Path | None, plots: Path | None) -> None:
     """The CSV, JSON summary and pictures beside an annotated h5ad (annotate and consensus)."""
     from cellpix.data.io import read_h5ad, write_text_atomic
-    from cellpix.steps.annotate.annotate import annotation_summary, annotation_table
+    from cellpix.steps.annotate.results import annotation_summary, annotation_table
 
     if table:
         write_text_atomic(table, annotation_table(result.obs))
@@ -188,7 +188,7 @@ def explain_command(data: Path, model: Path, table: Path, plots: Path | None, ou
     own cells for its own (centred) logit.
     """
     from cellpix.core.trained import TrainedModel
-    from cellpix.data.io import resolve_device
+    from cellpix.data.runtime import resolve_device
     from cellpix.steps.explain.shap_genes import ExplainOptions
     from cellpix.steps.explain.step import explain_file
 

@@ -18,6 +18,7 @@ from cellpix.cli.options import (
     pseudo_count_option,
     threads_option,
 )
+from cellpix.core.layout import DEFAULT_LAYOUT_PRESET, LAYOUT_PRESETS
 from cellpix.errors import CellpixError, warn
 
 
@@ -144,10 +145,13 @@ def integrate_methods() -> None:
 @click.argument("reference", type=INPUT_FILE)
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for layout.json, layout.png and layout_collisions.json.")
-@click.option("--preset", type=click.Choice(["default", "paper"]), default="default", show_default=True,
-              help="paper: the published layout (224 px, t-SNE perplexity 70, early exaggeration 8, fitted on "
-                   "every cell); options given explicitly still win.")
-@click.option("--method", default=None, help="Gene manifold: tsne (default), umap, pca, kpca or a plugin's.")
+@click.option("--preset", type=click.Choice(list(LAYOUT_PRESETS)), default=DEFAULT_LAYOUT_PRESET, show_default=True,
+              help="The training preset the layout is for. cpu: genes in panel order, instantly (the per-pixel "
+                   "read-out cannot use where a gene sits); trunk: t-SNE of the genes, one gene per pixel; paper: "
+                   "the published layout (224 px, t-SNE perplexity 70, early exaggeration 8, fitted on every "
+                   "cell). Options given explicitly still win.")
+@click.option("--method", default=None,
+              help="Gene layout: ordered (the cpu preset's), tsne (trunk, paper), umap, pca, kpca or a plugin's.")
 @click.option("--perplexity", type=click.FloatRange(min=0, min_open=True), default=None,
               help="t-SNE perplexity (default 30; the paper 70).")
 @click.option("--pixels", type=click.IntRange(min=2), default=None,
@@ -155,7 +159,7 @@ def integrate_methods() -> None:
 @click.option("--discretization", default="lsa", show_default=True,
               type=click.Choice(["lsa", "bin", "qtb", "sla", "ags"]), help="Gene → pixel assignment.")
 @click.option("--max-cells", type=click.IntRange(min=2), default=None,
-              help="Cells (stratified) used to fit the manifold (default 2,000; the paper preset: all).")
+              help="Cells (stratified) used to fit a manifold (default 2,000; the paper preset: all).")
 @click.option("--groupby", default=None, help="obs column to stratify the cell subsample by.")
 @pseudo_count_option()
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from cellpix.core.neighbours import connectivities
+from cellpix.core.neighbours import connectivities, squared_distances
 
 MAX_CLUSTER_CELLS = 20000
 N_TOP_GENES = 2000
@@ -59,7 +59,8 @@ class QueryClusters:
         if len(coords) == 0:
             return np.zeros(0, dtype=np.int64)
         k = min(ASSIGN_NEIGHBOURS, len(self.coords))
-        nearest = torch.cdist(torch.from_numpy(coords), torch.from_numpy(self.coords)).topk(k, largest=False).indices
+        ranking = squared_distances(torch.from_numpy(coords), torch.from_numpy(self.coords), rank_only=True)
+        nearest = ranking.topk(k, largest=False).indices
         votes = self.labels[nearest.numpy()]
         counts = np.zeros((len(coords), self.n_clusters), dtype=np.int64)
         np.add.at(counts, (np.repeat(np.arange(len(coords)), k), votes.ravel()), 1)

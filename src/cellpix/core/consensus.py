@@ -70,7 +70,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from cellpix.core.predict import LabelSpace, Predictions
+from cellpix.core.label_space import LabelSpace
+from cellpix.core.predict import Predictions
 
 UNKNOWN_SCORE = 2.0
 # A flagged cluster that detects less than this of its base type's defining markers is no subtype of that type.
@@ -117,11 +118,13 @@ def marker_genes(rates: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
     """Each cluster's marker columns: detected in ≥ :data:`MARKER_MIN_DETECTION` of its cells, ranked by detection
     above the mean of the other clusters' (unweighted, so a large cluster does not set the baseline)."""
     present = sizes > 0
+    total = rates[present].sum(axis=0, dtype=np.float64)  # each baseline is this less the cluster's own row
+    n_present = int(present.sum())
     markers = []
     for c in range(len(rates)):
-        others = present.copy()
-        others[c] = False
-        baseline = rates[others].mean(axis=0) if others.any() else np.zeros(rates.shape[1], np.float32)
+        n_others = n_present - int(present[c])
+        baseline = ((total - rates[c] * present[c]) / n_others).astype(np.float32) if n_others \
+            else np.zeros(rates.shape[1], np.float32)
         gain = rates[c] - baseline
         gain[rates[c] < MARKER_MIN_DETECTION] = -np.inf
         order = np.argsort(-gain, kind="stable")[:N_MARKERS]

@@ -39,29 +39,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from cellpix.data.yaml_text import read_yaml
 from cellpix.errors import CellpixError, HierarchyError
 
 CL_ID = re.compile(r"^CL:\d{7}$")
-MAX_YAML_BYTES = 1_000_000  # the largest built-in hierarchy is a few kB
-
-
-class AliasRefused(yaml.YAMLError):
-    """A YAML alias in a hierarchy file."""
-
-
-class NoAliasLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses aliases.
-
-    ``safe_load`` stops code execution, not a billion-laughs bomb: a 420-byte file of nested aliases expands to
-    9^8 nodes. A hierarchy never needs an alias, and a Galaxy server validates files its users upload.
-    """
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise AliasRefused(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are refused in a "
-                               "hierarchy file; write each cell type out")
-        return super().compose_node(parent, index)
 
 
 @dataclass(frozen=True)
@@ -198,22 +179,7 @@ class Hierarchy:
     @classmethod
     def from_yaml(cls, path: str | Path) -> Hierarchy:
         path = Path(path)
-        try:
-            if path.stat().st_size > MAX_YAML_BYTES:
-                raise HierarchyError(f"{path}: {path.stat().st_size:,} bytes; a hierarchy file is at most "
-                                     f"{MAX_YAML_BYTES:,}")
-            data = yaml.load(path.read_text(), Loader=NoAliasLoader)
-        except FileNotFoundError as exc:
-            raise HierarchyError(f"{path}: no such file") from exc
-        except AliasRefused as exc:
-            raise HierarchyError(f"{path}: {exc}") from exc
-        except yaml.YAMLError as exc:
-            raise HierarchyError(f"{path}: not valid YAML ({exc})") from exc
-        except UnicodeDecodeError as exc:
-            raise HierarchyError(f"{path}: not a UTF-8 text file (byte {exc.start}); a hierarchy is YAML text, "
-                                 "saved as UTF-8") from exc
-        except IsADirectoryError as exc:
-            raise HierarchyError(f"{path}: is a folder, not a YAML file") from exc
+        data = read_yaml(path, "a hierarchy", HierarchyError)
         try:
             return cls.from_dict(data, default_name=path.stem)
         except HierarchyError as exc:

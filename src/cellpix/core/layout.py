@@ -27,6 +27,21 @@ DISCRETIZATIONS = ("lsa", "bin", "qtb", "sla", "ags")
 # 0.806); k = 30 scored alike, k = 1,000 lower on a small reference (Puram accuracy 0.925 against 0.950)
 # (`python -m benchmarks.probe_pixels`, seed 0).
 DEFAULT_PSEUDO_COUNT = 100.0
+# Layout methods that place genes without a manifold (the panel's order): a model that reads neighbouring pixels
+# (a convolutional trunk) learns nothing from where a gene sits on them.
+GEOMETRY_FREE_METHODS = ("ordered",)
+
+# The published layout (scHDeepInsight; docs in ../shared/docs/method.md): 224 px, one gene per pixel, t-SNE with
+# cosine distance (the built-in t-SNE's metric), perplexity 70, early exaggeration 8, PCA initialisation, fitted on
+# every reference cell rather than a subsample; pixels are min-max scaled log1p(CP10k) (pseudo-count 1).
+PAPER_LAYOUT: dict[str, Any] = {"pixels": 224, "method": "tsne", "perplexity": 70.0, "early_exaggeration": 8.0,
+                                "max_cells": None, "pseudo_count": 1.0}
+# One per training preset (cellpix.steps.train presets of the same names). The cpu preset's per-pixel read-out
+# gives every pixel its own weights, so where a gene sits cannot change the model: its layout is the panel's order
+# (no manifold, no assignment; milliseconds). The trunk reads neighbouring pixels, so it gets the t-SNE layout
+# (fit_layout's own defaults), and the paper preset the published one.
+LAYOUT_PRESETS: dict[str, dict[str, Any]] = {"cpu": {"method": "ordered"}, "trunk": {}, "paper": PAPER_LAYOUT}
+DEFAULT_LAYOUT_PRESET = "cpu"
 
 
 def _texts(value: Any, where: str) -> list[str]:

@@ -12,10 +12,30 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 BISECTION_STEPS = 64
 TOLERANCE = 1e-5
 MIN_SIGMA_SCALE = 1e-3  # umap-learn's MIN_K_DIST_SCALE: sigma at least this share of the mean distance
+
+
+def squared_distances(rows: torch.Tensor, points: torch.Tensor, points_squared: torch.Tensor | None = None,
+                      rank_only: bool = False) -> torch.Tensor:
+    """(rows × points) squared Euclidean distances by one matrix product, ``|p|² − 2 x·p (+ |x|²)``.
+
+    ``torch.cdist`` computes the same product for inputs this size and then a square root of every entry; the
+    callers keep only each row's few nearest, so the root is taken on those alone. ``rank_only`` leaves out
+    ``|x|²``, which is the same along a row and so changes no ranking. Clamped at 0 (rounding can make a
+    distance of a point to itself slightly negative).
+    """
+    norms = points_squared if points_squared is not None else (points * points).sum(dim=1)
+    product = torch.addmm(norms, rows, points.T, alpha=-2.0)
+    return product if rank_only else (product + (rows * rows).sum(dim=1, keepdim=True)).clamp_min_(0.0)
+
+
+def mean_nearest(squared: torch.Tensor, k: int) -> torch.Tensor:
+    """Each row's mean distance to its ``k`` nearest, from :func:`squared_distances`."""
+    return squared.topk(min(k, squared.shape[1]), largest=False).values.sqrt().mean(dim=1)
 
 
 def nearest(coords: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

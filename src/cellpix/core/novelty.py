@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from cellpix.core.predict import LabelSpace, Predictions
+from cellpix.core.label_space import LabelSpace
+from cellpix.core.predict import Predictions
 
 DEFAULT_FPR = 0.05
 MIN_CELLS_PER_BASE = 20

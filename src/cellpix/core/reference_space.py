@@ -49,6 +49,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from cellpix.core.neighbours import mean_nearest, squared_distances
+
 PREFIX = "reference_space."
 # How a query shifted as a whole is told from one holding new populations (see the module docstring): the ratio of
 # this quantile of its distances to the calibration cells' own; ratios up to SHIFT_TOLERANCE are sampling noise
@@ -101,34 +103,39 @@ class ReferenceSpace:
         return self.distance_of(self.project(panel))
 
     def scores(self, panel: sp.spmatrix | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(:meth:`distance`, :meth:`class_distances`) of panel rows, projected once."""
-        coords = self.project(panel)
-        return self.distance_of(coords), self.class_distances_of(coords)
+        """(:meth:`distance`, :meth:`class_distances`) of panel rows, projected and measured once."""
+        squared = self._squared(self.project(panel))
+        return self._distance_from(squared), self._class_distances_from(squared)
 
     def distance_of(self, coords: torch.Tensor) -> np.ndarray:
         """:meth:`distance` of rows already projected."""
-        if len(coords) == 0:
-            return np.zeros(0, dtype=np.float32)
-        nearest = torch.cdist(coords, self.coords).topk(min(self.k, len(self.coords)), largest=False).values
-        return nearest.mean(dim=1).numpy().astype(np.float32)
+        return self._distance_from(self._squared(coords))
 
     def class_distances(self, panel: sp.spmatrix | np.ndarray) -> np.ndarray:
         """(cells, base types): each row's mean distance to its ``k`` nearest reference cells *of each type*,
         divided by that type's own spread (``class_scale``); a value near 1 means "as close as the type's own
         cells are to each other". NaN for a type without kept cells, or for a space without classes."""
-        return self.class_distances_of(self.project(panel))
+        return self._class_distances_from(self._squared(self.project(panel)))
 
-    def class_distances_of(self, coords: torch.Tensor) -> np.ndarray:
-        """:meth:`class_distances` of rows already projected."""
+    def _squared(self, coords: torch.Tensor) -> torch.Tensor:
+        """Squared distances of projected rows to every kept reference cell (one product for both scores)."""
+        return squared_distances(coords, self.coords)
+
+    def _distance_from(self, squared: torch.Tensor) -> np.ndarray:
+        if squared.shape[0] == 0 or squared.shape[1] == 0:
+            return np.zeros(squared.shape[0], dtype=np.float32)
+        return mean_nearest(squared, self.k).numpy().astype(np.float32)
+
+    def _class_distances_from(self, squared: torch.Tensor) -> np.ndarray:
         if not self.has_classes:
-            return np.full((len(coords), 0), np.nan, dtype=np.float32)
-        out = np.full((len(coords), len(self.class_scale)), np.nan, dtype=np.float32)
+            return np.full((squared.shape[0], 0), np.nan, dtype=np.float32)
+        out = np.full((squared.shape[0], len(self.class_scale)), np.nan, dtype=np.float32)
         for b in range(len(self.class_scale)):
-            own = self.coords[self.base_index == b]
-            if len(own) == 0 or len(coords) == 0:
+            columns = torch.nonzero(self.base_index == b).ravel()
+            if len(columns) == 0 or squared.shape[0] == 0:
                 continue
-            nearest = torch.cdist(coords, own).topk(min(self.k, len(own)), largest=False).values
-            out[:, b] = (nearest.mean(dim=1) / self.class_scale[b].clamp_min(1e-6)).numpy()
+            nearest = mean_nearest(squared.index_select(1, columns), self.k)
+            out[:, b] = (nearest / self.class_scale[b].clamp_min(1e-6)).numpy()
         return out
 
     def query_shift(self, distances: np.ndarray) -> float:

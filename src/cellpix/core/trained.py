@@ -26,9 +26,9 @@ from cellpix.core.fields import (
     text,
 )
 from cellpix.core.hierarchy import Hierarchy
+from cellpix.core.label_space import LabelSpace
 from cellpix.core.layout import GeneLayout
 from cellpix.core.network import HierarchicalClassifier, ModelConfig
-from cellpix.core.predict import LabelSpace
 from cellpix.core.reference_space import PREFIX as SPACE_PREFIX
 from cellpix.core.reference_space import ReferenceSpace
 from cellpix.core.render import ImageRenderer

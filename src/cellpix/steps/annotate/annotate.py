@@ -23,12 +23,14 @@ from tqdm.auto import tqdm
 
 from cellpix import __version__
 from cellpix.core.clusters import DEFAULT_RESOLUTION, MAX_CLUSTER_CELLS
+from cellpix.core.label_space import LabelSpace
 from cellpix.core.novelty import label_thresholds
-from cellpix.core.predict import LabelSpace, Predictions, inference_copy, predict_matrix, resolve_precision
+from cellpix.core.predict import Predictions, inference_copy, predict_matrix, resolve_precision
 from cellpix.core.trained import TrainedModel
 from cellpix.data.genes import DEFAULT_MIN_COVERAGE
-from cellpix.data.io import atomic_path, read_h5ad, release_freed_memory, spreadsheet_safe, write_uns_entry
+from cellpix.data.io import atomic_path, read_h5ad, write_uns_entry
 from cellpix.data.panel import PanelReader, open_on_panel
+from cellpix.data.runtime import release_freed_memory
 from cellpix.data.shift import cell_statistics
 from cellpix.errors import CellpixError, warn
 from cellpix.steps.annotate.clustering import (
@@ -45,9 +47,9 @@ from cellpix.steps.annotate.clustering import (
 from cellpix.steps.annotate.query_wide import PANEL_DETECTED, PANEL_MEAN_NONZERO, query_wide
 from cellpix.steps.annotate.query_wide import apply as apply_query_wide
 from cellpix.steps.annotate.query_wide import settings as query_settings
+from cellpix.steps.annotate.results import PREFIX, new_obsm_matrix
 
 NOVELTY_RULES = ("calibrated", "percentile")
-PREFIX = "cellpix_"
 NO_PANEL_EXPRESSION = "no expression on the model's genes"
 
 
@@ -344,8 +346,8 @@ def annotate_file(query: str | Path, output: str | Path, models: list[TrainedMod
             shutil.copyfile(query, tmp)
             chunks: list[Chunk] = []
             with h5py.File(tmp, "r+") as f:
-                base_ds = _new_matrix(f, f"obsm/{PREFIX}base_proba", (n, len(space.bases)))
-                sub_ds = _new_matrix(f, f"obsm/{PREFIX}subtype_proba", (n, len(space.labels)))
+                base_ds = new_obsm_matrix(f, f"obsm/{PREFIX}base_proba", (n, len(space.bases)))
+                sub_ds = new_obsm_matrix(f, f"obsm/{PREFIX}subtype_proba", (n, len(space.labels)))
                 for chunk in _stream(models, readers, options, plan):
                     base_ds[chunk.start:chunk.stop] = chunk.pred.base_proba
                     sub_ds[chunk.start:chunk.stop] = chunk.pred.subtype_proba
@@ -359,54 +361,12 @@ def annotate_file(query: str | Path, output: str | Path, models: list[TrainedMod
                 del f["obs"]
                 write_elem(f, "obs", obs)
                 if done.coords is not None:
-                    coords = _new_matrix(f, f"obsm/{PCA_KEY}", done.coords.shape)
+                    coords = new_obsm_matrix(f, f"obsm/{PCA_KEY}", done.coords.shape)
                     coords[:] = done.coords
                 write_uns_entry(f, "cellpix", done.metadata)
     finally:
         adata.file.close()
     return Annotation(obs=done.obs, metadata=done.metadata)
-
-
-def annotation_summary(obs: pd.DataFrame, metadata: dict[str, Any]) -> dict[str, Any]:
-    """The few figures a pipeline user reads first (``--summary``; one JSON per sample): cells, the answers,
-    the share flagged novel and why, gene coverage, shift warnings, the model's checksum."""
-    coverage = metadata.get("gene_matching", {}).get("model_0", {})
-    reasons = obs[f"{PREFIX}novelty_reason"].astype(str)
-    answer = f"{PREFIX}label" if f"{PREFIX}label" in obs else f"{PREFIX}subtype"
-    clusters = metadata.get("clusters") or {}
-    verdicts = [str(v) for v in clusters.get("verdict", [])]
-    return {
-        "cells": len(obs),
-        "labels": {str(k): int(v) for k, v in obs[answer].astype(str).value_counts().items()},
-        "flagged_novel_share": round(float(obs[f"{PREFIX}is_novel"].mean()), 4) if len(obs) else 0.0,
-        "flagged_by_cluster_share": round(float(reasons.str.contains("cluster").mean()), 4) if len(obs) else 0.0,
-        "out_of_reference_share": round(float(reasons.str.contains("out_of_reference").mean()), 4)
-        if len(obs) else 0.0,
-        "clusters": len(verdicts),
-        "unknown_clusters": sum(v != "" for v in verdicts),
-        "gene_coverage": coverage.get("coverage"),
-        "warnings": list(metadata.get("warnings", [])),
-        "model_checksum_sha256": metadata.get("models", {}).get("model_0", {}).get("checksum_sha256", ""),
-        "cellpix_version": metadata.get("cellpix_version", ""),
-    }
-
-
-def annotation_table(obs: pd.DataFrame) -> str:
-    """The per-cell CSV: cell id and every cellpix obs column (from an annotated obs or ``Annotation.obs``)."""
-    columns = [c for c in obs.columns if c.startswith(PREFIX)]
-    return spreadsheet_safe(obs[columns]).to_csv(index_label="cell")
-
-
-def _new_matrix(f: h5py.File, name: str, shape: tuple[int, int]) -> h5py.Dataset:
-    if name in f:
-        del f[name]
-    if "obsm" not in f:
-        write_elem(f, "obsm", {})
-    ds = f.create_dataset(name, shape=shape, dtype="float32", chunks=(min(shape[0], 4096), shape[1]),
-                          compression="gzip")
-    ds.attrs["encoding-type"] = "array"
-    ds.attrs["encoding-version"] = "0.2.0"
-    return ds
 
 
 def _concat(parts: list[Predictions]) -> Predictions:

@@ -26,13 +26,14 @@ from cellpix.core.consensus import (
     final_labels,
     judge_clusters,
 )
-from cellpix.core.predict import LabelSpace, Predictions
+from cellpix.core.label_space import LabelSpace
+from cellpix.core.predict import Predictions
 from cellpix.core.trained import TrainedModel
 from cellpix.data.panel import PanelReader
 from cellpix.errors import CellpixError
+from cellpix.steps.annotate.results import PREFIX
 
 PCA_KEY = "X_cellpix_pca"
-PREFIX = "cellpix_"
 # A cell without a single count on the model's genes: an empty image, which the network would still label.
 UNASSIGNED = "unassigned"
 # cellpix_novelty_reason: per-cell reasons, joined with a comma when several hold (a cluster's joins them)

@@ -18,7 +18,8 @@ import h5py
 import numpy as np
 from anndata.io import write_elem
 
-from cellpix.core.predict import LabelSpace, Predictions
+from cellpix.core.label_space import LabelSpace
+from cellpix.core.predict import Predictions
 from cellpix.core.trained import TrainedModel
 from cellpix.data.io import atomic_path, read_h5ad, write_uns_entry
 from cellpix.errors import InputDataError, warn
@@ -26,7 +27,6 @@ from cellpix.steps.annotate.annotate import (
     PREFIX,
     AnnotateOptions,
     Annotation,
-    _new_matrix,
     _readers,
     _with_query_facts,
 )
@@ -38,6 +38,7 @@ from cellpix.steps.annotate.clustering import (
     evidence,
     plan_clusters,
 )
+from cellpix.steps.annotate.results import new_obsm_matrix
 
 
 def consensus_file(annotated: str | Path, output: str | Path, model: TrainedModel,
@@ -77,7 +78,7 @@ def consensus_file(annotated: str | Path, output: str | Path, model: TrainedMode
                 write_elem(f, "obs", obs)
                 if coords:
                     stacked = np.vstack(coords)
-                    _new_matrix(f, f"obsm/{PCA_KEY}", stacked.shape)[:] = stacked
+                    new_obsm_matrix(f, f"obsm/{PCA_KEY}", stacked.shape)[:] = stacked
                 write_uns_entry(f, "cellpix", meta)
     finally:
         adata.file.close()

@@ -43,7 +43,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cellpix.core.predict import LabelSpace, predict_matrix
+from cellpix.core.label_space import LabelSpace
+from cellpix.core.predict import predict_matrix
 from cellpix.core.trained import TrainedModel
 from cellpix.data.genes import DEFAULT_MIN_COVERAGE
 from cellpix.data.panel import PanelReader

@@ -23,7 +23,13 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellpix import plugins
-from cellpix.core.layout import DEFAULT_PSEUDO_COUNT, DISCRETIZATIONS, GeneLayout
+from cellpix.core.layout import (
+    DEFAULT_LAYOUT_PRESET,
+    DEFAULT_PSEUDO_COUNT,
+    DISCRETIZATIONS,
+    LAYOUT_PRESETS,
+    GeneLayout,
+)
 from cellpix.errors import CellpixError, import_extra
 from cellpix.steps.imaging.assignment import assign_pixels
 
@@ -60,21 +66,16 @@ def stratified_subsample(labels: pd.Series | None, n_obs: int, max_cells: int, s
     return np.sort(np.concatenate(picked))
 
 
-# The published layout (scHDeepInsight; docs in ../shared/docs/method.md): 224 px, one gene per pixel, t-SNE with
-# cosine distance (the built-in t-SNE's metric), perplexity 70, early exaggeration 8, PCA initialisation, fitted on
-# every reference cell rather than a subsample; pixels are min-max scaled log1p(CP10k) (pseudo-count 1).
-PAPER_LAYOUT: dict[str, Any] = {"pixels": 224, "method": "tsne", "perplexity": 70.0, "early_exaggeration": 8.0,
-                                "max_cells": None, "pseudo_count": 1.0}
 
 
-def layout_options(preset: str = "default", **given: Any) -> dict[str, Any]:
-    """``fit_layout`` keyword arguments for a preset ("default" or "paper"); options given (not None) win.
+def layout_options(preset: str = DEFAULT_LAYOUT_PRESET, **given: Any) -> dict[str, Any]:
+    """``fit_layout`` keyword arguments for a preset (:data:`LAYOUT_PRESETS`); options given (not None) win.
 
     t-SNE's own parameters are dropped when another manifold method is chosen.
     """
-    if preset not in ("default", "paper"):
-        raise CellpixError(f"unknown layout preset {preset!r}; choose default or paper")
-    options = {**(PAPER_LAYOUT if preset == "paper" else {}), **{k: v for k, v in given.items() if v is not None}}
+    if preset not in LAYOUT_PRESETS:
+        raise CellpixError(f"unknown layout preset {preset!r}; choose from {', '.join(LAYOUT_PRESETS)}")
+    options = {**LAYOUT_PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
     if options.get("method", "tsne") != "tsne":
         options = {k: v for k, v in options.items() if k not in ("perplexity", "early_exaggeration")}
     return options
@@ -100,8 +101,6 @@ def fit_layout(
     value log(1 + CP10k / k) (:data:`cellpix.core.layout.DEFAULT_PSEUDO_COUNT`
     says why it is not 1).
     """
-    ImageTransformer = _tiled_transformer()
-
     if discretization not in DISCRETIZATIONS:
         raise CellpixError(f"unknown discretization {discretization!r}; choose from {', '.join(DISCRETIZATIONS)}")
     n_genes = adata.n_vars
@@ -119,6 +118,8 @@ def fit_layout(
     if groupby and groupby not in adata.obs.columns:
         raise CellpixError(f"--groupby {groupby!r} is not an obs column; columns: "
                            f"{', '.join(map(str, adata.obs.columns)) or 'none'}")
+    if getattr(estimator, "places_on_grid", False):
+        return _grid_layout(adata, method, estimator, size, discretization, symbol_column, random_state, pseudo_count)
     labels = adata.obs[groupby] if groupby else None
     if max_cells is not None and max_cells < 2:
         raise CellpixError(f"--max-cells must be at least 2, got {max_cells}")
@@ -134,7 +135,7 @@ def fit_layout(
         X[:, silent] = np.random.default_rng(random_state).random((X.shape[0], int(silent.sum()))) * 1e-6
 
     started = time.perf_counter()
-    transformer = ImageTransformer(feature_extractor=estimator, discretization=discretization, pixels=size)
+    transformer = _tiled_transformer()(feature_extractor=estimator, discretization=discretization, pixels=size)
     transformer.fit(X)
     seconds = time.perf_counter() - started
     coords = transformer.coords()  # (n_genes, 2): row, col
@@ -152,6 +153,26 @@ def fit_layout(
         discretization=discretization,
         params={"random_state": random_state, **method_params},
         fit_info={"n_cells_fit": len(rows_used), "n_cells_total": int(adata.n_obs), "fit_seconds": round(seconds, 2)},
+        pseudo_count=pseudo_count,
+    )
+
+
+def _grid_layout(adata: ad.AnnData, name: str, method: Any, size: int, discretization: str, symbol_column: str | None,
+                 random_state: int, pseudo_count: float) -> GeneLayout:
+    """A layout method that places genes on the grid itself (``places_on_grid``): no cells are sampled."""
+    if discretization != "lsa":
+        raise CellpixError(f"the {name} layout gives each gene its own pixel; --discretization "
+                           f"{discretization} applies to manifold methods")
+    started = time.perf_counter()
+    coords = method.grid(adata.n_vars, size)
+    gmin, gmax = minmax_range(adata.X)
+    return GeneLayout(
+        genes=adata.var_names.astype(str).tolist(), rows=coords[:, 0], cols=coords[:, 1], size=size,
+        gene_min=gmin, gene_max=gmax,
+        symbols=adata.var[symbol_column].astype(str).tolist() if symbol_column else None,
+        method=name, discretization=discretization, params={"random_state": random_state},
+        fit_info={"n_cells_fit": 0, "n_cells_total": int(adata.n_obs),
+                  "fit_seconds": round(time.perf_counter() - started, 2)},
         pseudo_count=pseudo_count,
     )
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from cellpix.core.layout import GeneLayout
+from cellpix.core.layout import GEOMETRY_FREE_METHODS, GeneLayout
 from cellpix.data.io import atomic_path
 
 matplotlib.use("Agg")
@@ -28,8 +28,9 @@ def plot_layout(layout: GeneLayout, mean_scaled: np.ndarray, path: str | Path) -
     shown = ax.imshow(grid.reshape(layout.size, layout.size), cmap=cmap, interpolation="nearest")
     fig.colorbar(shown, ax=ax, label="mean scaled expression", shrink=0.8)
     _label_markers(ax, layout)
-    ax.set_title(f"{layout.n_genes} genes on {layout.size}×{layout.size} pixels ({layout.method}, "
-                 f"{layout.discretization}); grey: no gene", fontsize=10)
+    how = ("in panel order: no manifold, the per-pixel read-out does not use where a gene sits"
+           if layout.method in GEOMETRY_FREE_METHODS else f"{layout.method}, {layout.discretization}")
+    ax.set_title(f"{layout.n_genes} genes on {layout.size}×{layout.size} pixels\n({how}); grey: no gene", fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from cellpix.errors import CellpixError
+from cellpix.errors import CellpixError, MissingDependencyError
 
 R_HINT = ("R with Seurat is needed for --method seurat: apt-get install r-base-core r-cran-seurat (Debian/Ubuntu), "
           "or install.packages('Seurat') in R; then pip install rpy2")
@@ -23,8 +23,6 @@ R_HINT = ("R with Seurat is needed for --method seurat: apt-get install r-base-c
 
 def check_r() -> None:
     """Fail early, with the install command, when R or Seurat is missing."""
-    from cellpix.steps.integrate.methods import MissingDependencyError
-
     if shutil.which("R") is None or shutil.which("Rscript") is None:
         raise MissingDependencyError(f"R is not installed. {R_HINT}")
     probe = subprocess.run(["Rscript", "-e", "suppressMessages(library(Seurat))"], capture_output=True, text=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from cellpix.core.predict import LabelSpace
+from cellpix.core.label_space import LabelSpace
 from cellpix.data.panel import PanelReader
 from cellpix.errors import CellpixError
 

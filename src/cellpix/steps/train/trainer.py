@@ -9,272 +9,63 @@ safetensors + JSON), so a killed run resumes where it stopped. Under
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import platform
 import time
-from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import accuracy_score, f1_score
 from tqdm.auto import tqdm
 
-from cellpix import __version__
 from cellpix.core.hierarchy import Hierarchy
-from cellpix.core.layout import GeneLayout
+from cellpix.core.label_space import LabelSpace
+from cellpix.core.layout import GEOMETRY_FREE_METHODS, GeneLayout
 from cellpix.core.network import HierarchicalClassifier, ModelConfig
-from cellpix.core.novelty import DEFAULT_FPR, calibrate
-from cellpix.core.predict import LabelSpace, predict_matrix
-from cellpix.core.reference_space import ReferenceSpace, fit_reference_space
+from cellpix.core.novelty import calibrate
+from cellpix.core.predict import predict_matrix
 from cellpix.core.render import ImageRenderer
 from cellpix.core.trained import TrainedModel
-from cellpix.data.io import atomic_path, check_device, write_text_atomic
+from cellpix.data.io import atomic_path
 from cellpix.data.panel import open_on_panel
-from cellpix.data.shift import cell_statistics, reference_profile
-from cellpix.errors import CellpixError, TrainingFailedError, warn
+from cellpix.errors import CellpixError, warn
+from cellpix.steps.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from cellpix.steps.train.config import DEFAULT_LR, LOSSES, OPTIMIZERS, PRESETS, TrainConfig
 from cellpix.steps.train.data import (
     ReferenceData,
-    batches_in,
     donor_differences,
     encode_labels,
-    epoch_chunks,
     iterate_batches,
     stratified_split,
 )
+from cellpix.steps.train.distributed import (
+    init_distributed,
+    is_main_process,
+    mean_across_ranks,
+    pick_device,
+    rank_and_world,
+    rank_chunks,
+    steps_per_rank,
+)
+from cellpix.steps.train.finalise import (
+    bundle_metadata,
+    calibrated_reference_space,
+    check_learned,
+    label_shares,
+    shift_profile,
+    small_class_warnings,
+)
 from cellpix.steps.train.loss import AdaptiveHierarchicalFocalLoss, balanced_class_weights
+from cellpix.steps.train.report import epoch_line, write_training_report
 
-LOSSES = ("ahfl", "focal", "ce")
-
-OPTIMIZERS = ("sgd", "adamw")
-# Each optimiser's learning rate when none is given. SGD with Nesterov momentum at 0.1 fits the per-pixel read-out
-# to what a logistic regression reaches; AdamW at 1e-3 (the paper's) left it 0.04 subtype macro-F1 lower on Zheng
-# fold 0 however it was regularised (docs/benchmarks.md, "Design probes").
-DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
-# Fewer reference cells than this in a class get a warning: such a class is learned from a handful of examples and
-# its validation score rests on one or two cells (none below 2, which the split keeps for training).
-MIN_CLASS_CELLS = 10
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # The default: the per-pixel read-out alone, trained with SGD for a fixed, annealed schedule (keep "last"), then
-    # again on every cell (refit). On the Zheng sorted PBMC, 5-fold CV, with pixels log(1 + CP10k / 100) min-max
-    # scaled (cellpix.core.layout.DEFAULT_PSEUDO_COUNT), it scores subtype macro-F1 0.86-0.87 against 0.85 for a
-    # logistic regression on the same panel's log1p(CP10k), and transfers to Kang 2018 and pbmc68k_reduced at
-    # lineage accuracy 0.88-0.91 against 0.74-0.78 (docs/benchmarks.md). Adding the ResNet-10-T trunk did not help
-    # (0.818 against 0.837 on Zheng fold 0) at 100x the cost. The preset is TrainConfig's own defaults, defined there
-    # once.
-    "cpu": {},
-    # The per-pixel read-out beside a convolutional trunk, both trained together: for references where patterns
-    # across neighbouring genes may matter, at a hundred times the training cost, so epochs are cut short by early
-    # stopping on the validation split.
-    "trunk": {"wide": True, "deep": True, "backbone": "resnet10t", "in_chans": 1, "keep": "best", "epochs": 30},
-    # The published configuration: EfficientNet-B5 on 224 x 224 x 3 grey images, feature dropout 0.4, drop-path
-    # (stochastic depth) 0.2, AdamW; a subtype head for every base that has subtypes to choose between (a base with
-    # none or one would get a one-output softmax, the constant 1, which changes no probability and learns nothing).
-    "paper": {"wide": False, "deep": True, "backbone": "efficientnet_b5", "in_chans": 3, "pixels": 224,
-              "dropout": 0.4, "drop_path": 0.2, "optimizer": "adamw", "class_weights": False, "keep": "best",
-              "epochs": 30},
-}
-
-
-@dataclass
-class TrainConfig:
-    """Training options; the defaults are the CPU preset."""
-
-    backbone: str = "resnet10t"
-    # The two paths that read an image (cellpix.core.network.HierarchicalClassifier): the per-pixel read-out
-    # ("wide") and the convolutional trunk ("deep"); the CPU preset uses the first alone.
-    wide: bool = True
-    deep: bool = False
-    in_chans: int = 1
-    pixels: int | None = None  # required layout size (the paper preset needs a 224-px layout)
-    hidden: int = 256
-    dropout: float = 0.3
-    drop_path: float = 0.0  # the trunk's stochastic depth (timm backbones)
-    # The read-out is a convex-like problem whose regularisation is weight decay and masking, not stopping early: it
-    # gains from training to the end of an annealed schedule. On Zheng (5 folds, in memory) 10, 20 and 40 epochs gave
-    # subtype macro-F1 0.860 / 0.865 / 0.866 and base macro-F1 0.980 / 0.986 / 0.990, with the spread over seeds
-    # shrinking from 0.007 to 0.001; early stopping on a 300-cell validation split stopped at 10-16 epochs.
-    epochs: int = 40
-    # "last": every epoch, keeping the annealed end (the read-out); "best": early stopping on the validation subtype
-    # macro-F1, keeping the best epoch (the trunk presets, whose epochs cost a hundred times more).
-    keep: str = "last"
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float | None = None  # None: the optimiser's DEFAULT_LR
-    weight_decay: float = 1e-4
-    # L2 on the per-pixel read-out alone (weights and biases). On log1p(CP10k) pixels a strong decay (1e-2) was what
-    # made the read-out transfer across datasets, at a cost on the reference's own cells (base macro-F1 0.966); on
-    # the shifted-log pixels the transfer no longer needs it: 1e-4 transfers nearly as well (lineage accuracy Kang
-    # 0.91 / 0.89, pbmc68k 0.88, against 0.93 / 0.91 and 0.90 with 1e-2) and 1e-2 costs Zheng subtype macro-F1 0.015
-    # and base macro-F1 0.023 (python -m benchmarks.probe_pixels, seed 0).
-    readout_weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    loss: str = "ahfl"
-    gamma: float = 2.0
-    alpha: float = 0.5
-    beta: float = 0.9
-    # scTab's balanced class weights in the loss: a rare reference class should not become the one that shifted
-    # cells of a common class fall into (pbmc68k's CD14+ monocytes called CD34+ progenitors, without them).
-    class_weights: bool = True
-    mask_fraction: float = 0.1
-    val_fraction: float = 0.1
-    # After the run that holds the validation split out (which scores the model, calibrates novelty and, with keep
-    # "best", chooses the epoch count), train once more on every cell (refit_on_all_cells): the split then costs the
-    # shipped model nothing. None: on for the read-out alone, off when a trunk runs, where it would double a cost a
-    # hundred times higher.
-    refit: bool | None = None
-    val_key: str | None = None
-    patience: int = 6
-    min_epochs: int = 3
-    # An epoch takes at least this many optimiser steps, passing over a small reference several times (each pass
-    # with fresh masking): 180 Puram cells make 3 batches a pass, and 30 epochs of 3 steps never left chance.
-    min_epoch_steps: int = 40
-    seed: int = 0
-    chunk_size: int = 4096
-    donor_key: str | None = None
-    donor_aug_prob: float = 0.5
-    pretrained: str | None = None
-    device: str = "auto"
-    novelty_fpr: float = DEFAULT_FPR
-
-    def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise CellpixError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
-        if self.in_chans not in (1, 3):
-            raise CellpixError("--channels must be 1 or 3")
-        if not 0 <= self.mask_fraction < 1:
-            raise CellpixError("--mask-fraction must be in [0, 1)")
-        if self.keep not in ("last", "best"):
-            raise CellpixError(f"unknown --keep {self.keep!r}; choose last or best")
-        if self.epochs < 1:
-            raise CellpixError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 2:
-            raise CellpixError(f"--batch-size must be at least 2, got {self.batch_size}")
-        if not 0 <= self.val_fraction < 1:
-            raise CellpixError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if self.optimizer not in OPTIMIZERS:
-            raise CellpixError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
-        if not (self.wide or self.deep):
-            raise CellpixError("a model needs the per-pixel read-out (--wide), the trunk (--deep) or both")
-        if self.lr is None:
-            self.lr = DEFAULT_LR[self.optimizer]
-        if self.refit is None:
-            self.refit = not self.deep
-        if not self.lr > 0:
-            raise CellpixError("--lr must be positive")
-        if not 0 <= self.drop_path < 1:
-            raise CellpixError(f"--drop-path must be in [0, 1), got {self.drop_path}")
-        if self.drop_path and not self.deep:
-            raise CellpixError("--drop-path is the trunk's stochastic depth: it needs a trunk (--deep, --backbone "
-                               "or --preset trunk/paper)")
-        if self.weight_decay < 0 or self.readout_weight_decay < 0:
-            raise CellpixError("weight decay must not be negative")
-
-    @classmethod
-    def from_preset(cls, preset: str, **overrides: Any) -> TrainConfig:
-        if preset not in PRESETS:
-            raise CellpixError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-        given = {k: v for k, v in overrides.items() if v is not None}
-        if "backbone" in given and "deep" not in given:  # naming a backbone means using it
-            given["deep"] = True
-        return cls(**{**PRESETS[preset], **given})
-
-
-@dataclass
-class TrainState:
-    """What a checkpoint needs beyond the weights: progress, early stopping and history."""
-
-    epoch: int = 0
-    step: int = 0
-    best_score: float = -1.0
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
-    finished: bool = False
-
-
-# -- distributed helpers ---------------------------------------------------------
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_main_process() -> bool:
-    """Whether this process writes results: always outside torchrun, only rank 0 under it (read from torchrun's
-    ``RANK`` so that it holds before and after the process group exists)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _init_distributed(device: torch.device) -> bool:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        return True
-    return False
-
-
-def _mean_across_ranks(values: list[float]) -> list[float]:
-    _, world = _world()
-    if world == 1:
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return (tensor / world).tolist()
-
-
-def pick_device(name: str) -> torch.device:
-    """The training device: ``auto`` is this rank's GPU when there is one, else the CPU; a name torch does not
-    know, or a GPU this machine lacks, is refused in one line (:func:`cellpix.data.io.check_device`)."""
-    check_device(name)
-    if name == "auto":
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            return torch.device(f"cuda:{local}")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-# -- checkpoints -------------------------------------------------------------------
-def _save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     loss_fn: AdaptiveHierarchicalFocalLoss, state: TrainState) -> None:
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
-    for pid, pstate in opt["state"].items():
-        for key, value in pstate.items():
-            tensors[f"opt.{pid}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    tensors["loss.alpha"] = loss_fn.alpha.detach().cpu().reshape(1)
-    meta = {"state": asdict(state), "param_groups": opt["param_groups"]}
-    with atomic_path(path / "last.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"cellpix_checkpoint": json.dumps(meta)})
-
-
-def _load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     loss_fn: AdaptiveHierarchicalFocalLoss) -> TrainState:
-    from safetensors import safe_open
-
-    file = path / "last.safetensors"
-    with safe_open(str(file), framework="pt") as handle:
-        meta = json.loads(handle.metadata()["cellpix_checkpoint"])
-    tensors = load_file(str(file))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    opt_state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, pid, name = key.split(".", 2)
-            opt_state.setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
-    loss_fn.alpha.copy_(tensors["loss.alpha"].reshape(()))
-    return TrainState(**meta["state"])
+# The public names of the train step, whichever module defines them (the API, CLI and pipeline import them here).
+__all__ = ["DEFAULT_LR", "LOSSES", "OPTIMIZERS", "PRESETS", "TrainConfig", "TrainState", "is_main_process",
+           "pick_device", "train"]
 
 
 # -- the training run -------------------------------------------------------------
@@ -358,13 +149,16 @@ def train(
     if config.pixels and config.pixels != layout.size:
         raise CellpixError(f"this configuration needs {config.pixels}-px images but the layout is "
                            f"{layout.size}×{layout.size}; refit it with `cellpix image --pixels {config.pixels}`")
+    if config.deep and layout.method in GEOMETRY_FREE_METHODS:
+        raise CellpixError(f"the convolutional trunk reads neighbouring pixels, but this layout ({layout.method}) "
+                           f"puts genes in panel order; fit one with `cellpix image --preset trunk` (or paper)")
     check_label_column(adata, label_key)
     labels_present = adata.obs[label_key].dropna().astype(str).unique()
     hierarchy = hierarchy.restricted_to(labels_present)
     space = LabelSpace(hierarchy)
     device = pick_device(config.device)
-    distributed = _init_distributed(device)
-    rank, world = _world()
+    distributed = init_distributed(device)
+    rank, world = rank_and_world()
     torch.manual_seed(config.seed + rank)
     data = prepare_reference(adata, layout, space, label_key, config)
     warnings = small_class_warnings(data, space)
@@ -380,7 +174,7 @@ def train(
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
     state = TrainState()
     if resume and ckpt and (ckpt / "last.safetensors").exists():
-        state = _load_checkpoint(ckpt, model, optimizer, loss_fn)
+        state = load_checkpoint(ckpt, model, optimizer, loss_fn)
         if rank == 0:
             print(f"resuming from {ckpt} after epoch {state.epoch}")
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -388,7 +182,7 @@ def train(
         best_state = load_file(str(ckpt / "best.safetensors"))
 
     donor_vectors = donor_differences(data, len(space.labels), seed=config.seed) if config.donor_key else None
-    steps_per_epoch = _steps_per_rank(data, config, world, epoch=0)
+    steps_per_epoch = steps_per_rank(data, config, world, epoch=0)
     total_steps = steps_per_epoch * config.epochs
     warmup = max(1, int(config.warmup_epochs * steps_per_epoch))
 
@@ -423,10 +217,10 @@ def train(
         if config.keep == "best" and state.bad_epochs >= config.patience and state.epoch >= config.min_epochs:
             state.finished = True
         if rank == 0 and progress:
-            print(_epoch_line(row))
+            print(epoch_line(row))
         if ckpt and rank == 0:
             ckpt.mkdir(parents=True, exist_ok=True)
-            _save_checkpoint(ckpt, model, optimizer, loss_fn, state)
+            save_checkpoint(ckpt, model, optimizer, loss_fn, state)
         if distributed:
             dist.barrier()
 
@@ -442,14 +236,14 @@ def train(
         model, loss_fn, refit = refit_on_all_cells(hierarchy, model_config, renderer, space, data, config,
                                                    state.best_epoch if config.keep == "best" else state.epoch,
                                                    distributed, device, progress)
-    metadata = _bundle_metadata(hierarchy, layout, model_config, config, state, val_metrics, novelty,
+    metadata = bundle_metadata(hierarchy, layout, model_config, config, state, val_metrics, novelty,
                                 float(loss_fn.alpha), label_key, data, reference_name)
     metadata["training"]["refit"] = refit
     metadata["training"]["warnings"] = warnings
-    metadata["shift_profile"] = _shift_profile(data, config.chunk_size)
-    metadata["label_shares"] = _label_shares(data, space)
+    metadata["shift_profile"] = shift_profile(data, config.chunk_size)
+    metadata["label_shares"] = label_shares(data, space)
     trained = TrainedModel(model.cpu(), renderer.cpu(), layout, hierarchy, metadata,
-                           reference_space=_reference_space(data, config, space))
+                           reference_space=calibrated_reference_space(data, config, space))
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
@@ -482,11 +276,11 @@ def _train_epoch(net: torch.nn.Module, renderer: ImageRenderer, loss_fn: Adaptiv
 
     ``schedule`` is (warm-up steps, total steps) of the cosine learning-rate schedule; ``state.step`` counts on.
     """
-    rank, world = _world()
+    rank, world = rank_and_world()
     warmup, total_steps = schedule
     net.train()
-    chunks = _rank_chunks(data, config, world, epoch)
-    n_steps = _steps_per_rank(data, config, world, epoch)
+    chunks = rank_chunks(data, config, world, epoch)
+    n_steps = steps_per_rank(data, config, world, epoch)
     mine = chunks[rank::world]
     gen = torch.Generator().manual_seed(config.seed * 7919 + epoch * 31 + rank)
     sums = np.zeros(3)
@@ -507,7 +301,7 @@ def _train_epoch(net: torch.nn.Module, renderer: ImageRenderer, loss_fn: Adaptiv
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        l_base_v, l_sub_v = _mean_across_ranks([float(l_base.detach()), float(l_sub.detach())])
+        l_base_v, l_sub_v = mean_across_ranks([float(l_base.detach()), float(l_sub.detach())])
         loss_fn.update_alpha(l_base_v, l_sub_v)
         sums += [float(loss.detach()), l_base_v, l_sub_v]
         state.step += 1
@@ -531,14 +325,14 @@ def refit_on_all_cells(hierarchy: Hierarchy, model_config: ModelConfig, renderer
     validation scores and the novelty thresholds in the bundle stay those of the first, held-out run: the
     refitted model has seen those cells, so they can no longer judge it.
     """
-    rank, world = _world()
+    rank, world = rank_and_world()
     started = time.perf_counter()
     everything = replace(data, train_idx=np.arange(data.reader.n_obs), val_idx=np.array([], dtype=np.int64))
     torch.manual_seed(config.seed + rank)
     model, net, loss_fn, optimizer = _build_training(hierarchy, model_config, config, space, everything, distributed,
                                                      device)
     donor_vectors = donor_differences(everything, len(space.labels), seed=config.seed) if config.donor_key else None
-    steps_per_epoch = _steps_per_rank(everything, config, world, epoch=0)
+    steps_per_epoch = steps_per_rank(everything, config, world, epoch=0)
     schedule = (max(1, int(config.warmup_epochs * steps_per_epoch)), steps_per_epoch * epochs)
     state = TrainState()
     for epoch in range(epochs):
@@ -551,59 +345,6 @@ def refit_on_all_cells(hierarchy: Hierarchy, model_config: ModelConfig, renderer
     if rank == 0 and progress:
         print(f"refit on all {everything.reader.n_obs} cells for {epochs} epochs ({seconds:.1f} s)")
     return model, loss_fn, {"epochs": epochs, "n_cells": int(everything.reader.n_obs), "seconds": round(seconds, 1)}
-
-
-def passes_per_epoch(n_train: int, config: TrainConfig, world: int = 1) -> int:
-    """How many times an epoch goes over the training cells so that it takes ``min_epoch_steps`` steps."""
-    steps_per_pass = max(1, n_train // max(1, config.batch_size * world))
-    return max(1, math.ceil(config.min_epoch_steps / steps_per_pass))
-
-
-def chance_threshold(n_classes: int) -> float:
-    """Macro-F1 below which a model counts as having learned nothing: 2/K, at most 0.5 (K = 2)."""
-    return min(2.0 / max(1, n_classes), 0.5)
-
-
-def check_learned(val_metrics: dict[str, float], space: LabelSpace, config: TrainConfig,
-                  report_dir: str | Path | None) -> None:
-    """Refuse to hand back a model at chance, rather than let it label every query cell one type.
-
-    Both levels are checked on the validation cells: the subtype macro-F1 against
-    :func:`chance_threshold` of the number of final labels, the base macro-F1
-    against that of the number of base types.
-    """
-    if not val_metrics:
-        return
-    checks = [("subtype", val_metrics["val_subtype_f1"], len(space.labels)),
-              ("base", val_metrics["val_base_f1"], len(space.bases))]
-    failed = [(level, score, k) for level, score, k in checks if len(space.labels) > 1 and score < chance_threshold(k)]
-    if not failed:
-        return
-    level, score, k = failed[0]
-    where = f"; per-epoch metrics in {report_dir}" if report_dir else ""
-    raise TrainingFailedError(
-        f"training learned nothing: validation {level} macro-F1 {score:.3f} is below {chance_threshold(k):.2f} "
-        f"(chance level for {k} classes), so no model was written{where}. Try more epochs (--epochs, now "
-        f"{config.epochs}), a higher --lr, or a bigger reference; check that --labels names the cell-type column")
-
-
-def _rank_chunks(data: ReferenceData, config: TrainConfig, world: int, epoch: int) -> list[np.ndarray]:
-    """This epoch's chunks; under DDP they are made small enough that every rank gets several.
-
-    A small reference is gone over several times per epoch (:func:`passes_per_epoch`), each pass block-shuffled
-    on its own, so no chunk holds a cell twice.
-    """
-    size = config.chunk_size if world == 1 else min(config.chunk_size, max(64, len(data.train_idx) // (world * 4)))
-    passes = passes_per_epoch(len(data.train_idx), config, world)
-    return [chunk for p in range(passes)
-            for chunk in epoch_chunks(data.train_idx, size, seed=config.seed * 1000 + epoch + 7919 * p)]
-
-
-def _steps_per_rank(data: ReferenceData, config: TrainConfig, world: int, epoch: int) -> int:
-    """Every rank must take the same number of steps, or DDP waits forever; use the smallest share."""
-    chunks = _rank_chunks(data, config, world, epoch)
-    return min(batches_in(chunks[r::world], config.batch_size) for r in range(world)) if world > 1 else \
-        batches_in(chunks, config.batch_size)
 
 
 def _make_loss(config: TrainConfig, space: LabelSpace, data: ReferenceData) -> AdaptiveHierarchicalFocalLoss:
@@ -637,111 +378,3 @@ def _render_training_batch(renderer: ImageRenderer, matrix, rows: np.ndarray, da
     return renderer(dense.to(device), None if mask is None else mask.to(device))
 
 
-def _shift_profile(data: ReferenceData, chunk_size: int, max_cells: int = 5000) -> dict[str, Any]:
-    """The panel statistics that annotation's shift guards compare against (:mod:`cellpix.data.shift`),
-    on the validation cells, which the model did not fit; on all cells when there is no validation split."""
-    rows = data.val_idx if len(data.val_idx) >= 50 else np.arange(data.reader.n_obs)
-    rows = np.sort(np.random.default_rng(0).permutation(rows)[:max_cells])
-    stats = [cell_statistics(data.reader.take(rows[i:i + chunk_size])) for i in range(0, len(rows), chunk_size)]
-    return reference_profile(np.vstack(stats))
-
-
-def _reference_space(data: ReferenceData, config: TrainConfig, space: LabelSpace) -> ReferenceSpace:
-    """The expression space of the out-of-reference score: fitted on training cells, its threshold calibrated on
-    the validation cells; on all cells when the split is too small.
-
-    The threshold lets half the novelty rate (``novelty_fpr``) of validation cells through: the subtype rule
-    flags at most the other half of known cells in practice (2-4 % at 5 %, terminal types never), so together
-    known cells stay near the calibrated rate.
-    """
-    fpr = config.novelty_fpr / 2
-    types = {"base_index": data.base_index, "n_bases": len(space.bases), "label_index": data.label_index,
-             "n_labels": len(space.labels)}
-    if len(data.val_idx) >= 50:
-        return fit_reference_space(data.reader.take, data.train_idx, data.val_idx, fpr, seed=config.seed, **types)
-    return fit_reference_space(data.reader.take, np.arange(data.reader.n_obs), np.array([], dtype=np.int64), fpr,
-                               seed=config.seed, **types)
-
-
-def small_class_warnings(data: ReferenceData, space: LabelSpace) -> list[str]:
-    """One message per class with fewer than :data:`MIN_CLASS_CELLS` reference cells (see there for why)."""
-    counts = np.bincount(data.label_index, minlength=len(space.labels))
-    validated = np.bincount(data.label_index[data.val_idx], minlength=len(space.labels))
-    return [f"class {label!r} has {int(n)} reference cell{'s' if n != 1 else ''} ({int(v)} for validation): too few "
-            f"to learn or score it reliably; add cells of this type or merge it into its base type"
-            for label, n, v in zip(space.labels, counts, validated, strict=True) if 0 < n < MIN_CLASS_CELLS]
-
-
-def _label_shares(data: ReferenceData, space: LabelSpace) -> dict[str, float]:
-    """Each subtype's share of the reference: annotation compares how mixed the query's calls are."""
-    counts = np.bincount(data.label_index, minlength=len(space.labels))
-    return {label: round(float(c) / max(1, counts.sum()), 4) for label, c in zip(space.labels, counts, strict=True)}
-
-
-def _epoch_line(row: dict[str, Any]) -> str:
-    val = f" val subtype F1 {row['val_subtype_f1']:.3f} acc {row['val_subtype_accuracy']:.3f}" \
-        if "val_subtype_f1" in row else ""
-    return f"epoch {row['epoch']}: loss {row['train_loss']:.4f} α {row['alpha']:.3f}{val} ({row['seconds']:.1f} s)"
-
-
-def _bundle_metadata(hierarchy, layout, model_config, config, state, val_metrics, novelty, alpha, label_key, data,
-                     reference_name) -> dict[str, Any]:
-    import timm
-
-    return {
-        "cellpix_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "hierarchy": hierarchy.to_dict(),
-        "layout": layout.to_dict(),
-        "model": model_config.to_dict(),
-        "normalisation": {"target_sum": 1e4, "log1p": True, "scaling": "per-gene min-max on the reference, "
-                          "clipped to [0, 1]"},
-        "novelty": novelty,
-        "training": {
-            "reference": reference_name,
-            "label_key": label_key,
-            "n_cells": int(data.reader.n_obs),
-            "n_train": len(data.train_idx),
-            "n_validation": len(data.val_idx),
-            "config": asdict(replace(config)),
-            "epochs_run": state.epoch,
-            "best_epoch": state.best_epoch,  # by validation subtype macro-F1
-            "kept_epoch": state.epoch if config.keep == "last" else state.best_epoch,
-            "seconds": round(state.seconds, 1),
-            "alpha_final": alpha,
-            "validation_metrics": {k: round(float(v), 4) for k, v in val_metrics.items()},
-            "history": state.history,
-            "torch": torch.__version__,
-            "timm": timm.__version__,
-            "python": platform.python_version(),
-        },
-    }
-
-
-def write_training_report(folder: Path, history: list[dict[str, Any]]) -> None:
-    """Per-epoch metrics as CSV and a training-curve PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(history)
-    write_text_atomic(folder / "metrics.csv", frame.to_csv(index=False))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    axes[0].plot(frame["epoch"], frame["loss_base"], label="base focal loss")
-    axes[0].plot(frame["epoch"], frame["loss_subtype"], label="subtype focal loss")
-    axes[0].plot(frame["epoch"], frame["alpha"], "--", label="AHFL α")
-    axes[0].set_xlabel("epoch")
-    axes[0].legend()
-    if "val_subtype_f1" in frame:
-        axes[1].plot(frame["epoch"], frame["val_base_f1"], label="validation base macro-F1")
-        axes[1].plot(frame["epoch"], frame["val_subtype_f1"], label="validation subtype macro-F1")
-        axes[1].plot(frame["epoch"], frame["val_subtype_accuracy"], label="validation subtype accuracy")
-        axes[1].set_ylim(0, 1.02)
-        axes[1].legend(loc="lower right")
-    axes[1].set_xlabel("epoch")
-    fig.tight_layout()
-    with atomic_path(folder / "training_curve.png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)

@@ -1,0 +1,145 @@
+"""The training options (:class:`TrainConfig`) and their presets: each default is defined here once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cellpix.core.novelty import DEFAULT_FPR
+from cellpix.errors import CellpixError
+
+LOSSES = ("ahfl", "focal", "ce")
+
+OPTIMIZERS = ("sgd", "adamw")
+# Each optimiser's learning rate when none is given. SGD with Nesterov momentum at 0.1 fits the per-pixel read-out
+# to what a logistic regression reaches; AdamW at 1e-3 (the paper's) left it 0.04 subtype macro-F1 lower on Zheng
+# fold 0 however it was regularised (docs/benchmarks.md, "Design probes").
+DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
+# Fewer reference cells than this in a class get a warning: such a class is learned from a handful of examples and
+# its validation score rests on one or two cells (none below 2, which the split keeps for training).
+MIN_CLASS_CELLS = 10
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The default: the per-pixel read-out alone, trained with SGD for a fixed, annealed schedule (keep "last"), then
+    # again on every cell (refit). On the Zheng sorted PBMC, 5-fold CV, with pixels log(1 + CP10k / 100) min-max
+    # scaled (cellpix.core.layout.DEFAULT_PSEUDO_COUNT), it scores subtype macro-F1 0.86-0.87 against 0.85 for a
+    # logistic regression on the same panel's log1p(CP10k), and transfers to Kang 2018 and pbmc68k_reduced at
+    # lineage accuracy 0.88-0.91 against 0.74-0.78 (docs/benchmarks.md). Adding the ResNet-10-T trunk did not help
+    # (0.818 against 0.837 on Zheng fold 0) at 100x the cost. The preset is TrainConfig's own defaults, defined there
+    # once.
+    "cpu": {},
+    # The per-pixel read-out beside a convolutional trunk, both trained together: for references where patterns
+    # across neighbouring genes may matter, at a hundred times the training cost, so epochs are cut short by early
+    # stopping on the validation split.
+    "trunk": {"wide": True, "deep": True, "backbone": "resnet10t", "in_chans": 1, "keep": "best", "epochs": 30},
+    # The published configuration: EfficientNet-B5 on 224 x 224 x 3 grey images, feature dropout 0.4, drop-path
+    # (stochastic depth) 0.2, AdamW; a subtype head for every base that has subtypes to choose between (a base with
+    # none or one would get a one-output softmax, the constant 1, which changes no probability and learns nothing).
+    "paper": {"wide": False, "deep": True, "backbone": "efficientnet_b5", "in_chans": 3, "pixels": 224,
+              "dropout": 0.4, "drop_path": 0.2, "optimizer": "adamw", "class_weights": False, "keep": "best",
+              "epochs": 30},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Training options; the defaults are the CPU preset."""
+
+    backbone: str = "resnet10t"
+    # The two paths that read an image (cellpix.core.network.HierarchicalClassifier): the per-pixel read-out
+    # ("wide") and the convolutional trunk ("deep"); the CPU preset uses the first alone.
+    wide: bool = True
+    deep: bool = False
+    in_chans: int = 1
+    pixels: int | None = None  # required layout size (the paper preset needs a 224-px layout)
+    hidden: int = 256
+    dropout: float = 0.3
+    drop_path: float = 0.0  # the trunk's stochastic depth (timm backbones)
+    # The read-out is a convex-like problem whose regularisation is weight decay and masking, not stopping early: it
+    # gains from training to the end of an annealed schedule. On Zheng (5 folds, in memory) 10, 20 and 40 epochs gave
+    # subtype macro-F1 0.860 / 0.865 / 0.866 and base macro-F1 0.980 / 0.986 / 0.990, with the spread over seeds
+    # shrinking from 0.007 to 0.001; early stopping on a 300-cell validation split stopped at 10-16 epochs.
+    epochs: int = 40
+    # "last": every epoch, keeping the annealed end (the read-out); "best": early stopping on the validation subtype
+    # macro-F1, keeping the best epoch (the trunk presets, whose epochs cost a hundred times more).
+    keep: str = "last"
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float | None = None  # None: the optimiser's DEFAULT_LR
+    weight_decay: float = 1e-4
+    # L2 on the per-pixel read-out alone (weights and biases). On log1p(CP10k) pixels a strong decay (1e-2) was what
+    # made the read-out transfer across datasets, at a cost on the reference's own cells (base macro-F1 0.966); on
+    # the shifted-log pixels the transfer no longer needs it: 1e-4 transfers nearly as well (lineage accuracy Kang
+    # 0.91 / 0.89, pbmc68k 0.88, against 0.93 / 0.91 and 0.90 with 1e-2) and 1e-2 costs Zheng subtype macro-F1 0.015
+    # and base macro-F1 0.023 (python -m benchmarks.probe_pixels, seed 0).
+    readout_weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    loss: str = "ahfl"
+    gamma: float = 2.0
+    alpha: float = 0.5
+    beta: float = 0.9
+    # scTab's balanced class weights in the loss: a rare reference class should not become the one that shifted
+    # cells of a common class fall into (pbmc68k's CD14+ monocytes called CD34+ progenitors, without them).
+    class_weights: bool = True
+    mask_fraction: float = 0.1
+    val_fraction: float = 0.1
+    # After the run that holds the validation split out (which scores the model, calibrates novelty and, with keep
+    # "best", chooses the epoch count), train once more on every cell (refit_on_all_cells): the split then costs the
+    # shipped model nothing. None: on for the read-out alone, off when a trunk runs, where it would double a cost a
+    # hundred times higher.
+    refit: bool | None = None
+    val_key: str | None = None
+    patience: int = 6
+    min_epochs: int = 3
+    # An epoch takes at least this many optimiser steps, passing over a small reference several times (each pass
+    # with fresh masking): 180 Puram cells make 3 batches a pass, and 30 epochs of 3 steps never left chance.
+    min_epoch_steps: int = 40
+    seed: int = 0
+    chunk_size: int = 4096
+    donor_key: str | None = None
+    donor_aug_prob: float = 0.5
+    pretrained: str | None = None
+    device: str = "auto"
+    novelty_fpr: float = DEFAULT_FPR
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise CellpixError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
+        if self.in_chans not in (1, 3):
+            raise CellpixError("--channels must be 1 or 3")
+        if not 0 <= self.mask_fraction < 1:
+            raise CellpixError("--mask-fraction must be in [0, 1)")
+        if self.keep not in ("last", "best"):
+            raise CellpixError(f"unknown --keep {self.keep!r}; choose last or best")
+        if self.epochs < 1:
+            raise CellpixError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise CellpixError(f"--batch-size must be at least 2, got {self.batch_size}")
+        if not 0 <= self.val_fraction < 1:
+            raise CellpixError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.optimizer not in OPTIMIZERS:
+            raise CellpixError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        if not (self.wide or self.deep):
+            raise CellpixError("a model needs the per-pixel read-out (--wide), the trunk (--deep) or both")
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.optimizer]
+        if self.refit is None:
+            self.refit = not self.deep
+        if not self.lr > 0:
+            raise CellpixError("--lr must be positive")
+        if not 0 <= self.drop_path < 1:
+            raise CellpixError(f"--drop-path must be in [0, 1), got {self.drop_path}")
+        if self.drop_path and not self.deep:
+            raise CellpixError("--drop-path is the trunk's stochastic depth: it needs a trunk (--deep, --backbone "
+                               "or --preset trunk/paper)")
+        if self.weight_decay < 0 or self.readout_weight_decay < 0:
+            raise CellpixError("weight decay must not be negative")
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides: Any) -> TrainConfig:
+        if preset not in PRESETS:
+            raise CellpixError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "backbone" in given and "deep" not in given:  # naming a backbone means using it
+            given["deep"] = True
+        return cls(**{**PRESETS[preset], **given})
