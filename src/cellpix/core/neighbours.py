@@ -19,8 +19,7 @@ TOLERANCE = 1e-5
 MIN_SIGMA_SCALE = 1e-3  # umap-learn's MIN_K_DIST_SCALE: sigma at least this share of the mean distance
 
 
-def squared_distances(rows: torch.Tensor, points: torch.Tensor, points_squared: torch.Tensor | None = None,
-                      rank_only: bool = False) -> torch.Tensor:
+def squared_distances(rows: torch.Tensor, points: torch.Tensor, rank_only: bool = False) -> torch.Tensor:
     """(rows × points) squared Euclidean distances by one matrix product, ``|p|² − 2 x·p (+ |x|²)``.
 
     ``torch.cdist`` computes the same product for inputs this size and then a square root of every entry; the
@@ -28,8 +27,7 @@ def squared_distances(rows: torch.Tensor, points: torch.Tensor, points_squared: 
     ``|x|²``, which is the same along a row and so changes no ranking. Clamped at 0 (rounding can make a
     distance of a point to itself slightly negative).
     """
-    norms = points_squared if points_squared is not None else (points * points).sum(dim=1)
-    product = torch.addmm(norms, rows, points.T, alpha=-2.0)
+    product = torch.addmm((points * points).sum(dim=1), rows, points.T, alpha=-2.0)
     return product if rank_only else (product + (rows * rows).sum(dim=1, keepdim=True)).clamp_min_(0.0)
 
 

@@ -66,8 +66,6 @@ def stratified_subsample(labels: pd.Series | None, n_obs: int, max_cells: int, s
     return np.sort(np.concatenate(picked))
 
 
-
-
 def layout_options(preset: str = DEFAULT_LAYOUT_PRESET, **given: Any) -> dict[str, Any]:
     """``fit_layout`` keyword arguments for a preset (:data:`LAYOUT_PRESETS`); options given (not None) win.
 
@@ -118,27 +116,13 @@ def fit_layout(
     if groupby and groupby not in adata.obs.columns:
         raise CellpixError(f"--groupby {groupby!r} is not an obs column; columns: "
                            f"{', '.join(map(str, adata.obs.columns)) or 'none'}")
-    if getattr(estimator, "places_on_grid", False):
-        return _grid_layout(adata, method, estimator, size, discretization, symbol_column, random_state, pseudo_count)
-    labels = adata.obs[groupby] if groupby else None
-    if max_cells is not None and max_cells < 2:
-        raise CellpixError(f"--max-cells must be at least 2, got {max_cells}")
-    rows_used = stratified_subsample(labels, adata.n_obs, adata.n_obs if max_cells is None else max_cells,
-                                     random_state)
-    X = adata.X[rows_used]
-    X = X.toarray() if sp.issparse(X) else np.asarray(X)
-    X = X.astype(np.float32)
-    # Genes never expressed in the subsample have no neighbours to be placed by; a
-    # tiny jitter keeps cosine distances defined without changing the layout.
-    silent = ~np.any(X != 0, axis=0)
-    if silent.any():
-        X[:, silent] = np.random.default_rng(random_state).random((X.shape[0], int(silent.sum()))) * 1e-6
-
     started = time.perf_counter()
-    transformer = _tiled_transformer()(feature_extractor=estimator, discretization=discretization, pixels=size)
-    transformer.fit(X)
+    if getattr(estimator, "places_on_grid", False):
+        coords, n_cells_fit = _placed_on_grid(estimator, method, n_genes, size, discretization), 0
+    else:
+        coords, n_cells_fit = _manifold_coords(adata, estimator, size, discretization, groupby, max_cells,
+                                               random_state)
     seconds = time.perf_counter() - started
-    coords = transformer.coords()  # (n_genes, 2): row, col
     gmin, gmax = minmax_range(adata.X)
     symbols = adata.var[symbol_column].astype(str).tolist() if symbol_column else None
     return GeneLayout(
@@ -152,29 +136,38 @@ def fit_layout(
         method=method,
         discretization=discretization,
         params={"random_state": random_state, **method_params},
-        fit_info={"n_cells_fit": len(rows_used), "n_cells_total": int(adata.n_obs), "fit_seconds": round(seconds, 2)},
+        fit_info={"n_cells_fit": n_cells_fit, "n_cells_total": int(adata.n_obs), "fit_seconds": round(seconds, 2)},
         pseudo_count=pseudo_count,
     )
 
 
-def _grid_layout(adata: ad.AnnData, name: str, method: Any, size: int, discretization: str, symbol_column: str | None,
-                 random_state: int, pseudo_count: float) -> GeneLayout:
-    """A layout method that places genes on the grid itself (``places_on_grid``): no cells are sampled."""
+def _placed_on_grid(method: Any, name: str, n_genes: int, size: int, discretization: str) -> np.ndarray:
+    """(genes, 2) pixels from a layout method that places genes itself (``places_on_grid``): no cells needed."""
     if discretization != "lsa":
         raise CellpixError(f"the {name} layout gives each gene its own pixel; --discretization "
                            f"{discretization} applies to manifold methods")
-    started = time.perf_counter()
-    coords = method.grid(adata.n_vars, size)
-    gmin, gmax = minmax_range(adata.X)
-    return GeneLayout(
-        genes=adata.var_names.astype(str).tolist(), rows=coords[:, 0], cols=coords[:, 1], size=size,
-        gene_min=gmin, gene_max=gmax,
-        symbols=adata.var[symbol_column].astype(str).tolist() if symbol_column else None,
-        method=name, discretization=discretization, params={"random_state": random_state},
-        fit_info={"n_cells_fit": 0, "n_cells_total": int(adata.n_obs),
-                  "fit_seconds": round(time.perf_counter() - started, 2)},
-        pseudo_count=pseudo_count,
-    )
+    return method.grid(n_genes, size)
+
+
+def _manifold_coords(adata: ad.AnnData, estimator: Any, size: int, discretization: str, groupby: str | None,
+                     max_cells: int | None, random_state: int) -> tuple[np.ndarray, int]:
+    """(genes, 2) pixels from a manifold of the genes fitted on a stratified cell sample, and that sample's size."""
+    labels = adata.obs[groupby] if groupby else None
+    if max_cells is not None and max_cells < 2:
+        raise CellpixError(f"--max-cells must be at least 2, got {max_cells}")
+    rows_used = stratified_subsample(labels, adata.n_obs, adata.n_obs if max_cells is None else max_cells,
+                                     random_state)
+    X = adata.X[rows_used]
+    X = X.toarray() if sp.issparse(X) else np.asarray(X)
+    X = X.astype(np.float32)
+    # Genes never expressed in the subsample have no neighbours to be placed by; a
+    # tiny jitter keeps cosine distances defined without changing the layout.
+    silent = ~np.any(X != 0, axis=0)
+    if silent.any():
+        X[:, silent] = np.random.default_rng(random_state).random((X.shape[0], int(silent.sum()))) * 1e-6
+    transformer = _tiled_transformer()(feature_extractor=estimator, discretization=discretization, pixels=size)
+    transformer.fit(X)
+    return transformer.coords(), len(rows_used)  # coords: (n_genes, 2) row, col
 
 
 def _tiled_transformer() -> type:
