@@ -1,5 +1,5 @@
-"""Each default is defined once: the Galaxy wrappers and the Nextflow configuration state the CLI's defaults, and
-the CLI's coverage default is the data layer's."""
+"""Each default is defined once, in the API: the CLI shows the API's, Galaxy states none, the Nextflow
+configuration agrees with its schema, and the CLI's coverage default is the data layer's."""
 
 from __future__ import annotations
 
@@ -25,31 +25,125 @@ def cli_defaults(command: str) -> dict[str, object]:
     return found
 
 
-def same(galaxy: str, default: object) -> bool:
-    if isinstance(default, bool) or not isinstance(default, (int, float, str)):
-        return True  # flags and options without a default (required or unset): nothing to compare
-    if isinstance(default, (int, float)):
-        return float(galaxy) == float(default)
-    return galaxy == str(default)
+# Galaxy selects whose value decides which outputs the tool declares: Galaxy must know it, so it is passed.
+DECIDES_OUTPUTS = {("explain", "--levels")}
+
+
+def command_lines(tool) -> list[str]:
+    return [line.strip() for line in ET.parse(tool).find("command").text.splitlines() if line.strip()]
 
 
 @pytest.mark.parametrize("tool", TOOLS, ids=lambda p: p.stem)
-def test_galaxy_values_are_the_cli_defaults(tool):
+def test_galaxy_restates_no_default(tool):
+    """Galaxy passes an option only when the user sets one, so a default lives in the API alone. Every Galaxy
+    input bound to a CLI option that has a default (its own or the API's, when the CLI leaves it unset) holds no
+    value of its own, and the command passes it under an ``#if``."""
     command = tool.stem.removeprefix("cellpix_")
-    defaults = cli_defaults(command)
-    wrong, checked = [], 0
+    options = {opt: p for p in cli.commands[command].params if isinstance(p, click.Option) for opt in p.opts}
+    lines = command_lines(tool)
+    restated, unguarded, checked = [], [], 0
     for param in ET.parse(tool).iter("param"):
-        argument, value = param.get("argument"), param.get("value")
-        if argument in defaults and value not in (None, "") and param.get("type") in ("integer", "float", "text"):
-            checked += 1
-            if not same(value, defaults[argument]):
-                wrong.append(f"{argument}: Galaxy {value}, CLI {defaults[argument]}")
-        if argument in defaults and param.get("type") == "select":
+        argument = param.get("argument")
+        if argument not in options or param.get("type") in ("data", "boolean") \
+                or not has_default(command, options[argument]):
+            continue
+        checked += 1
+        if param.get("type") == "select":
             chosen = [o.get("value") for o in param.iter("option") if o.get("selected") == "true"]
-            if chosen and defaults[argument] is not None and not same(chosen[0], defaults[argument]):
-                wrong.append(f"{argument}: Galaxy {chosen[0]}, CLI {defaults[argument]}")
+            if chosen and chosen[0] not in ("", "default") and (command, argument) not in DECIDES_OUTPUTS:
+                restated.append(f"{argument}: selects {chosen[0]}")
+        elif param.get("value"):
+            restated.append(f"{argument}: value {param.get('value')}")
+        for i, line in enumerate(lines):
+            if line.startswith(argument + " ") and (command, argument) not in DECIDES_OUTPUTS \
+                    and not lines[i - 1].startswith("#if"):
+                unguarded.append(argument)
+    assert restated == [], f"{tool.name} restates defaults"
+    assert unguarded == [], f"{tool.name} passes these whether or not the user set them"
+    assert checked >= 1
+
+
+# CLI option → (options dataclass, field) where the names differ; every other option is looked up by its name.
+FIELD_OF = {
+    ("integrate", "max_mito"): "max_mito_fraction",
+    ("integrate", "method"): "correction",
+    ("explain", "target"): "output",
+    ("train", "readout_decay"): "readout_weight_decay",
+    ("train", "channels"): "in_chans",
+}
+
+
+def has_default(command: str, option: click.Option) -> bool:
+    """Whether the CLI or, where the CLI leaves it unset, the API gives ``option`` a value of its own."""
+    if option.required:
+        return False
+    if option.default is not None:
+        return True
+    return api_defaults(command).get(FIELD_OF.get((command, option.name), option.name)) is not None
+
+
+def api_defaults(command: str) -> dict[str, object]:
+    """field → default of the API's options for one step: the single source the CLI must show."""
+    import dataclasses
+    import inspect
+
+    from cellpix.steps.annotate.annotate import AnnotateOptions
+    from cellpix.steps.explain.shap_genes import ExplainOptions
+    from cellpix.steps.imaging.layout import DEFAULT_LAYOUT_PRESET, fit_layout
+    from cellpix.steps.integrate.query import QueryOptions
+    from cellpix.steps.integrate.reference import QCOptions
+
+    def fields(*classes) -> dict[str, object]:
+        found = {}
+        for cls in reversed(classes):
+            found.update({f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING})
+        return found
+
+    if command == "train":
+        from cellpix.steps.train.trainer import TrainConfig
+
+        return fields(TrainConfig)
+    if command == "image":
+        from cellpix.steps.imaging.step import image_step
+
+        signature = inspect.signature(fit_layout).parameters
+        return {"preset": DEFAULT_LAYOUT_PRESET, "discretization": signature["discretization"].default,
+                "seed": signature["random_state"].default,
+                "write_images": inspect.signature(image_step).parameters["write_images"].default}
+    return {"integrate": lambda: fields(QCOptions, QueryOptions), "annotate": lambda: fields(AnnotateOptions),
+            "explain": lambda: fields(ExplainOptions)}[command]()
+
+
+@pytest.mark.parametrize("command", ["integrate", "image", "annotate", "explain"])
+def test_cli_defaults_are_the_apis_field_by_field(command):
+    """Every CLI option that states a default states its step's dataclass default (or the API's signature):
+    a default changed in the API cannot leave the command line behind."""
+    defaults = api_defaults(command)
+    wrong, checked = [], 0
+    for param in cli.commands[command].params:
+        if not isinstance(param, click.Option) or param.is_flag or param.required or param.multiple \
+                or param.default is None \
+                or param.name in ("output", "device", "threads"):
+            continue
+        field = FIELD_OF.get((command, param.name), param.name)
+        assert field in defaults, f"--{param.name} states a default no options dataclass of {command} has"
+        api = defaults[field]
+        api = ",".join(api) if isinstance(api, tuple) else api
+        checked += 1
+        if param.default != api:
+            wrong.append(f"--{param.name}: CLI {param.default!r}, API {api!r}")
     assert wrong == []
-    assert checked >= 1, f"{tool.name} states no default the CLI has"
+    assert checked >= 1
+
+
+def test_the_train_cli_default_is_the_train_config():
+    """``cellpix train`` states only its preset; that preset is TrainConfig's own defaults."""
+    from cellpix.steps.train.trainer import TrainConfig
+
+    stated = {p.name: p.default for p in cli.commands["train"].params
+              if isinstance(p, click.Option) and not p.is_flag and p.default is not None and not p.required}
+    assert set(stated) == {"preset"}
+    assert TrainConfig.from_preset(stated["preset"]) == TrainConfig()
 
 
 def test_the_coverage_default_is_the_data_layers():
@@ -73,26 +167,29 @@ def test_nextflow_defaults_match_the_schema_and_the_cli():
         elif re.fullmatch(r"\d+", raw):
             value = int(raw)
         assert properties[name].get("default") == value, name
-    assert properties["integration_method"]["default"] == cli_defaults("integrate")["--method"]
+    # what the CLI decides, Nextflow leaves unset (and passes only when a user sets it)
+    for name in ("integration_method", "cells_per_shard"):
+        assert "default" not in properties[name], name
 
 
 def test_the_galaxy_workflow_runs_the_cli_defaults():
-    """A user importing the shipped workflow gets the tools' defaults: its numeric inputs default to the CLI's
-    values, and no step's ``tool_state`` pins a number (test settings belong to the test job)."""
+    """A user importing the shipped workflow gets the tools' defaults: its numeric inputs are optional with no
+    default of their own, and no step's ``tool_state`` pins a number (test settings belong to the test job)."""
     import yaml
 
     workflow = yaml.safe_load((ROOT / "galaxy_tools" / "workflows" / "cellpix-reference-to-annotation.gxwf.yml")
                               .read_text())
     inputs = {name: spec for name, spec in workflow["inputs"].items() if spec.get("type") in ("int", "float")}
     assert inputs, "the workflow exposes no numeric setting"
+    for name, spec in inputs.items():
+        assert spec.get("optional") is True and "default" not in spec, name
     checked = 0
     for step in workflow["steps"].values():
         command = step["tool_id"].removeprefix("cellpix_")
-        defaults = cli_defaults(command)
+        options = {opt for p in cli.commands[command].params for opt in getattr(p, "opts", [])}
         for param, source in step.get("in", {}).items():
             if source in inputs:
-                option = "--" + param.split("|")[-1].replace("_", "-")
-                assert same(str(inputs[source]["default"]), defaults[option]), (source, option)
+                assert "--" + param.split("|")[-1].replace("_", "-") in options, (source, param)
                 checked += 1
 
         def numbers(state: object) -> list[object]:

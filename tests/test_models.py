@@ -93,6 +93,8 @@ def test_the_builtin_model_on_a_query_with_fewer_genes_warns_with_the_coverage(t
     """Kang's committed cells have 6,026 genes: part of the panel is missing, said in uns and on the console."""
     query = ad.read_h5ad(DATA / "kang_ifnb.h5ad")
     model = cx.load_model(BUILTIN)
+    shown = repr(model)  # a notebook shows one line, not every weight
+    assert len(shown) < 300 and "'pbmc-sorted'" in shown and "5000 genes" in shown
     annotated = cx.annotate(query, model)
     coverage = annotated.uns["cellpix"]["gene_matching"]["model_0"]["coverage"]
     assert 0.5 < coverage < 1

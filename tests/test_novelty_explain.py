@@ -202,6 +202,14 @@ def test_explain_cli_without_labels_and_bad_labels(zheng_model, tmp_path):
     bad = subprocess.run([*base, "-o", str(tmp_path / "bad.csv"), "--labels", "nope"], capture_output=True, text=True)
     assert bad.returncode == 1 and "'nope' is not an obs column" in bad.stderr
     assert not (tmp_path / "bad.csv").exists()
+    import anndata as ad
+
+    import cellpix as cx
+    from cellpix.errors import InputDataError
+
+    cells = ad.read_h5ad(ZHENG)[:50].copy()
+    with pytest.raises(InputDataError, match="'nope' is not an obs column"):  # the API checks as the CLI does
+        cx.explain(cells, str(zheng_model), label_key="nope")
 
 
 def test_explain_a_three_channel_model_of_another_backbone():

@@ -221,9 +221,15 @@ def test_restrict_to_limits_answers(zheng_model, query):
     assert set(out.obs["cellpix_base"].astype(str)) <= {"B cell", "NK cell"}
 
 
-def test_ensemble_averages(zheng_model, query):
+def test_ensemble_averages(zheng_model, query, monkeypatch):
+    import cellpix.data.panel as panel
+
     single = annotate_adata(query, load_models([zheng_model]), AnnotateOptions(progress=False))
+    opened = []
+    choose = panel.choose_source
+    monkeypatch.setattr(panel, "choose_source", lambda *a, **k: opened.append(1) or choose(*a, **k))
     double = annotate_adata(query, load_models([zheng_model, zheng_model]), AnnotateOptions(progress=False))
+    assert len(opened) == 1  # the query is checked and its values sampled once, not once per model
     assert np.allclose(single.obsm["cellpix_base_proba"], double.obsm["cellpix_base_proba"], atol=1e-6)
     assert double.uns["cellpix"]["ensemble_size"] == 2
     assert torch.get_num_threads() >= 1

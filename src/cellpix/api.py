@@ -199,16 +199,12 @@ def explain(adata: ad.AnnData, model: TrainedModel | str | Path, options: Explai
     """
     from dataclasses import replace
 
-    from cellpix.data.panel import open_on_panel
     from cellpix.steps.explain.shap_genes import ExplainOptions as Options
-    from cellpix.steps.explain.shap_genes import explain as run
+    from cellpix.steps.explain.step import explain_adata
 
     trained = load_model(model) if isinstance(model, (str, Path)) else model
     options = replace(options or Options(), label_key=label_key or (options.label_key if options else None))
-    labels = adata.obs[options.label_key].astype(str).to_numpy() if options.label_key else None
-    reader = open_on_panel(adata, trained.layout.genes, trained.layout.symbols, options.gene_column, options.layer,
-                           options.use_raw, options.min_gene_coverage)
-    return run(reader, trained, labels, options)
+    return explain_adata(adata, trained, options)
 
 
 def load_model(path: str | Path, device: str = "cpu") -> TrainedModel:

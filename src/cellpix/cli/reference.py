@@ -33,11 +33,13 @@ from cellpix.errors import CellpixError, warn
               help="Query mode: the integrated reference h5ad, or a model bundle or model name, whose panel DATA is "
                    "brought to.")
 @click.option("--method", default="auto", show_default=True,
-              help="Batch correction: auto (combat when the query has --batch-key batches, else none), none, "
-                   "combat, scanorama, harmony, seurat, or a plugin's (`cellpix integrate-methods`).")
+              help="Batch correction: auto (combat across the --batch-key batches when there are two or more, "
+                   "else none; in query mode the reference's cells are not one of them, since ComBat assumes "
+                   "batches of one composition), or none, combat, scanorama, harmony, seurat, or a plugin's "
+                   "(`cellpix integrate-methods`), which in query mode correct toward the reference's cells.")
 @click.option("--batch-key", default=None,
               help="obs column of batches: batch-aware gene selection and correction (reference mode), or the "
-                   "query's own batches, corrected together with the reference (query mode).")
+                   "query's own batches (query mode).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the report: qc.json + qc.png (reference), integration.json + mixing.png (query).")
 @click.option("--min-genes", type=click.IntRange(min=0), default=200, show_default=True,
@@ -89,7 +91,8 @@ def integrate(data: Path, output: Path, reference: Path | None, method: str, bat
         from cellpix.steps.integrate.reference import QCOptions, prepare_reference, query_gene_table
         from cellpix.steps.integrate.report import write_reference_report
 
-        options = QCOptions(min_genes, min_cells, max_mito, n_top_genes, batch_key, hvg_flavor, method,
+        options = QCOptions(min_genes=min_genes, min_cells=min_cells, max_mito_fraction=max_mito,
+                            n_top_genes=n_top_genes, batch_key=batch_key, hvg_flavor=hvg_flavor, correction=method,
                             keep_genes=tuple(g.strip() for g in keep_genes.split(",") if g.strip()))
         tables = []
         for path in genes_from:  # only the genes are needed: X stays on disk
@@ -112,8 +115,9 @@ def integrate(data: Path, output: Path, reference: Path | None, method: str, bat
     from cellpix.steps.integrate.report import write_query_report
 
     panel = load_reference_panel(reference, max_reference_cells, seed)
-    options = QueryOptions(method, batch_key, max_reference_cells, gene_column, layer, use_raw, min_gene_coverage,
-                           seed=seed)
+    options = QueryOptions(method=method, batch_key=batch_key, max_reference_cells=max_reference_cells,
+                           gene_column=gene_column, layer=layer, use_raw=use_raw,
+                           min_gene_coverage=min_gene_coverage, seed=seed)
     result = integrate_query(adata, panel, options)
     write_h5ad_atomic(result.adata, output)
     matching = result.report["gene_matching"]
@@ -122,6 +126,8 @@ def integrate(data: Path, output: Path, reference: Path | None, method: str, bat
                f"method {result.report['method']} → {output}")
     for line in describe_mixing(result.report):
         click.echo(f"  {line}")
+    for line in result.report["warnings"]:
+        warn(line)
     if report_dir:
         write_query_report(result.adata, report_dir, batch_key)
 

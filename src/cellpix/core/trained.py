@@ -35,7 +35,7 @@ from cellpix.core.render import ImageRenderer
 from cellpix.errors import BundleError, CellpixError, warn
 
 
-@dataclass
+@dataclass(repr=False)
 class TrainedModel:
     """Everything annotate and explain need, rebuilt from (or ready to become) a bundle."""
 
@@ -51,6 +51,15 @@ class TrainedModel:
     def __post_init__(self) -> None:
         if self.reference_space is not None:  # its settings and threshold travel in the metadata
             self.metadata["reference_space"] = self.reference_space.metadata()
+
+    def __repr__(self) -> str:
+        """One line a notebook can show: what the model answers and on which genes (the dataclass repr printed
+        every weight, 140,176 characters)."""
+        summary = self.summary()
+        checksum = f", sha256 {self.checksum[:12]}…" if self.checksum else ""
+        return (f"TrainedModel(hierarchy={summary['hierarchy']!r}, {summary['base_types']} base types, "
+                f"{summary['labels']} labels, {summary['genes']} genes on {summary['image']} px, "
+                f"network={summary['network']!r}{checksum})")
 
     @property
     def space(self) -> LabelSpace:

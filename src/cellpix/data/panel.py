@@ -32,7 +32,12 @@ class PanelReader:
         return self.source.n_obs
 
     def align(self, block: sp.csr_matrix) -> sp.csr_matrix:
-        aligned = (normalise_rows(block, self.kind) @ self._selector).tocsr()
+        """A raw block normalised and put on the panel."""
+        return self.select(normalise_rows(block, self.kind))
+
+    def select(self, normalised: sp.csr_matrix) -> sp.csr_matrix:
+        """A block already normalised (:func:`normalise_rows`, shared by every panel of an ensemble) on the panel."""
+        aligned = (normalised @ self._selector).tocsr()
         aligned.sort_indices()
         return aligned.astype(np.float32, copy=False)
 
@@ -71,8 +76,26 @@ def open_on_panel(
     other_species_ok: bool = False,
 ) -> PanelReader:
     """Check a query (cells, values, genes) and return a reader of it on the model's panel."""
+    (reader,) = open_on_panels(adata, [(panel_ids, panel_symbols)], gene_column, layer, use_raw, min_coverage,
+                               other_species_ok)
+    return reader
+
+
+def open_on_panels(
+    adata: ad.AnnData,
+    panels: list[tuple[list[str], list[str] | None]],
+    gene_column: str | None = None,
+    layer: str | None = None,
+    use_raw: bool | None = None,
+    min_coverage: float = DEFAULT_MIN_COVERAGE,
+    other_species_ok: bool = False,
+) -> list[PanelReader]:
+    """One reader per (gene IDs, symbols) panel, sharing one source: the query's cells are checked, its matrix
+    chosen and its values sampled once, however many models of an ensemble read it."""
     check_cells(adata)
     source, kind = choose_source(adata, layer=layer, use_raw=use_raw)
-    match = match_genes(source.var, panel_ids, panel_symbols, gene_column=gene_column, min_coverage=min_coverage,
-                        other_species_ok=other_species_ok)
-    return PanelReader(source, kind, match, pd.Index(adata.obs_names))
+    names = pd.Index(adata.obs_names)
+    return [PanelReader(source, kind, match_genes(source.var, ids, symbols, gene_column=gene_column,
+                                                  min_coverage=min_coverage, other_species_ok=other_species_ok),
+                        names)
+            for ids, symbols in panels]

@@ -18,9 +18,10 @@ process CELLPIX_SPLIT {
 
     script:
     def args = task.ext.args ?: ''
+    def shard_size = cells_per_shard ? "--cells-per-shard ${cells_per_shard}" : ''
     prefix = task.ext.prefix ?: "${meta.id}"
     """
-    cellpix split "$query" --outdir . --prefix "$prefix" --cells-per-shard $cells_per_shard --quiet $args
+    cellpix split "$query" --outdir . --prefix "$prefix" $shard_size --quiet $args
     """
 
     stub:

@@ -28,8 +28,9 @@ from cellpix.core.novelty import label_thresholds
 from cellpix.core.predict import Predictions, inference_copy, predict_matrix, resolve_precision
 from cellpix.core.trained import TrainedModel
 from cellpix.data.genes import DEFAULT_MIN_COVERAGE
+from cellpix.data.inputs import normalise_rows
 from cellpix.data.io import atomic_path, read_h5ad, write_uns_entry
-from cellpix.data.panel import PanelReader, open_on_panel
+from cellpix.data.panel import PanelReader, open_on_panels
 from cellpix.data.runtime import release_freed_memory
 from cellpix.data.shift import cell_statistics
 from cellpix.errors import CellpixError, warn
@@ -60,7 +61,7 @@ GPU_BATCH = 512
 CHUNK_SIZE = 2048
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AnnotateOptions:
     """How a query is read (gene column, layer, ``.raw``, minimum gene coverage), what may be answered
     (``restrict_to``), the novelty rule, the streaming chunk and batch sizes, the device and arithmetic, and
@@ -124,9 +125,9 @@ def load_models(paths: list[str | Path], device: str = "cpu") -> list[TrainedMod
 
 
 def _readers(adata: ad.AnnData, models: list[TrainedModel], options: AnnotateOptions) -> list[PanelReader]:
-    return [open_on_panel(adata, m.layout.genes, m.layout.symbols, options.gene_column, options.layer,
-                          options.use_raw, options.min_gene_coverage, other_species_ok=options.force)
-            for m in models]
+    """One reader per model, opened on one shared source (the query is checked once for an ensemble)."""
+    return open_on_panels(adata, [(m.layout.genes, m.layout.symbols) for m in models], options.gene_column,
+                          options.layer, options.use_raw, options.min_gene_coverage, other_species_ok=options.force)
 
 
 @dataclass
@@ -151,14 +152,15 @@ def _stream(models: list[TrainedModel], readers: list[PanelReader], options: Ann
     bar = tqdm(total=source.n_obs, desc="annotating", unit="cell", disable=not options.progress)
     for start, stop, raw in source.chunks(options.chunk_size):
         readers[0].check(raw, start)  # every chunk, not only the rows sampled to classify the file
-        blocks = [reader.align(raw) for reader in readers]
+        normalised = normalise_rows(raw, readers[0].kind)  # once per chunk, whatever the ensemble's size
+        blocks = [reader.select(normalised) for reader in readers]
         stats = cell_statistics(blocks[0])  # the shift guards' per-cell statistics, on the first model's panel
         distance, by_class = _reference_scores(models[0], blocks[0])
         stats = np.column_stack([stats, distance])
         codes, coords = plan.place(start, stop, blocks[0]) if plan is not None else (None, None)
         pred = predict_matrix(pairs, blocks, space, options.inference_batch, options.device,
                               options.restrict_to, options.precision)
-        del raw, blocks
+        del raw, normalised, blocks
         release_freed_memory()
         bar.update(stop - start)
         yield Chunk(start, stop, pred, stats, by_class, codes, coords)

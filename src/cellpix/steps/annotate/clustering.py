@@ -129,7 +129,8 @@ def cluster_warnings(clusters: ClusterEvidence) -> list[str]:
     lines = []
     for _, row in flagged.iterrows():
         answer = "a type the reference lacks" if row["verdict"] == UNKNOWN else \
-            f"a {row['consensus_base']} subtype the reference lacks"
+            f"a {row['consensus_base']} subtype or state the reference lacks (a population it has not seen, or " \
+            "its cells activated or stimulated)"
         markers = f"; its markers: {row['markers']}" if row.get("markers") else ""
         if row.get("lacking"):
             markers += f"; it lacks {row['consensus_base']} markers {row['lacking']}"

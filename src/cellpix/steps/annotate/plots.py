@@ -9,6 +9,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
+from cellpix.data.inputs import TARGET_SUM
 from cellpix.data.io import save_figure
 
 matplotlib.use("Agg")
@@ -51,7 +52,7 @@ def _own_pca(adata: ad.AnnData, rows: np.ndarray, seed: int) -> ad.AnnData:
     view = ad.AnnData(X=x)
     data = x.data if sp.issparse(x) else x
     if data.size and data.min() >= 0 and np.allclose(data[:10000], np.round(data[:10000])):
-        sc.pp.normalize_total(view, target_sum=1e4)
+        sc.pp.normalize_total(view, target_sum=TARGET_SUM)
         sc.pp.log1p(view)
     if data.size and data.min() >= 0:
         sc.pp.highly_variable_genes(view, n_top_genes=min(2000, view.n_vars), flavor="seurat", subset=True)

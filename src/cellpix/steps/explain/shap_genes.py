@@ -62,7 +62,7 @@ BROAD_DETECTION = 0.5
 BROAD_CELLS_PER_TYPE = 50
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExplainOptions:
     """Which cells and classes are explained, the bounds that keep SHAP's cost fixed whatever the size of the
     data, and how the data are read onto the model's panel (``gene_column``, ``layer``, ``use_raw``,

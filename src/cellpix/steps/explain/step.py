@@ -6,6 +6,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import anndata as ad
 import h5py
 import numpy as np
 
@@ -27,25 +28,34 @@ class ExplainOutputs:
     h5ad: Path | None
 
 
+def explain_adata(adata: ad.AnnData, model: TrainedModel, options: ExplainOptions, source: str = "the data"
+                  ) -> Explanation:
+    """Explain ``model`` on the cells of ``adata`` (in memory or backed): the one orchestration of the step, for
+    the API and for :func:`explain_file`. Cells are grouped by ``options.label_key`` (an obs column, checked
+    first) or by the model's own call."""
+    labels = None
+    if options.label_key:
+        if options.label_key not in adata.obs.columns:
+            raise InputDataError(f"--labels {options.label_key!r} is not an obs column of {source}; "
+                                 f"columns: {', '.join(map(str, adata.obs.columns))}")
+        labels = adata.obs[options.label_key].astype(str).to_numpy()
+    reader = open_on_panel(adata, model.layout.genes, model.layout.symbols, options.gene_column, options.layer,
+                           options.use_raw, options.min_gene_coverage)
+    result = explain(reader, model, labels, options)
+    result.metadata["gene_matching"] = reader.report()
+    result.metadata["cellpix_version"] = __version__
+    return result
+
+
 def explain_file(data: str | Path, model: TrainedModel, table_path: str | Path, options: ExplainOptions,
                  plots_dir: str | Path | None = None, output_h5ad: str | Path | None = None
                  ) -> tuple[Explanation, ExplainOutputs]:
     """Explain ``model`` on the cells of ``data`` (read backed, so only sampled cells are loaded)."""
     adata = read_h5ad(data, backed=True)
     try:
-        labels = None
-        if options.label_key:
-            if options.label_key not in adata.obs.columns:
-                raise InputDataError(f"--labels {options.label_key!r} is not an obs column of {data}; "
-                                     f"columns: {', '.join(map(str, adata.obs.columns))}")
-            labels = adata.obs[options.label_key].astype(str).to_numpy()
-        reader = open_on_panel(adata, model.layout.genes, model.layout.symbols, options.gene_column, options.layer,
-                               options.use_raw, options.min_gene_coverage)
-        result = explain(reader, model, labels, options)
-        result.metadata["gene_matching"] = reader.report()
+        result = explain_adata(adata, model, options, source=str(data))
     finally:
         adata.file.close()
-    result.metadata["cellpix_version"] = __version__
     table_path = Path(table_path)
     with atomic_path(table_path) as tmp:
         spreadsheet_safe(result.table).to_csv(tmp, index=False, float_format="%.6g")

@@ -9,7 +9,7 @@ records what was filtered and why.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import anndata as ad
@@ -32,7 +32,7 @@ MOST_CELLS_REMOVED = 0.5
 
 
 
-@dataclass
+@dataclass(kw_only=True)
 class QCOptions:
     """Reference QC and panel options; the defaults are common scanpy practice."""
 
@@ -45,7 +45,9 @@ class QCOptions:
     # Zheng sorted PBMC the Pearson panel lifted subtype macro-F1 from 0.801 to 0.840 for a logistic regression on
     # the panel alone (fold 0; 0.847 on every gene), and from 0.688 to 0.722 for cellpix over 5 folds.
     hvg_flavor: str = "auto"
-    correction: str = "none"  # an integration method applied across the reference's own batches (--batch-key)
+    # An integration method applied across the reference's own batches (``batch_key``); "auto": ComBat when there
+    # is a batch key, else none.
+    correction: str = "auto"
     # Genes (symbols or IDs) kept in the panel whether or not they are highly variable: markers people want
     # imaged and explained. Sparse lineage markers often miss the HVG cut (CD34 is not among Zheng's top 5,000).
     keep_genes: tuple[str, ...] = ()
@@ -80,8 +82,8 @@ def prepare_reference(adata: ad.AnnData, options: QCOptions | None = None, layer
     Returns
     -------
     AnnData with X = log1p(CP10k) on the panel, ``obs['cellpix_n_genes']``, ``obs['cellpix_mito_fraction']``,
-    ``var['gene_symbol']`` and ``uns['cellpix_integrate']`` (what was filtered and why, the normalisation, the
-    query restriction and any warnings).
+    ``var['gene_symbol']``, ``uns['cellpix_integrate']`` (what was filtered and why, the normalisation, the
+    query restriction and any warnings) and ``uns['log1p']`` (scanpy's mark of log1p values, natural log).
     """
     options = options or QCOptions()
     check_cells(adata)
@@ -142,13 +144,14 @@ def prepare_reference(adata: ad.AnnData, options: QCOptions | None = None, layer
     if out.n_vars > options.n_top_genes:
         report["hvg_flavor"] = resolve_hvg_flavor(options.hvg_flavor, has_counts=counts is not None)
         out = out[:, select_variable_genes(out, counts, options) | kept].copy()
-    if options.correction == "auto":  # across the reference's own batches only when it has some
-        options.correction = "combat" if options.batch_key else "none"
+    if options.correction == "auto":  # across the reference's own batches only when it has some (the caller's
+        options = replace(options, correction="combat" if options.batch_key else "none")  # options stay as given)
     if options.correction != "none":
         out = correct_reference_batches(out, options)
         report["correction"] = options.correction
     report.update({"n_cells_out": int(out.n_obs), "n_genes_out": int(out.n_vars), "warnings": warnings})
     out.uns["cellpix_integrate"] = {"mode": "reference", **_jsonable(report)}
+    out.uns["log1p"] = {"base": None}  # scanpy's record that X is log1p (natural log) values
     return out
 
 

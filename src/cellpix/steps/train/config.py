@@ -41,7 +41,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
     """Training options; the defaults are the CPU preset."""
 

@@ -15,6 +15,7 @@ import torch
 from cellpix import __version__
 from cellpix.core.label_space import LabelSpace
 from cellpix.core.reference_space import ReferenceSpace, fit_reference_space
+from cellpix.data.inputs import TARGET_SUM
 from cellpix.data.shift import cell_statistics, reference_profile
 from cellpix.errors import TrainingFailedError
 from cellpix.steps.train.config import MIN_CLASS_CELLS, TrainConfig
@@ -102,7 +103,7 @@ def bundle_metadata(hierarchy, layout, model_config, config, state, val_metrics,
         "hierarchy": hierarchy.to_dict(),
         "layout": layout.to_dict(),
         "model": model_config.to_dict(),
-        "normalisation": {"target_sum": 1e4, "log1p": True, "scaling": "per-gene min-max on the reference, "
+        "normalisation": {"target_sum": TARGET_SUM, "log1p": True, "scaling": "per-gene min-max on the reference, "
                           "clipped to [0, 1]"},
         "novelty": novelty,
         "training": {

@@ -1,0 +1,80 @@
+"""Interferon-stimulated cells: annotated alone, or with their controls as the query's batches.
+
+``python -m benchmarks.probe_kang_together``: the default model trained on every Zheng cell (panel among Kang's
+genes) annotates Kang 2018 stimulated PBMC alone, as ``benchmarks.unseen`` does, and control and stimulated cells
+as one query three ways: uncorrected; with the condition as batches corrected by ComBat toward the reference's
+cells (``cellpix integrate --reference REF --batch-key condition --method combat``); and as ``--method auto``
+corrects them (ComBat across the query's own batches). Per condition: the share of known and unseen cells
+flagged, of the CD14+ monocytes flagged, and the consensus lineage accuracy of known cells. Writes
+``benchmarks/results/kang_together.csv``.
+"""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from benchmarks.accuracy import LABEL
+from benchmarks.common import ZHENG, require, write_csv
+from benchmarks.kang_labels import KNOWN, kang_with_labels
+
+REFERENCE_CELLS = 3000
+
+
+def shares(annotated: ad.AnnData, lineage: np.ndarray, condition: np.ndarray, setting: str) -> list[dict]:
+    """Flag shares of known and unseen cells, per condition, and lineage accuracy of the consensus."""
+    from benchmarks.accuracy import lineage as lineage_of
+
+    novel = annotated.obs["cellpix_is_novel"].to_numpy(bool)
+    consensus = lineage_of(annotated.obs["cellpix_consensus_subtype"].astype(str).to_numpy())
+    rows = []
+    for name in np.unique(condition):
+        here = condition == name
+        known = here & np.isin(lineage, KNOWN)
+        unseen = here & np.char.startswith(lineage.astype(str), "unseen")
+        monocytes = here & (lineage == "CD14+")
+        rows.append({"setting": setting, "condition": name, "known_cells": int(known.sum()),
+                     "known_flagged": float(novel[known].mean()), "cd14_flagged": float(novel[monocytes].mean()),
+                     "unseen_cells": int(unseen.sum()), "unseen_flagged": float(novel[unseen].mean()),
+                     "lineage_accuracy_consensus": float((consensus[known] == lineage[known]).mean())})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
+    from cellpix.steps.imaging.layout import fit_layout
+    from cellpix.steps.integrate.query import QueryOptions, ReferencePanel, integrate_query
+    from cellpix.steps.integrate.reference import QCOptions, prepare_reference, query_gene_table
+    from cellpix.steps.train.trainer import TrainConfig, train
+
+    kang = kang_with_labels()
+    raw = ad.read_h5ad(require(ZHENG))
+    ref = prepare_reference(raw, QCOptions(n_top_genes=5000), genes_from=[query_gene_table(kang)])
+    layout = fit_layout(ref, groupby=LABEL, symbol_column="gene_symbol", max_cells=1500)
+    model = train(ref, layout, resolve_hierarchy("pbmc-sorted"), LABEL, TrainConfig(seed=0), progress=False)
+    options = AnnotateOptions(progress=False)
+    lineage = kang.obs["lineage"].astype(str).to_numpy()
+    condition = kang.obs["condition"].astype(str).to_numpy()
+    rows = []
+    stim = condition == "stim"
+    rows += shares(annotate_adata(kang[stim].copy(), [model], options), lineage[stim], condition[stim], "stim alone")
+    rows += shares(annotate_adata(kang.copy(), [model], options), lineage, condition, "ctrl + stim, uncorrected")
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(ref.n_obs, min(REFERENCE_CELLS, ref.n_obs), replace=False))
+    panel = ReferencePanel(ref.var_names.tolist(), ref.var["gene_symbol"].astype(str).tolist(), ZHENG.name,
+                           ref.X[sample].toarray().astype(np.float32))
+    toward = integrate_query(kang.copy(), panel, QueryOptions(method="combat", batch_key="condition"))
+    rows += shares(annotate_adata(toward.adata, [model], options), lineage, condition,
+                   "ctrl + stim, ComBat toward the reference's cells (--method combat)")
+    among = integrate_query(kang.copy(), panel, QueryOptions(batch_key="condition"))
+    rows += shares(annotate_adata(among.adata, [model], options), lineage, condition,
+                   f"ctrl + stim, --method auto ({among.report['method']} across "
+                   f"{among.report['corrected_toward']})")
+    write_csv(pd.DataFrame(rows), "kang_together.csv")
+
+
+if __name__ == "__main__":
+    main()
