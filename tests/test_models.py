@@ -96,6 +96,11 @@ def test_the_builtin_model_on_a_query_with_fewer_genes_warns_with_the_coverage(t
     shown = repr(model)  # a notebook shows one line, not every weight
     assert len(shown) < 300 and "'pbmc-sorted'" in shown and "5000 genes" in shown
     annotated = cx.annotate(query, model)
+    assert "cellpix_label" not in query.obs  # a copy by default
+    in_place = query.copy()
+    assert cx.annotate(in_place, model, copy=False) is None  # scanpy's copy=False: the entries join the object
+    assert (in_place.obs["cellpix_label"].astype(str) == annotated.obs["cellpix_label"].astype(str)).all()
+    assert set(annotated.obsm) <= set(in_place.obsm) and in_place.uns["cellpix"]["n_cells"] == query.n_obs
     coverage = annotated.uns["cellpix"]["gene_matching"]["model_0"]["coverage"]
     assert 0.5 < coverage < 1
     assert any("genes" in w and "%" in w for w in annotated.uns["cellpix"]["warnings"])

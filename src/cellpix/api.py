@@ -132,7 +132,7 @@ def train(reference: ad.AnnData, layout: GeneLayout, hierarchy: Hierarchy | str,
 
 
 def annotate(query: ad.AnnData, model: TrainedModel | Sequence[TrainedModel] | str | Path,
-             options: AnnotateOptions | None = None) -> ad.AnnData:
+             options: AnnotateOptions | None = None, *, copy: bool = True) -> ad.AnnData | None:
     """Annotate a query with base types, subtypes, confidences and novelty flags.
 
     Parameters
@@ -144,12 +144,16 @@ def annotate(query: ad.AnnData, model: TrainedModel | Sequence[TrainedModel] | s
         the path of a bundle.
     options
         :class:`cellpix.steps.annotate.annotate.AnnotateOptions` (gene matching, coverage, novelty rule, device).
+    copy
+        Return an annotated copy (the default, as before), or with ``False`` add the entries to ``query`` itself
+        and return None, as scanpy's tools do; nothing is written into ``query`` until every answer is computed.
 
     Returns
     -------
-    AnnData
-        A copy of ``query`` with ``obs['cellpix_base']``, ``obs['cellpix_subtype']`` (``unassigned`` for cells
-        without expression on the model's genes, reason in ``obs['cellpix_unassigned']``),
+    AnnData or None
+        A copy of ``query`` (or, with ``copy=False``, None and ``query`` itself) with ``obs['cellpix_base']``,
+        ``obs['cellpix_subtype']`` (``unassigned`` for cells without expression on the model's genes, reason in
+        ``obs['cellpix_unassigned']``),
         ``obs['cellpix_base_probability']``, ``obs['cellpix_subtype_probability']``,
         ``obs['cellpix_novelty_score']``, ``obs['cellpix_is_novel']`` with its reason in
         ``obs['cellpix_novelty_reason']`` (``subtype``, ``out_of_reference`` or both),
@@ -172,7 +176,8 @@ def annotate(query: ad.AnnData, model: TrainedModel | Sequence[TrainedModel] | s
 
     given = list(model) if isinstance(model, Sequence) and not isinstance(model, str) else [model]
     models = [load_model(m) if isinstance(m, (str, Path)) else m for m in given]
-    return annotate_adata(query, models, options)
+    annotated = annotate_adata(query, models, options, copy=copy)
+    return annotated if copy else None
 
 
 def explain(adata: ad.AnnData, model: TrainedModel | str | Path, options: ExplainOptions | None = None, *,

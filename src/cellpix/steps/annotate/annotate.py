@@ -296,16 +296,17 @@ def _finish(models: list[TrainedModel], readers: list[PanelReader], options: Ann
     return Finished(frame, meta, coords)
 
 
-def annotate_adata(adata: ad.AnnData, models: list[TrainedModel], options: AnnotateOptions | None = None
-                   ) -> ad.AnnData:
-    """Annotate an in-memory AnnData; returns a copy with cellpix's obs, obsm and uns entries."""
+def annotate_adata(adata: ad.AnnData, models: list[TrainedModel], options: AnnotateOptions | None = None, *,
+                   copy: bool = True) -> ad.AnnData:
+    """Annotate an in-memory AnnData: a copy with cellpix's obs, obsm and uns entries, or (``copy=False``) the
+    same object with them added. Nothing is written into ``adata`` before every answer is computed."""
     options = _with_query_facts(options or AnnotateOptions(), adata)
     _check_rule(options)
     readers = _readers(adata, models, options)
     plan = _plan(adata, readers, options)
     chunks = list(_stream(models, readers, options, plan))
     done = _finish(models, readers, options, adata.obs_names, chunks, plan)
-    out = adata.copy()
+    out = adata.copy() if copy else adata
     for column, values in done.obs.items():
         out.obs[column] = values
     out.obsm[f"{PREFIX}base_proba"] = np.vstack([c.pred.base_proba for c in chunks])
