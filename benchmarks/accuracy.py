@@ -407,7 +407,7 @@ def cross_dataset(epochs: int | None = None, max_reference_cells: int | None = N
         out = annotate_adata(query.adata, [model], AnnotateOptions(use_raw=query.use_raw, progress=False))
         setting = f"Zheng 2017 sorted ({reference.n_obs:,} cells, {ref.n_vars:,}-gene panel)"
         coverage = out.uns["cellpix"]["gene_matching"]["model_0"]["coverage"]
-        name = f"cellpix default ({model.model.config.describe()}), {config.epochs} ep"
+        name = f"cellpix default ({model.config.describe()}), {config.epochs} ep"
         rows.append({"contender": name, "reference": setting,
                      **cross_scores(query, out.obs["cellpix_subtype"].astype(str).to_numpy(), coverage),
                      **novelty_scores(query, out.obs["cellpix_is_novel"].to_numpy(dtype=bool),

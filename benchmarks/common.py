@@ -54,13 +54,43 @@ def resample_rows(matrix: sp.csr_matrix, n: int, rng: np.random.Generator) -> sp
     return sp.csr_matrix(matrix[rng.integers(0, matrix.shape[0], size=n)])
 
 
-def synthetic_query(source: ad.AnnData, n: int, path: Path, seed: int = 0) -> Path:
-    """Write an h5ad of ``n`` resampled raw-count cells with the source's genes (Ensembl IDs + symbols)."""
+def synthetic_query(source: ad.AnnData, n: int, path: Path, seed: int = 0, chunk: int = 200_000) -> Path:
+    """Write an h5ad of ``n`` new raw-count cells made from the source's (Ensembl IDs + symbols kept).
+
+    Each new cell pools the counts of two source cells of one ``cell_type`` and keeps each UMI with probability
+    1/2 (binomial thinning): the depth, sparsity and expression of that type's cells, and no two cells alike. Cells
+    drawn with replacement instead are copies (100,000 from Zheng's 3,774 hold about 26 of each), and copies
+    cluster into groups of a few whose markers no reference type detects as often (1,615 of 1,660 clusters judged
+    unlike any type); thinning copies alone still left tiny clusters of one cell's copies. Written ``chunk`` cells
+    at a time (appended to the file's matrix), so a million cells need no more memory than 200,000.
+    """
+    import h5py
+    from anndata.io import sparse_dataset, write_elem
+
     rng = np.random.default_rng(seed)
-    matrix = resample_rows(sp.csr_matrix(source.X), n, rng)
-    obs = pd.DataFrame({"cell_type": source.obs["cell_type"].to_numpy()[rng.integers(0, source.n_obs, n)]},
-                       index=[f"cell{i}" for i in range(n)])
-    ad.AnnData(X=matrix, obs=obs, var=source.var.copy()).write_h5ad(path)
+    counts = sp.csr_matrix(source.X, dtype=np.float32)
+    types = source.obs["cell_type"].to_numpy()
+    members = {label: np.flatnonzero(types == label) for label in np.unique(types)}
+    labels = []
+    for start in range(0, n, chunk):
+        first = rng.integers(0, source.n_obs, size=min(chunk, n - start))
+        second = np.empty_like(first)
+        for label, rows in members.items():
+            chosen = np.flatnonzero(types[first] == label)
+            second[chosen] = rng.choice(rows, size=len(chosen))
+        block = sp.csr_matrix(counts[first] + counts[second])
+        block.data = rng.binomial(block.data.astype(np.int64), 0.5).astype(np.float32)
+        block.eliminate_zeros()
+        labels.append(types[first])
+        if start == 0:
+            ad.AnnData(X=block, var=source.var.copy()).write_h5ad(path)
+        else:
+            with h5py.File(path, "r+") as handle:
+                sparse_dataset(handle["X"]).append(block)
+    obs = pd.DataFrame({"cell_type": np.concatenate(labels)}, index=[f"cell{i}" for i in range(n)])
+    with h5py.File(path, "r+") as handle:
+        del handle["obs"]
+        write_elem(handle, "obs", obs)
     return path
 
 

@@ -1,10 +1,13 @@
-"""Whole-process cost of annotating 10,000 Zheng cells: `cellpix annotate` beside the `celltypist` CLI.
+"""Whole-process cost of annotating 10,000 and 100,000 cells: `cellpix annotate` beside the `celltypist` CLI.
 
-``python -m benchmarks cost``. Both tools get a model trained on every Zheng cell and annotate the same 10,000
-cells (resampled from the real ones, with their real sparsity), each as one process started from the shell,
-timed by ``/usr/bin/time`` (wall time and peak RSS). cellpix reads raw counts with Ensembl IDs, as a user's file
-would be; CellTypist is given what its CLI requires (log1p CP10k, gene symbols). Then one cellpix run under
-cProfile says where its time goes.
+``python -m benchmarks cost [--cells 10000,100000]``. Both tools get a model trained on every Zheng cell and
+annotate the same cells (new cells made from Zheng's, :func:`benchmarks.common.synthetic_query`), each as one
+process started from the shell, timed by ``/usr/bin/time`` (wall time and peak RSS). cellpix runs as shipped
+(cluster consensus and unknown-cluster flags on) and with ``--no-consensus`` (per-cell calls and flags, what the
+CellTypist CLI gives without ``--majority-voting``). cellpix reads raw counts with Ensembl IDs, as a user's file
+would be; CellTypist is given what its CLI requires (log1p CP10k, gene symbols). The floor is a bare
+``anndata.read_h5ad`` of the query in a fresh interpreter. Then one cellpix run per size under cProfile says where
+its time goes.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ import pandas as pd
 
 from benchmarks.common import ROOT, ZHENG, require, synthetic_query
 
-N_CELLS = 10_000
+SIZES = (10_000, 100_000)
 PHASES = {  # cProfile function names → the phase they belong to (cumulative time of each, summed)
     "load model": ["load_models"],
-    "read and normalise chunks": ["rows"],
-    "value checks": ["value_kind", "check_cells"],
-    "rendering": ["render_csr"],
-    "forward pass": ["conditional_probabilities"],
+    "read chunks": ["chunks"],
+    "value checks": ["check_block"],
+    "normalise": ["normalise_rows"],
+    "forward pass (read-out)": ["predict_matrix"],
+    "reference distances": ["_reference_scores"],
+    "query clusters": ["plan_clusters", "place"],
+    "cluster evidence and query-wide novelty": ["_finish"],
 }
 
 
@@ -102,7 +108,7 @@ def celltypist_input(query: Path, folder: Path) -> Path:
 def phases(bundle: Path, query: Path, folder: Path) -> dict[str, float]:
     """Seconds per phase of one in-process annotation (imports timed apart, in a fresh interpreter)."""
     imports = subprocess.run([sys.executable, "-c", "import time; t = time.perf_counter(); "
-                              "import cellpix.steps.annotate.annotate, cellpix.core.trained; "
+                              "import cellpix.cli, cellpix.steps.annotate.annotate, cellpix.core.trained; "
                               "print(time.perf_counter() - t)"],
                              capture_output=True, text=True, check=True, cwd=ROOT)
     from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_file, load_models
@@ -122,33 +128,41 @@ def phases(bundle: Path, query: Path, folder: Path) -> dict[str, float]:
     return out
 
 
-def run(on_row=None) -> pd.DataFrame:
+def run(on_row=None, sizes: tuple[int, ...] = SIZES) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
+
+    def record(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(row, flush=True)
+        if on_row is not None:
+            on_row(pd.DataFrame(rows))
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         bundle, typist, train_s = train_models(folder)
-        query = synthetic_query(ad.read_h5ad(require(ZHENG)), N_CELLS, folder / "query.h5ad", seed=0)
-        typist_query = celltypist_input(query, folder)
+        source = ad.read_h5ad(require(ZHENG))
         cellpix_bin = str(Path(sys.executable).parent / "cellpix")
         typist_bin = str(Path(sys.executable).parent / "celltypist")
-        for repeat in range(2):
-            (folder / f"typist{repeat}").mkdir()  # the celltypist CLI wants an existing --outdir
-            rows.append({"tool": "cellpix annotate (default model)", "repeat": repeat, "cells": N_CELLS,
-                         **timed([cellpix_bin, "annotate", str(query), "-m", str(bundle), "-o",
-                                  str(folder / f"out{repeat}.h5ad"), "--quiet"], folder),
-                         "model_train_s": round(train_s, 1)})
-            rows.append({"tool": "celltypist CLI (retrained on Zheng)", "repeat": repeat, "cells": N_CELLS,
-                         **timed([typist_bin, "--indata", str(typist_query), "--model", str(typist), "--outdir",
-                                  str(folder / f"typist{repeat}")], folder)})
-            for row in rows[-2:]:
-                print(row, flush=True)
-        breakdown = phases(bundle, query, folder)
-        print(breakdown, flush=True)
-        rows.append({"tool": "cellpix annotate, where the time goes (s)", "cells": N_CELLS, **breakdown})
-    frame = pd.DataFrame(rows)
-    if on_row is not None:
-        on_row(frame)
-    return frame
+        for n in sizes:
+            query = synthetic_query(source, n, folder / f"query_{n}.h5ad", seed=0)
+            typist_query = celltypist_input(query, folder)
+            record({"tool": "bare read (anndata.read_h5ad, fresh interpreter)", "cells": n, **timed(
+                [sys.executable, "-c", f"import anndata; anndata.read_h5ad({str(query)!r})"], folder)})
+            for repeat in range(2):
+                for name, extra in (("cellpix annotate (default: consensus on)", []),
+                                    ("cellpix annotate --no-consensus", ["--no-consensus"])):
+                    record({"tool": name, "repeat": repeat, "cells": n, "model_train_s": round(train_s, 1),
+                            **timed([cellpix_bin, "annotate", str(query), "-m", str(bundle), "-o",
+                                     str(folder / f"out_{n}_{repeat}.h5ad"), "--quiet", *extra], folder)})
+                (folder / f"typist{n}_{repeat}").mkdir()  # the celltypist CLI wants an existing --outdir
+                record({"tool": "celltypist CLI (retrained on Zheng)", "repeat": repeat, "cells": n,
+                        **timed([typist_bin, "--indata", str(typist_query), "--model", str(typist), "--outdir",
+                                 str(folder / f"typist{n}_{repeat}")], folder)})
+            record({"tool": "cellpix annotate, where the time goes (s)", "cells": n,
+                    **phases(bundle, query, folder)})
+            for path in folder.glob("out_*.h5ad"):
+                path.unlink()
+    return pd.DataFrame(rows)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,8 @@ def fit_one(data: dict[str, Any], model_kwargs: dict[str, Any], epochs: int, see
     ``min_epoch_steps`` passes over a small reference several times per epoch, as the trainer does
     (``TrainConfig.min_epoch_steps``).
     """
-    from cellpix.core.network import HierarchicalClassifier, ModelConfig
+    from cellpix.core.model_config import ModelConfig
+    from cellpix.core.network import HierarchicalClassifier
     from cellpix.core.predict import conditional_probabilities
     from cellpix.steps.train.loss import AdaptiveHierarchicalFocalLoss, balanced_class_weights
 
@@ -151,9 +152,11 @@ def fit_one(data: dict[str, Any], model_kwargs: dict[str, Any], epochs: int, see
     base_p, cond = [], []
     with torch.no_grad():
         for i in range(0, len(data["x_test"]), 256):
-            b, c = conditional_probabilities(final, data["x_test"][i:i + 256], space)
-            base_p.append(b.numpy())
-            cond.append(c.numpy())
+            base_logits, sub_logits = final(data["x_test"][i:i + 256])
+            b, c = conditional_probabilities((base_logits.float().numpy(), [s.float().numpy() for s in sub_logits]),
+                                             space)
+            base_p.append(b)
+            cond.append(c)
     return np.concatenate(base_p), np.concatenate(cond)
 
 

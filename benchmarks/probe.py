@@ -105,7 +105,7 @@ def annotate(bundle: str, query: str, chunk_size: int | None = None, batch_size:
     wall = time.perf_counter() - start
     n = result.metadata["n_cells"]
     return {"n_cells": n, "wall_s": wall, "cells_per_s": n / wall, "peak_rss_mb": peak_rss_mb(),
-            "backbone": models[0].model.config.backbone, "pixels": models[0].layout.size,
+            "backbone": models[0].config.backbone, "pixels": models[0].layout.size,
             "precision": result.metadata["precision"]}
 
 
@@ -125,13 +125,13 @@ def stream_predict(bundle: str, reference: str, n_cells: int, chunk_size: int) -
     start = time.perf_counter()
     while done < n_cells:
         size = min(chunk_size, n_cells - done)
-        predict_matrix([(model.model, model.renderer)], [resample_rows(pool, size, rng)], model.space, 512)
+        predict_matrix([model.logit_source(512)], [resample_rows(pool, size, rng)], model.space)
         done += size
         if done in (chunk_size, n_cells // 2, n_cells) or done % 100_000 == 0:
             samples[str(done)] = round(current_rss_mb(), 1)
     wall = time.perf_counter() - start
     return {"n_cells": n_cells, "wall_s": wall, "cells_per_s": n_cells / wall, "peak_rss_mb": peak_rss_mb(),
-            "rss_mb_at": samples, "backbone": model.model.config.backbone, "pixels": model.layout.size}
+            "rss_mb_at": samples, "backbone": model.config.backbone, "pixels": model.layout.size}
 
 
 TASKS = {"render": render, "render_memory": render_memory, "annotate": annotate, "stream_predict": stream_predict}

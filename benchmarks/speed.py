@@ -77,7 +77,7 @@ def bundles(folder: Path, ref: ad.AnnData, layout: Any, quick: bool) -> dict[str
         start = time.perf_counter()
         model = train(subset, layouts[pixels], hierarchy, "cell_type", config, progress=False)
         per_1000 = (time.perf_counter() - start) / n_cells * 1000
-        path = folder / f"{model.model.config.backbone}.cellpix"
+        path = folder / f"{model.config.backbone}.cellpix"
         model.save(path)
         out[name] = (path, per_1000)
     return out

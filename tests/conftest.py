@@ -12,7 +12,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 # The extra each step's container and conda environment add to cellpix's core (pyproject.toml); the Nextflow
 # helper processes split and merge run in the annotate image.
-STEP_EXTRAS = {"integrate": "integration", "image": "image", "explain": "explain"}
+STEP_EXTRAS = {"integrate": "integration", "image": "image", "train": "train", "explain": "explain"}
 STEP_IMAGES = {"split": "annotate", "merge": "annotate", "consensus": "annotate", "models": "annotate"}
 # Canonical markers per Zheng lineage (the explain issue's list); the SHAP test checks the model finds them.
 CANONICAL_MARKERS = {

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -20,7 +21,9 @@ def test_round_trip(tmp_path):
     loaded = ModelBundle.load(path)
     assert loaded.checksum == checksum
     assert loaded.metadata["genes"] == ["CD3D", "MS4A1"]
-    assert torch.equal(loaded.tensors["w"], make_bundle().tensors["w"])
+    # written from torch tensors, read as NumPy arrays (annotation needs no torch), the same values and checksum
+    assert np.array_equal(loaded.tensors["w"], make_bundle().tensors["w"].numpy())
+    assert loaded.tensors["n"].dtype == np.int64 and loaded.tensors["n"].shape == ()
     assert not list(tmp_path.glob(".*tmp")), "no temporary file left behind"
 
 
@@ -81,7 +84,8 @@ def test_drop_path_reaches_the_timm_trunk():
 def test_heads_fit_every_backbone_preset(name):
     """MobileNetV3's pooled output (1,024) differs from its num_features (576); the heads must follow the output."""
     from cellpix.core.hierarchy import Hierarchy
-    from cellpix.core.network import HierarchicalClassifier, ModelConfig
+    from cellpix.core.model_config import ModelConfig
+    from cellpix.core.network import HierarchicalClassifier
 
     hierarchy = Hierarchy.from_pairs([("T", "CD4"), ("T", "CD8"), ("B", "B")], name="tiny")
     model = HierarchicalClassifier(hierarchy, ModelConfig(backbone=name, in_chans=1, pixels=32)).eval()

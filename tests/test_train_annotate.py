@@ -79,12 +79,11 @@ def test_bfloat16_inference_calls_cells_as_float32_does(zheng_trunk_model, query
 
 
 def test_auto_precision_is_recorded_and_unknown_precision_refused(zheng_model, query, tmp_path):
-    from cellpix.core.predict import native_bfloat16
     from cellpix.errors import CellpixError
 
     models = load_models([zheng_model])
     out = annotate_adata(query[:64].copy(), models, AnnotateOptions(progress=False))
-    assert out.uns["cellpix"]["precision"] == ("bfloat16" if native_bfloat16("cpu") else "float32")
+    assert out.uns["cellpix"]["precision"] == "float32"  # the read-out runs in NumPy, in float32
     path = tmp_path / "q.h5ad"
     query[:64].copy().write_h5ad(path)
     with pytest.raises(CellpixError, match="unknown precision 'half'"):
@@ -94,7 +93,8 @@ def test_auto_precision_is_recorded_and_unknown_precision_refused(zheng_model, q
 
 def test_batchnorm_folded_copy_predicts_as_the_bundle_does(zheng_trunk_model, query):
     """Annotation folds BatchNorm into the convolutions of a copy; the bundle's own module keeps its layers."""
-    from cellpix.core.predict import inference_copy, predict_matrix
+    from cellpix.core.network_inference import NetworkLogits, inference_copy
+    from cellpix.core.predict import predict_matrix
     from cellpix.data.panel import open_on_panel
 
     loaded = TrainedModel.load(zheng_trunk_model)
@@ -102,8 +102,9 @@ def test_batchnorm_folded_copy_predicts_as_the_bundle_does(zheng_trunk_model, qu
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.backbone.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.model.backbone.modules())
     block = open_on_panel(query, loaded.layout.genes, loaded.layout.symbols).rows(0, query.n_obs)
-    exact = predict_matrix([(loaded.model, loaded.renderer)], [block], loaded.space, precision="float32")
-    fast = predict_matrix([(folded, loaded.renderer)], [block], loaded.space, precision="float32")
+    exact = predict_matrix([NetworkLogits(loaded.model, loaded.renderer, precision="float32", fold=False)], [block],
+                           loaded.space)
+    fast = predict_matrix([NetworkLogits(loaded.model, loaded.renderer, precision="float32")], [block], loaded.space)
     assert np.allclose(exact.subtype_proba, fast.subtype_proba, atol=1e-5)
     assert np.array_equal(exact.label_index, fast.label_index)
 

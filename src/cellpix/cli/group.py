@@ -32,6 +32,10 @@ class CellpixCommand(click.Command):
         return super().invoke(ctx)
 
 
+# What the train extra adds (pyproject.toml): training, the trunk presets, imaging and explanation need them.
+TRAINING_PACKAGES = ("torch", "torchvision", "timm")
+
+
 class CellpixGroup(click.Group):
     """Turns user errors into one clear line and exit status 1, without a traceback."""
 
@@ -43,6 +47,13 @@ class CellpixGroup(click.Group):
             return super().invoke(ctx)
         except CellpixError as exc:
             raise click.ClickException(str(exc)) from exc
+        except ModuleNotFoundError as exc:  # torch, in the annotate-only install (pip install cellpix)
+            if (exc.name or "").split(".")[0] not in TRAINING_PACKAGES:
+                raise
+            raise click.ClickException(
+                f"cellpix {ctx.invoked_subcommand or ''} needs {exc.name.split('.')[0]}, which this install lacks "
+                "(pip install cellpix installs annotation with the default read-out only): "
+                "pip install 'cellpix[all]'") from exc
         except OSError as exc:  # a write outside atomic_path (plots, reports) that the storage refused
             from cellpix.data.io import STORAGE_ERRORS, storage_message
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -89,19 +90,22 @@ def pseudo_count_option():
                              f"{DEFAULT_PSEUDO_COUNT:g}; the paper preset 1, i.e. log1p(CP10k)).")
 
 
-def device_option(default: str | None, help_text: str = "auto, cpu, cuda, cuda:1…"):
-    return click.option("--device", default=default, show_default=default is not None, callback=_check_device,
-                        help=help_text)
+def device_option(default: str | None, help_text: str = "auto, cpu, cuda, cuda:1…", hardware: bool = True):
+    """``--device``, refused before any work when it names no device or (``hardware``) a GPU this machine lacks.
+    ``hardware=False`` checks the name alone, for a command whose models may need no device at all (annotate:
+    the read-out runs in NumPy, and a pipeline's GPU profile must not stop it); it checks the rest itself."""
+    return click.option("--device", default=default, show_default=default is not None,
+                        callback=functools.partial(_check_device, hardware=hardware), help=help_text)
 
 
-def _check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Refuse a device torch cannot name, or a GPU this machine lacks, before any work."""
+def _check_device(ctx: click.Context, param: click.Parameter, value: str | None, hardware: bool = True
+                  ) -> str | None:
     if value is None or ctx.resilient_parsing:
         return value
-    from cellpix.data.runtime import check_device
+    from cellpix.data.runtime import check_device, check_device_name
 
     try:
-        check_device(value)
+        (check_device if hardware else check_device_name)(value)
     except CellpixError as exc:
         raise click.BadParameter(str(exc), ctx, param) from exc
     return value

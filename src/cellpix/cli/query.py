@@ -42,10 +42,13 @@ from cellpix.cli.options import (
               help="Per-cell calls only: no clusters, no consensus label, no unknown-cluster flags.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
               help="Cells read and predicted at a time (default 2,048: peak memory stays near 1 GB).")
-@device_option("auto", "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:1…")
+@device_option("auto", "Where a network with a convolutional trunk runs: auto (a CUDA GPU when there is one, else "
+                       "the CPU), cpu, cuda, cuda:1…. The default read-out runs in NumPy on the CPU whatever this "
+                       "says.", hardware=False)
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16"]),
-              help="Arithmetic of the forward passes. auto: bfloat16 where the hardware computes it natively "
-                   "(CUDA; CPUs with AVX512-BF16 or AMX), about 2x faster; float32 elsewhere.")
+              help="Arithmetic of a trunk's forward passes. auto: bfloat16 where the hardware computes it natively "
+                   "(CUDA; CPUs with AVX512-BF16 or AMX), about 2x faster; float32 elsewhere. The read-out always "
+                   "computes in float32.")
 @click.option("--force", is_flag=True,
               help="Annotate even a query whose values are on another scale than the reference's, or whose gene "
                    "symbols are written as another species' (recorded in uns).")
@@ -63,10 +66,8 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
     """
     # Only what annotation needs: the pipeline module would pull scikit-learn, matplotlib and scanpy into the
     # process (about 150 MB of peak RSS on 10,000 cells) before the stream starts.
-    from cellpix.data.runtime import resolve_device
     from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_file, load_models
 
-    device = resolve_device(device)
     options = AnnotateOptions(gene_column=gene_column, layer=layer, use_raw=use_raw,
                               min_gene_coverage=min_gene_coverage,
                               restrict_to=[s.strip() for s in restrict_to.split(",")] if restrict_to else None,

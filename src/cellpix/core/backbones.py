@@ -15,11 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from cellpix import plugins
 from cellpix.errors import CellpixError, UnknownNameError
+
+if TYPE_CHECKING:  # torch only where a trunk is built: the registry loads in installs without it
+    from torch import nn
 
 HUB = "hub"
 

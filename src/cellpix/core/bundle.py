@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.numpy import save_file
 
 from cellpix.data.io import atomic_path
 from cellpix.errors import BundleError
@@ -39,13 +39,28 @@ def _canonical_json(data: dict[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def compute_checksum(metadata_json: str, tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the metadata JSON and each tensor (name, dtype, shape, bytes) in name order."""
+def as_array(tensor: Any) -> np.ndarray:
+    """A C-contiguous NumPy array of a NumPy array or a torch tensor (detached, on the CPU).
+
+    Bundles are read and written in NumPy, so that annotation needs no torch; training hands torch tensors.
+    """
+    if hasattr(tensor, "detach"):
+        tensor = tensor.detach().cpu().numpy()
+    array = np.asarray(tensor)
+    return array if array.flags.c_contiguous else array.copy(order="C")  # keeps a 0-d array 0-d
+
+
+def compute_checksum(metadata_json: str, tensors: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the metadata JSON and each tensor (name, dtype, shape, bytes) in name order.
+
+    The dtype is spelled as torch spells it (``torch.float32``), as bundles were written when they were read in
+    torch: the same bytes keep the same checksum.
+    """
     digest = hashlib.sha256(metadata_json.encode())
     for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        array = as_array(tensors[name])
+        digest.update(f"{name}|torch.{array.dtype.name}|{tuple(array.shape)}".encode())
+        digest.update(array.tobytes())
     return digest.hexdigest()
 
 
@@ -53,13 +68,13 @@ def compute_checksum(metadata_json: str, tensors: dict[str, torch.Tensor]) -> st
 class ModelBundle:
     """Weights plus everything needed to render and annotate a query exactly as in training."""
 
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, np.ndarray]  # torch tensors are accepted when saving
     metadata: dict[str, Any]
     checksum: str = ""
 
     def save(self, path: str | Path) -> str:
         """Write atomically; returns the checksum."""
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}
+        tensors = {k: as_array(v) for k, v in self.tensors.items()}
         meta_json = _canonical_json(self.metadata)
         self.checksum = compute_checksum(meta_json, tensors)
         header = {
@@ -75,10 +90,10 @@ class ModelBundle:
         return self.checksum
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> ModelBundle:
+    def load(cls, path: str | Path) -> ModelBundle:
         """Read and verify a bundle: format, schema and the checksum over metadata and every tensor."""
         path = Path(path)
-        with _opened(path, device) as handle:
+        with _opened(path) as handle:
             header = _checked_header(path, handle.metadata() or {})
             try:
                 tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
@@ -114,11 +129,11 @@ def _sort_header(path: Path) -> None:
 
 
 @contextmanager
-def _opened(path: Path, device: str = "cpu") -> Iterator[Any]:
+def _opened(path: Path) -> Iterator[Any]:
     if not path.is_file():
         raise BundleError(f"{path}: no such model bundle")
     try:
-        handle = safe_open(str(path), framework="pt", device=device)
+        handle = safe_open(str(path), framework="np")
     except Exception as exc:  # safetensors raises its own error types for any broken header
         raise BundleError(f"{path}: not a cellpix model bundle (unreadable safetensors: {exc})") from exc
     with handle:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from cellpix.core.hierarchy import Hierarchy
 from cellpix.errors import CellpixError
@@ -42,7 +41,7 @@ class LabelSpace:
         idx = np.array([lookup[str(x)] for x in labels], dtype=np.int64)
         return idx, self.label_base[idx], self.label_within[idx]
 
-    def restriction_masks(self, allowed: list[str] | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def restriction_masks(self, allowed: list[str] | None) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Masks over bases and labels for ``--restrict-to`` (names may be bases or final labels)."""
         if not allowed:
             return None, None
@@ -54,4 +53,4 @@ class LabelSpace:
         label_ok = np.array([lab in allowed_set or self.bases[self.label_base[i]] in allowed_set
                              for i, lab in enumerate(self.labels)])
         base_ok = np.array([label_ok[cols].any() for cols in self.base_columns])
-        return torch.as_tensor(base_ok), torch.as_tensor(label_ok)
+        return base_ok, label_ok

@@ -12,28 +12,60 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 BISECTION_STEPS = 64
 TOLERANCE = 1e-5
 MIN_SIGMA_SCALE = 1e-3  # umap-learn's MIN_K_DIST_SCALE: sigma at least this share of the mean distance
 
 
-def squared_distances(rows: torch.Tensor, points: torch.Tensor, rank_only: bool = False) -> torch.Tensor:
-    """(rows × points) squared Euclidean distances by one matrix product, ``|p|² − 2 x·p (+ |x|²)``.
+def squared_distances(rows: np.ndarray, points: np.ndarray, rank_only: bool = False) -> np.ndarray:
+    """(rows × points) squared Euclidean distances by one matrix product, ``|p|² − 2 x·p (+ |x|²)``, in float32.
 
-    ``torch.cdist`` computes the same product for inputs this size and then a square root of every entry; the
-    callers keep only each row's few nearest, so the root is taken on those alone. ``rank_only`` leaves out
+    The callers keep only each row's few nearest, so no square root is taken here. ``rank_only`` leaves out
     ``|x|²``, which is the same along a row and so changes no ranking. Clamped at 0 (rounding can make a
     distance of a point to itself slightly negative).
     """
-    product = torch.addmm((points * points).sum(dim=1), rows, points.T, alpha=-2.0)
-    return product if rank_only else (product + (rows * rows).sum(dim=1, keepdim=True)).clamp_min_(0.0)
+    rows = np.asarray(rows, dtype=np.float32)
+    points = np.asarray(points, dtype=np.float32)
+    product = rows @ points.T
+    product *= -2.0
+    product += (points * points).sum(axis=1)
+    if rank_only:
+        return product
+    product += (rows * rows).sum(axis=1, keepdims=True)
+    return np.maximum(product, 0.0, out=product)
 
 
-def mean_nearest(squared: torch.Tensor, k: int) -> torch.Tensor:
+class NeighbourIndex:
+    """Exact nearest neighbours among fixed ``points``, for rows that come chunk by chunk.
+
+    scikit-learn's brute-force search (its compiled, multi-threaded ArgKmin: distances by matrix products, the
+    ``k`` smallest kept in heaps) is about 7x faster than a NumPy distance matrix and ``argpartition`` (2,048 rows
+    against 20,000 points in 30 dimensions on 2 cores: 0.10 s against 0.71 s), in memory bounded by its chunks.
+    """
+
+    def __init__(self, points: np.ndarray) -> None:
+        from sklearn.neighbors import NearestNeighbors
+
+        self.n_points = len(points)
+        self._finder = NearestNeighbors(algorithm="brute").fit(np.asarray(points, dtype=np.float32)) \
+            if self.n_points else None
+
+    def query(self, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, indices) of each row's ``k`` nearest points (fewer when there are fewer), nearest first."""
+        k = min(k, self.n_points)
+        rows = np.asarray(rows, dtype=np.float32)
+        if k == 0 or len(rows) == 0:
+            return np.zeros((len(rows), k), np.float32), np.zeros((len(rows), k), np.int64)
+        distances, indices = self._finder.kneighbors(rows, n_neighbors=k)
+        return distances.astype(np.float32), indices
+
+
+def mean_nearest(squared: np.ndarray, k: int) -> np.ndarray:
     """Each row's mean distance to its ``k`` nearest, from :func:`squared_distances`."""
-    return squared.topk(min(k, squared.shape[1]), largest=False).values.sqrt().mean(dim=1)
+    k = min(k, squared.shape[1])
+    smallest = squared if k == squared.shape[1] else np.partition(squared, k - 1, axis=1)[:, :k]
+    return np.sqrt(np.maximum(smallest, 0.0)).mean(axis=1, dtype=np.float32)
 
 
 def nearest(coords: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -42,14 +42,13 @@ tensors under :data:`PREFIX`, inside its checksum; their settings and the thresh
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
-from cellpix.core.neighbours import mean_nearest, squared_distances
+from cellpix.core.neighbours import NeighbourIndex, mean_nearest, squared_distances
 
 PREFIX = "reference_space."
 # How a query shifted as a whole is told from one holding new populations (see the module docstring): the ratio of
@@ -68,9 +67,9 @@ CLASS_TENSORS = ("base_index", "class_scale", "detection")
 class ReferenceSpace:
     """The reference cells in principal-component space, and the distance beyond which a cell is unlike them."""
 
-    mean: torch.Tensor  # (n_genes,)
-    components: torch.Tensor  # (n_genes, n_components)
-    coords: torch.Tensor  # (n_cells, n_components)
+    mean: np.ndarray  # (n_genes,) float32
+    components: np.ndarray  # (n_genes, n_components)
+    coords: np.ndarray  # (n_cells, n_components)
     k: int
     threshold: float
     fpr: float
@@ -79,23 +78,20 @@ class ReferenceSpace:
     # per kept cell, its base type's index; per base type, its cells' own spread; per final label, its genes'
     # detection rates
     # (None in bundles written before them: no cluster-level novelty, see the module docstring)
-    base_index: torch.Tensor | None = None
-    class_scale: torch.Tensor | None = None
-    detection: torch.Tensor | None = None
+    base_index: np.ndarray | None = None
+    class_scale: np.ndarray | None = None
+    detection: np.ndarray | None = None
+    _finders: dict[int | None, NeighbourIndex] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def has_classes(self) -> bool:
         """Whether per-type distances and detection rates are available (bundles from this version on)."""
         return self.base_index is not None and self.class_scale is not None and self.detection is not None
 
-    def project(self, panel: sp.spmatrix | np.ndarray) -> torch.Tensor:
+    def project(self, panel: sp.spmatrix | np.ndarray) -> np.ndarray:
         """Principal-component coordinates of panel rows (each scaled to unit length first, see
         :func:`unit_rows`), without densifying more than one block."""
-        rows = unit_rows(panel)
-        if sp.issparse(rows):
-            product = torch.from_numpy(np.asarray(rows @ self.components.numpy(), dtype=np.float32))
-        else:
-            product = torch.from_numpy(np.asarray(rows, dtype=np.float32)) @ self.components
+        product = np.asarray(unit_rows(panel) @ self.components, dtype=np.float32)
         return product - self.mean @ self.components
 
     def distance(self, panel: sp.spmatrix | np.ndarray) -> np.ndarray:
@@ -103,40 +99,46 @@ class ReferenceSpace:
         return self.distance_of(self.project(panel))
 
     def scores(self, panel: sp.spmatrix | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(:meth:`distance`, :meth:`class_distances`) of panel rows, projected and measured once."""
-        squared = self._squared(self.project(panel))
-        return self._distance_from(squared), self._class_distances_from(squared)
+        """(:meth:`distance`, :meth:`class_distances`) of panel rows, projected and searched once."""
+        return self._scores_of(self.project(panel))
 
-    def distance_of(self, coords: torch.Tensor) -> np.ndarray:
+    def distance_of(self, coords: np.ndarray) -> np.ndarray:
         """:meth:`distance` of rows already projected."""
-        return self._distance_from(self._squared(coords))
+        return self._scores_of(coords)[0]
 
     def class_distances(self, panel: sp.spmatrix | np.ndarray) -> np.ndarray:
         """(cells, base types): each row's mean distance to its ``k`` nearest reference cells *of each type*,
         divided by that type's own spread (``class_scale``); a value near 1 means "as close as the type's own
         cells are to each other". NaN for a type without kept cells, or for a space without classes."""
-        return self._class_distances_from(self._squared(self.project(panel)))
+        return self._scores_of(self.project(panel))[1]
 
-    def _squared(self, coords: torch.Tensor) -> torch.Tensor:
-        """Squared distances of projected rows to every kept reference cell (one product for both scores)."""
-        return squared_distances(coords, self.coords)
-
-    def _distance_from(self, squared: torch.Tensor) -> np.ndarray:
-        if squared.shape[0] == 0 or squared.shape[1] == 0:
-            return np.zeros(squared.shape[0], dtype=np.float32)
-        return mean_nearest(squared, self.k).numpy().astype(np.float32)
-
-    def _class_distances_from(self, squared: torch.Tensor) -> np.ndarray:
+    def _scores_of(self, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Both scores from one nearest-neighbour search per type: a row's ``k`` nearest reference cells are
+        among the ``k`` nearest of each type, so the overall distance comes from the types' own searches."""
+        n = len(coords)
         if not self.has_classes:
-            return np.full((squared.shape[0], 0), np.nan, dtype=np.float32)
-        out = np.full((squared.shape[0], len(self.class_scale)), np.nan, dtype=np.float32)
+            nearest, _ = self._finder(None).query(coords, self.k)
+            overall = nearest.mean(axis=1) if nearest.shape[1] else np.zeros(n)
+            return overall.astype(np.float32), np.full((n, 0), np.nan, dtype=np.float32)
+        by_class = np.full((n, len(self.class_scale)), np.nan, dtype=np.float32)
+        found = []
         for b in range(len(self.class_scale)):
-            columns = torch.nonzero(self.base_index == b).ravel()
-            if len(columns) == 0 or squared.shape[0] == 0:
-                continue
-            nearest = mean_nearest(squared.index_select(1, columns), self.k)
-            out[:, b] = (nearest / self.class_scale[b].clamp_min(1e-6)).numpy()
-        return out
+            nearest, _ = self._finder(b).query(coords, self.k)
+            if nearest.shape[1]:
+                by_class[:, b] = nearest.mean(axis=1) / max(float(self.class_scale[b]), 1e-6)
+                found.append(nearest)
+        if not found:
+            return np.zeros(n, dtype=np.float32), by_class
+        pooled = np.hstack(found)
+        k = min(self.k, pooled.shape[1])
+        smallest = pooled if k == pooled.shape[1] else np.partition(pooled, k - 1, axis=1)[:, :k]
+        return smallest.mean(axis=1).astype(np.float32), by_class
+
+    def _finder(self, base: int | None) -> NeighbourIndex:
+        """The search over the kept cells of one base type (``None``: all of them), built once."""
+        if base not in self._finders:
+            self._finders[base] = NeighbourIndex(self.coords if base is None else self.coords[self.base_index == base])
+        return self._finders[base]
 
     def query_shift(self, distances: np.ndarray) -> float:
         """:func:`query_shift` against this space's calibration cells."""
@@ -146,7 +148,7 @@ class ReferenceSpace:
         """:func:`query_threshold` of this space's calibrated threshold."""
         return query_threshold(distances, self.threshold, self.shift_reference)
 
-    def tensors(self) -> dict[str, torch.Tensor]:
+    def tensors(self) -> dict[str, np.ndarray]:
         found = {f"{PREFIX}mean": self.mean, f"{PREFIX}components": self.components, f"{PREFIX}coords": self.coords}
         if self.has_classes:
             found.update({f"{PREFIX}{name}": getattr(self, name) for name in CLASS_TENSORS})
@@ -159,17 +161,21 @@ class ReferenceSpace:
             if np.isfinite(self.shift_reference) else found
 
     @classmethod
-    def from_bundle(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None) -> ReferenceSpace | None:
+    def from_bundle(cls, tensors: dict[str, np.ndarray], metadata: dict[str, Any] | None) -> ReferenceSpace | None:
         """The space a bundle carries, or None for one trained before it existed."""
         if not metadata or f"{PREFIX}coords" not in tensors:
             return None
-        space = cls(tensors[f"{PREFIX}mean"].float(), tensors[f"{PREFIX}components"].float(),
-                    tensors[f"{PREFIX}coords"].float(), int(metadata["k"]), float(metadata["threshold"]),
-                    float(metadata["fpr"]), float(metadata.get("shift_reference", float("nan"))))
+
+        def floats(name: str) -> np.ndarray:
+            return np.asarray(tensors[f"{PREFIX}{name}"], dtype=np.float32)
+
+        space = cls(floats("mean"), floats("components"), floats("coords"), int(metadata["k"]),
+                    float(metadata["threshold"]), float(metadata["fpr"]),
+                    float(metadata.get("shift_reference", float("nan"))))
         if all(f"{PREFIX}{name}" in tensors for name in CLASS_TENSORS):
-            space.base_index = tensors[f"{PREFIX}base_index"].long()
-            space.class_scale = tensors[f"{PREFIX}class_scale"].float()
-            space.detection = tensors[f"{PREFIX}detection"].float()
+            space.base_index = np.asarray(tensors[f"{PREFIX}base_index"], dtype=np.int64)
+            space.class_scale = floats("class_scale")
+            space.detection = floats("detection")
             _check_class_tensors(space)
         return space
 
@@ -200,12 +206,12 @@ def _check_class_tensors(space: ReferenceSpace) -> None:
     from cellpix.errors import BundleError
 
     n_types = len(space.class_scale)
-    ok = (space.base_index.shape == (len(space.coords),) and space.detection.dim() == 2
+    ok = (space.base_index.shape == (len(space.coords),) and space.detection.ndim == 2
           and space.detection.shape[1] == len(space.mean)
           and (len(space.base_index) == 0 or (int(space.base_index.min()) >= 0
                                               and int(space.base_index.max()) < n_types))
-          and bool(torch.isfinite(space.class_scale).all()) and bool((space.class_scale >= 0).all())
-          and bool(torch.isfinite(space.detection).all()))
+          and bool(np.isfinite(space.class_scale).all()) and bool((space.class_scale >= 0).all())
+          and bool(np.isfinite(space.detection).all()))
     if not ok:
         raise BundleError("the bundle's reference-space type tensors are malformed (shapes or values out of range)")
 
@@ -229,16 +235,15 @@ def fit_reference_space(take: Callable[[np.ndarray], sp.csr_matrix], fit_rows: n
     x = _dense(unit_rows(take(rows)))
     n_components = max(1, min(n_components, x.shape[0] - 1, x.shape[1]))
     pca = PCA(n_components=n_components, svd_solver="randomized", random_state=seed).fit(x)
-    components = torch.from_numpy(pca.components_.T.astype(np.float32).copy())
-    mean = torch.from_numpy(pca.mean_.astype(np.float32))
-    coords = torch.from_numpy(((x - pca.mean_) @ pca.components_.T).astype(np.float32))
+    components = np.ascontiguousarray(pca.components_.T, dtype=np.float32)
+    mean = pca.mean_.astype(np.float32)
+    coords = ((x - pca.mean_) @ pca.components_.T).astype(np.float32)
     space = ReferenceSpace(mean, components, coords, k, float("inf"), fpr)
     if len(calibration_rows):
         scores = np.concatenate([space.distance(take(np.sort(calibration_rows)[i:i + 2048]))
                                  for i in range(0, len(calibration_rows), 2048)])
     else:
-        nearest = torch.cdist(coords, coords).topk(min(k + 1, len(coords)), largest=False).values[:, 1:]
-        scores = nearest.mean(dim=1).numpy()
+        scores = _mean_nearest_others(coords, k)
     space.threshold = round(float(np.quantile(scores, 1 - fpr)), 6)
     space.shift_reference = round(float(np.quantile(scores, SHIFT_QUANTILE)), 6)
     if base_index is not None and label_index is not None and n_bases > 0 and n_labels > 0:
@@ -249,19 +254,25 @@ def fit_reference_space(take: Callable[[np.ndarray], sp.csr_matrix], fit_rows: n
 def _fit_classes(space: ReferenceSpace, x: np.ndarray, types: np.ndarray, n_bases: int, labels: np.ndarray,
                  n_labels: int) -> None:
     """Each kept cell's type, each type's spread, each final label's detection rates (the module docstring)."""
-    space.base_index = torch.from_numpy(types.astype(np.int64))
+    space.base_index = types.astype(np.int64)
     scale = np.zeros(n_bases, dtype=np.float32)
     for b in range(n_bases):
         own = space.coords[space.base_index == b]
         if len(own) >= 2:
-            nearest = torch.cdist(own, own).topk(min(space.k + 1, len(own)), largest=False).values[:, 1:]
-            scale[b] = float(nearest.mean(dim=1).median())
+            scale[b] = float(np.median(_mean_nearest_others(own, space.k)))
     detection = np.zeros((n_labels, x.shape[1]), dtype=np.float32)
     for label in range(n_labels):
         if (labels == label).any():
             detection[label] = (x[labels == label] > 0).mean(axis=0)
-    space.class_scale = torch.from_numpy(scale)
-    space.detection = torch.from_numpy(detection)
+    space.class_scale = scale
+    space.detection = detection
+
+
+def _mean_nearest_others(coords: np.ndarray, k: int) -> np.ndarray:
+    """Each point's mean distance to its ``k`` nearest *other* points (its own zero distance left out)."""
+    squared = squared_distances(coords, coords)
+    np.fill_diagonal(squared, np.inf)
+    return mean_nearest(squared, min(k, len(coords) - 1))
 
 
 def unit_rows(panel: sp.spmatrix | np.ndarray) -> sp.csr_matrix | np.ndarray:

@@ -15,16 +15,7 @@ import torch
 from torch import nn
 
 from cellpix.core.layout import GeneLayout
-
-
-def shifted_log(values: np.ndarray, pseudo_count: float) -> np.ndarray:
-    """log(1 + CP10k / k) from log1p(CP10k) values (k = ``pseudo_count``; k = 1 returns them as they are).
-
-    Monotone and zero at zero, so the CSR path can apply it to stored values alone.
-    """
-    if pseudo_count == 1.0:
-        return values
-    return np.log1p(np.expm1(values) / pseudo_count).astype(values.dtype, copy=False)
+from cellpix.core.scaling import PixelScaling
 
 
 class ImageRenderer(nn.Module):
@@ -45,21 +36,16 @@ class ImageRenderer(nn.Module):
         self.channels = channels
         self.n_genes = layout.n_genes
         pixel = torch.as_tensor(layout.pixel_index, dtype=torch.long)
+        self.scaling = PixelScaling(layout)  # what a pixel holds, shared with the NumPy read-out
         self.pseudo_count = layout.pseudo_count
-        low, high = shifted_log(layout.gene_min, self.pseudo_count), shifted_log(layout.gene_max, self.pseudo_count)
-        span = np.where(high > low, high - low, 1.0)
         self.register_buffer("pixel", pixel, persistent=False)
-        self.register_buffer("gene_min", torch.as_tensor(low, dtype=torch.float32), persistent=False)
-        self.register_buffer("gene_scale", torch.as_tensor(1.0 / span, dtype=torch.float32), persistent=False)
+        self.register_buffer("gene_min", torch.from_numpy(self.scaling.low.copy()), persistent=False)
+        self.register_buffer("gene_scale", torch.from_numpy(self.scaling.scale.copy()), persistent=False)
         self.unique_pixels = bool(len(np.unique(layout.pixel_index)) == layout.n_genes)
         # Genes sharing a pixel (non-lsa layouts) are averaged, as pyDeepInsight does.
         counts = torch.bincount(pixel, minlength=self.size * self.size).clamp(min=1).float()
         self.register_buffer("pixel_count", counts, persistent=False)
-        # NumPy copies for the CSR path (see render_csr).
-        self._pixel_np = np.ascontiguousarray(layout.pixel_index, dtype=np.int64)
-        self._min_np = np.asarray(low, dtype=np.float32)
-        self._scale_np = np.asarray(1.0 / span, dtype=np.float32)
-        self._has_min = bool((self._min_np != 0).any())
+        self._pixel_np = np.ascontiguousarray(layout.pixel_index, dtype=np.int64)  # for the CSR path
 
     # -- forward -----------------------------------------------------------------
     def scale(self, expression: torch.Tensor) -> torch.Tensor:
@@ -148,10 +134,7 @@ class ImageRenderer(nn.Module):
         grid_size = self.size * self.size
         flat = np.take(self._pixel_np, genes)
         flat += np.repeat(np.arange(0, (stop - start) * grid_size, grid_size, dtype=np.int64), np.diff(indptr))
-        data = shifted_log(np.asarray(data, dtype=np.float32), self.pseudo_count)
-        values = np.take(self._scale_np, genes)
-        values *= data - np.take(self._min_np, genes) if self._has_min else data
-        np.clip(values, 0.0, 1.0, out=values)
+        values = self.scaling.values(genes, data)
         if mask_fraction > 0:
             values *= torch.rand(values.shape, generator=generator).numpy() >= mask_fraction
         return flat, values

@@ -9,8 +9,30 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
+import sys
 
-from cellpix.errors import InputDataError
+from cellpix.errors import InputDataError, import_extra
+
+TORCH_EXTRA = "train"  # the extra that installs torch and timm (the annotate-only install has neither)
+
+
+def need_torch(purpose: str) -> None:
+    """Refuse, in one line, work that needs torch in an install without it (``pip install cellpix``: annotation
+    with the default read-out only). Imports torch, which the work is about to need anyway."""
+    import_extra("torch", TORCH_EXTRA, purpose)
+
+
+def has_torch() -> bool:
+    """Whether torch can be imported, without importing it (1-2 s) when it is not already."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"] is not None
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except ImportError:
+        return False
 
 
 def available_cores() -> int:
@@ -24,8 +46,9 @@ def configure_threads(threads: int | None = None) -> int:
     """Limit torch, BLAS/OpenMP and numba to ``threads`` cores, so a job uses the share its scheduler gave it.
 
     ``None`` takes ``GALAXY_SLOTS``, then ``NSLOTS`` (Grid Engine), then ``OMP_NUM_THREADS``, then every core.
-    Environment variables are set before the libraries that read them at start-up are imported where possible;
-    torch's intra-op pool is set directly.
+    Environment variables are set before the libraries that read them at start-up are imported where possible
+    (torch sizes its intra-op pool from ``OMP_NUM_THREADS`` when it is imported); a torch already imported has
+    its pool set directly. torch is not imported here: annotation with the read-out never needs it.
     """
     if threads is None:
         for variable in ("GALAXY_SLOTS", "NSLOTS", "OMP_NUM_THREADS"):
@@ -42,9 +65,8 @@ def configure_threads(threads: int | None = None) -> int:
     threads = min(threads, available_cores())
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[variable] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
+    if sys.modules.get("torch") is not None:
+        sys.modules["torch"].set_num_threads(threads)
     with contextlib.suppress(ImportError):
         from threadpoolctl import threadpool_limits
 
@@ -57,32 +79,40 @@ def resolve_device(name: str) -> str:
     check_device(name)
     if name != "auto":
         return name
+    if not has_torch():  # no torch, no GPU to run on: the read-out runs in NumPy on the CPU
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+DEVICE_NAME = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
+
+
+def check_device_name(name: str) -> None:
+    """Refuse, in one line, a name that is no device cellpix runs on (without torch, and whatever the machine)."""
+    if not DEVICE_NAME.fullmatch(name):
+        raise InputDataError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
+
+
 def check_device(name: str) -> None:
-    """Refuse, in one line, a device name torch does not know or a GPU this machine does not have.
+    """Refuse, in one line, a device name cellpix does not know or a GPU this machine does not have.
 
     ``auto`` always passes (the GPU when there is one, else the CPU).
     """
-    if name == "auto":
+    check_device_name(name)
+    if name in ("auto", "cpu"):
         return
+    need_torch(f"--device {name}")
     import torch
 
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as exc:
-        raise InputDataError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from exc
+    device = torch.device(name)
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
             raise InputDataError(f"--device {name}: no CUDA GPU is available on this machine; use cpu or auto")
         if device.index is not None and device.index >= count:
             raise InputDataError(f"--device {name}: this machine has {count} CUDA GPU(s), numbered from 0")
-    elif device.type not in ("cpu", "mps"):
-        raise InputDataError(f"--device {name}: cellpix runs on cpu or cuda (or mps), not {device.type}")
 
 
 def release_freed_memory() -> None:

@@ -25,13 +25,13 @@ from cellpix import __version__
 from cellpix.core.clusters import DEFAULT_RESOLUTION, MAX_CLUSTER_CELLS
 from cellpix.core.label_space import LabelSpace
 from cellpix.core.novelty import label_thresholds
-from cellpix.core.predict import Predictions, inference_copy, predict_matrix, resolve_precision
+from cellpix.core.predict import Predictions, check_precision, predict_matrix
 from cellpix.core.trained import TrainedModel
 from cellpix.data.genes import DEFAULT_MIN_COVERAGE
 from cellpix.data.inputs import normalise_rows
 from cellpix.data.io import atomic_path, read_h5ad, write_uns_entry
 from cellpix.data.panel import PanelReader, open_on_panels
-from cellpix.data.runtime import release_freed_memory
+from cellpix.data.runtime import release_freed_memory, resolve_device
 from cellpix.data.shift import cell_statistics
 from cellpix.errors import CellpixError, warn
 from cellpix.steps.annotate.clustering import (
@@ -111,10 +111,14 @@ class Annotation:
 
 
 def load_models(paths: list[str | Path], device: str = "cpu") -> list[TrainedModel]:
-    """Load bundles; an ensemble must share one hierarchy (same labels in the same order)."""
+    """Load bundles; an ensemble must share one hierarchy (same labels in the same order). Networks with a trunk
+    go to ``device`` (``auto``: a GPU when there is one); the read-out runs in NumPy wherever."""
     if not paths:
         raise CellpixError("give at least one --model bundle")
-    models = [TrainedModel.load(p, device=device) for p in paths]
+    models = [TrainedModel.load(p) for p in paths]
+    device = inference_device(models, device)
+    for m in models:
+        m.to(device)
     release_freed_memory()  # the bundles' tensors, freed once copied into the networks
     labels = models[0].hierarchy.labels
     for path, m in zip(paths[1:], models[1:], strict=True):
@@ -122,6 +126,12 @@ def load_models(paths: list[str | Path], device: str = "cpu") -> list[TrainedMod
             raise CellpixError(f"{path}: its hierarchy differs from the first model's; "
                                "an ensemble needs models trained on the same labels")
     return models
+
+
+def inference_device(models: list[TrainedModel], device: str) -> str:
+    """Where the models' forward passes run: ``device`` resolved when a network has a trunk, else the CPU (the
+    read-out is one sparse product per chunk in NumPy; resolving ``auto`` would import torch for nothing)."""
+    return resolve_device(device) if any(m.config.deep for m in models) else "cpu"
 
 
 def _readers(adata: ad.AnnData, models: list[TrainedModel], options: AnnotateOptions) -> list[PanelReader]:
@@ -147,7 +157,7 @@ class Chunk:
 def _stream(models: list[TrainedModel], readers: list[PanelReader], options: AnnotateOptions,
             plan: ClusterPlan | None) -> Iterator[Chunk]:
     space = models[0].space
-    pairs = [(inference_copy(m.model), m.renderer) for m in models]
+    sources = [m.logit_source(options.inference_batch, options.device, options.precision) for m in models]
     source = readers[0].source
     bar = tqdm(total=source.n_obs, desc="annotating", unit="cell", disable=not options.progress)
     for start, stop, raw in source.chunks(options.chunk_size):
@@ -158,8 +168,7 @@ def _stream(models: list[TrainedModel], readers: list[PanelReader], options: Ann
         distance, by_class = _reference_scores(models[0], blocks[0])
         stats = np.column_stack([stats, distance])
         codes, coords = plan.place(start, stop, blocks[0]) if plan is not None else (None, None)
-        pred = predict_matrix(pairs, blocks, space, options.inference_batch, options.device,
-                              options.restrict_to, options.precision)
+        pred = predict_matrix(sources, blocks, space, options.restrict_to)
         del raw, normalised, blocks
         release_freed_memory()
         bar.update(stop - start)
@@ -238,11 +247,11 @@ def _run_metadata(models: list[TrainedModel], readers: list[PanelReader], option
     branching = [model.space.bases[b] for b in model.space.branching]
     return {
         "cellpix_version": __version__,
-        "models": {f"model_{i}": {"checksum_sha256": m.checksum, "network": m.model.config.describe(),
+        "models": {f"model_{i}": {"checksum_sha256": m.checksum, "network": m.config.describe(),
                                   "trained_with": m.metadata.get("cellpix_version", "")}
                    for i, m in enumerate(models)},
         "gene_matching": {f"model_{i}": r.report() for i, r in enumerate(readers)},
-        "precision": resolve_precision(options.precision, options.device),
+        "precision": ", ".join(sorted({m.precision(options.precision, options.device) for m in models})),
         "novelty_rule": options.novelty_rule,
         # the out-of-reference score's settings and calibrated threshold (cellpix.core.reference_space); the
         # threshold applied to this query is added by query_wide. It feeds cellpix_is_novel under the calibrated rule
@@ -300,7 +309,7 @@ def annotate_adata(adata: ad.AnnData, models: list[TrainedModel], options: Annot
                    copy: bool = True) -> ad.AnnData:
     """Annotate an in-memory AnnData: a copy with cellpix's obs, obsm and uns entries, or (``copy=False``) the
     same object with them added. Nothing is written into ``adata`` before every answer is computed."""
-    options = _with_query_facts(options or AnnotateOptions(), adata)
+    options = _run_options(options or AnnotateOptions(), adata, models)
     _check_rule(options)
     readers = _readers(adata, models, options)
     plan = _plan(adata, readers, options)
@@ -317,13 +326,15 @@ def annotate_adata(adata: ad.AnnData, models: list[TrainedModel], options: Annot
     return out
 
 
-def _with_query_facts(options: AnnotateOptions, adata: ad.AnnData) -> AnnotateOptions:
-    """The options, with what the query's own metadata says: the correction ``cellpix integrate`` applied."""
+def _run_options(options: AnnotateOptions, adata: ad.AnnData, models: list[TrainedModel]) -> AnnotateOptions:
+    """The options, with what the query's own metadata says (the correction ``cellpix integrate`` applied) and the
+    device the models run on (:func:`inference_device`)."""
     from dataclasses import replace
 
     report = adata.uns.get("cellpix_integrate") if hasattr(adata, "uns") else None
     method = report.get("method") if isinstance(report, dict) and report.get("mode") == "query" else None
-    return replace(options, corrected_by=str(method) if method and method != "none" else None)
+    return replace(options, corrected_by=str(method) if method and method != "none" else None,
+                   device=inference_device(models, options.device))
 
 
 def _plan(adata: ad.AnnData, readers: list[PanelReader], options: AnnotateOptions) -> ClusterPlan | None:
@@ -340,7 +351,7 @@ def annotate_file(query: str | Path, output: str | Path, models: list[TrainedMod
     _check_rule(options)
     adata = read_h5ad(query, backed=True)
     try:
-        options = _with_query_facts(options, adata)
+        options = _run_options(options, adata, models)
         readers = _readers(adata, models, options)
         plan = _plan(adata, readers, options)
         space = models[0].space
@@ -378,6 +389,6 @@ def _concat(parts: list[Predictions]) -> Predictions:
 
 
 def _check_rule(options: AnnotateOptions) -> None:
-    resolve_precision(options.precision, options.device)  # an unknown precision stops before any output exists
+    check_precision(options.precision)  # an unknown precision stops before any output exists
     if options.novelty_rule not in NOVELTY_RULES:
         raise CellpixError(f"unknown novelty rule {options.novelty_rule!r}; choose from {', '.join(NOVELTY_RULES)}")

@@ -95,7 +95,7 @@ def evidence(plan: ClusterPlan, codes: np.ndarray, pred: Predictions, space: Lab
              class_distance: np.ndarray) -> ClusterEvidence:
     """The per-cluster table (:func:`cellpix.core.consensus.judge_clusters`) for the whole query."""
     reference = model.reference_space
-    detection = reference.detection.numpy() if reference is not None and reference.has_classes else None
+    detection = reference.detection if reference is not None and reference.has_classes else None
     return judge_clusters(pred, codes, plan.names, space, class_distance if detection is not None else None,
                           plan.rates, detection, symbols=list(model.layout.display_names))
 

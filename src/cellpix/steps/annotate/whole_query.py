@@ -28,7 +28,7 @@ from cellpix.steps.annotate.annotate import (
     AnnotateOptions,
     Annotation,
     _readers,
-    _with_query_facts,
+    _run_options,
 )
 from cellpix.steps.annotate.clustering import (
     PCA_KEY,
@@ -44,7 +44,7 @@ from cellpix.steps.annotate.results import new_obsm_matrix
 def consensus_file(annotated: str | Path, output: str | Path, model: TrainedModel,
                    options: AnnotateOptions | None = None) -> Annotation:
     """Add the cluster-level consensus and unknown-cluster flags to a query annotated per cell by ``model``."""
-    options = _with_query_facts(options or AnnotateOptions(), adata := read_h5ad(annotated, backed=True))
+    options = _run_options(options or AnnotateOptions(), adata := read_h5ad(annotated, backed=True), [model])
     try:
         _check_annotated_by(adata, model, annotated)
         reader = _readers(adata, [model], options)[0]

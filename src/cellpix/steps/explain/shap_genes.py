@@ -139,7 +139,8 @@ def cell_labels(reader: PanelReader, trained: TrainedModel, labels: np.ndarray |
         keep = np.isin(values, list(known))
         return rows[keep], values[keep], "truth"
     block = reader.take(rows)
-    pred = predict_matrix([(trained.model, trained.renderer)], [block], space, options.batch_size, options.device)
+    source = trained.logit_source(options.batch_size, options.device)
+    pred = predict_matrix([source], [block], space)
     return rows, np.asarray(space.labels)[pred.label_index], "predicted"
 
 

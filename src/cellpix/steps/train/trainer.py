@@ -26,7 +26,9 @@ from tqdm.auto import tqdm
 from cellpix.core.hierarchy import Hierarchy
 from cellpix.core.label_space import LabelSpace
 from cellpix.core.layout import GEOMETRY_FREE_METHODS, GeneLayout
-from cellpix.core.network import HierarchicalClassifier, ModelConfig
+from cellpix.core.model_config import ModelConfig
+from cellpix.core.network import HierarchicalClassifier
+from cellpix.core.network_inference import NetworkLogits
 from cellpix.core.novelty import calibrate
 from cellpix.core.predict import predict_matrix
 from cellpix.core.render import ImageRenderer
@@ -122,7 +124,8 @@ def _evaluate(model: HierarchicalClassifier, renderer: ImageRenderer, data: Refe
               device: torch.device):
     if len(data.val_idx) == 0:
         return None, {}
-    pred = predict_matrix([(model, renderer)], [data.reader.take(data.val_idx)], space, device=device)
+    source = NetworkLogits(model, renderer, batch_size=512, device=device, fold=False)
+    pred = predict_matrix([source], [data.reader.take(data.val_idx)], space)
     truth_label, truth_base = data.label_index[data.val_idx], data.base_index[data.val_idx]
     metrics = {
         "val_base_f1": f1_score(truth_base, pred.base_index, average="macro"),
@@ -242,8 +245,8 @@ def train(
     metadata["training"]["warnings"] = warnings
     metadata["shift_profile"] = shift_profile(data, config.chunk_size)
     metadata["label_shares"] = label_shares(data, space)
-    trained = TrainedModel(model.cpu(), renderer.cpu(), layout, hierarchy, metadata,
-                           reference_space=calibrated_reference_space(data, config, space))
+    trained = TrainedModel.from_network(model.cpu(), layout, hierarchy, metadata,
+                                        reference_space=calibrated_reference_space(data, config, space))
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
