@@ -1,6 +1,6 @@
 """A million cells through `cellpix annotate`, whole process, with its memory sampled as it streams.
 
-``python -m benchmarks.million [N]``: N new cells (default 1,000,000) made from Zheng's
+``python -m benchmarks.million [--cells N]``: N new cells (default 1,000,000) made from Zheng's
 (:func:`benchmarks.common.synthetic_query`, written in pieces), annotated by the shipped ``pbmc-zheng2017`` model as
 shipped (cluster consensus on) and with ``--no-consensus``, one process each, alone on the machine. The process's
 resident memory is read from ``/proc`` every half second, so the table says whether memory stays flat while the
@@ -76,5 +76,17 @@ def run(n: int = N_CELLS) -> pd.DataFrame:
     return frame
 
 
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.million", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cells", type=int, default=N_CELLS, help="cells in the query (default 1,000,000)")
+    args = parser.parse_args()
+    if args.cells < 1:
+        parser.error("--cells must be at least 1")
+    run(args.cells)
+
+
 if __name__ == "__main__":
-    run(int(sys.argv[1]) if len(sys.argv) > 1 else N_CELLS)
+    main()

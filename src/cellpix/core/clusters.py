@@ -43,7 +43,8 @@ class QueryClusters:
     scale: np.ndarray  # (n_genes_used,) standard deviations (1 where zero)
     components: np.ndarray  # (n_genes_used, n_components)
     coords: np.ndarray  # (n_sample, n_components) the sampled cells' coordinates
-    _index: NeighbourIndex | None = field(default=None, repr=False, compare=False)  # built on first assignment
+    # the voting cells' labels and their search, built on first assignment
+    _voting: tuple[np.ndarray, NeighbourIndex] | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_clusters(self) -> int:
@@ -80,21 +81,16 @@ class QueryClusters:
         (:meth:`voters`) hold."""
         if len(coords) == 0:
             return np.zeros(0, dtype=np.int64)
-        voters = self.voters()
-        if self._index is None:
-            self._index = NeighbourIndex(self.coords[voters])
-        _, nearest = self._index.query(coords, ASSIGN_NEIGHBOURS)
+        if self._voting is None:
+            voters = self.voters()
+            self._voting = (self.labels[voters], NeighbourIndex(self.coords[voters]))
+        labels, index = self._voting
+        _, nearest = index.query(coords, ASSIGN_NEIGHBOURS)
         k = nearest.shape[1]
-        votes = self.labels[voters][nearest]
+        votes = labels[nearest]
         counts = np.zeros((len(coords), self.n_clusters), dtype=np.int64)
         np.add.at(counts, (np.repeat(np.arange(len(coords)), k), votes.ravel()), 1)
         return counts.argmax(axis=1)
-
-
-def placement_agreement(clusters: QueryClusters) -> float:
-    """Share of sampled cells that :meth:`QueryClusters.assign` puts back in the cluster Leiden gave them: how
-    faithfully the cells outside the sample are placed."""
-    return float((clusters.assign(clusters.coords) == clusters.labels).mean()) if len(clusters.labels) else 1.0
 
 
 def sample_rows(n_obs: int, max_cells: int = MAX_CLUSTER_CELLS, seed: int = 0) -> np.ndarray:

@@ -18,24 +18,6 @@ TOLERANCE = 1e-5
 MIN_SIGMA_SCALE = 1e-3  # umap-learn's MIN_K_DIST_SCALE: sigma at least this share of the mean distance
 
 
-def squared_distances(rows: np.ndarray, points: np.ndarray, rank_only: bool = False) -> np.ndarray:
-    """(rows × points) squared Euclidean distances by one matrix product, ``|p|² − 2 x·p (+ |x|²)``, in float32.
-
-    The callers keep only each row's few nearest, so no square root is taken here. ``rank_only`` leaves out
-    ``|x|²``, which is the same along a row and so changes no ranking. Clamped at 0 (rounding can make a
-    distance of a point to itself slightly negative).
-    """
-    rows = np.asarray(rows, dtype=np.float32)
-    points = np.asarray(points, dtype=np.float32)
-    product = rows @ points.T
-    product *= -2.0
-    product += (points * points).sum(axis=1)
-    if rank_only:
-        return product
-    product += (rows * rows).sum(axis=1, keepdims=True)
-    return np.maximum(product, 0.0, out=product)
-
-
 class NeighbourIndex:
     """Exact nearest neighbours among fixed ``points``, for rows that come chunk by chunk.
 
@@ -61,21 +43,11 @@ class NeighbourIndex:
         return distances.astype(np.float32), indices
 
 
-def mean_nearest(squared: np.ndarray, k: int) -> np.ndarray:
-    """Each row's mean distance to its ``k`` nearest, from :func:`squared_distances`."""
-    k = min(k, squared.shape[1])
-    smallest = squared if k == squared.shape[1] else np.partition(squared, k - 1, axis=1)[:, :k]
-    return np.sqrt(np.maximum(smallest, 0.0)).mean(axis=1, dtype=np.float32)
-
-
 def nearest(coords: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(indices, distances) of each row's ``k`` nearest rows, itself first, exact (brute force)."""
-    from sklearn.neighbors import NearestNeighbors
-
-    finder = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(coords)
-    distances, indices = finder.kneighbors(coords)
+    distances, indices = NeighbourIndex(coords).query(coords, k)
     distances[indices == np.arange(len(coords))[:, None]] = 0.0  # brute force leaves ~1e-7 for a row to itself
-    return indices, distances.astype(np.float32)
+    return indices, distances
 
 
 def fuzzy_weights(indices: np.ndarray, distances: np.ndarray) -> sp.csr_matrix:

@@ -86,7 +86,7 @@ class NetworkLogits:
         if n == 0:  # the heads' widths, from one empty image
             base, subtypes = self.logits(sp.csr_matrix((1, block.shape[1]), dtype=np.float32))
             return base[:0], [s[:0] for s in subtypes]
-        buffer = self.renderer.new_buffer(min(self.batch_size, n)) if self.kind == "cpu" and n else None
+        buffer = self.renderer.new_buffer(min(self.batch_size, n)) if self.kind == "cpu" else None
         bases, subtypes = [], []
         for start in range(0, n, self.batch_size):
             stop = min(start + self.batch_size, n)

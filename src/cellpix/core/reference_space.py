@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from cellpix.core.neighbours import NeighbourIndex, mean_nearest, squared_distances
+from cellpix.core.neighbours import NeighbourIndex
 
 PREFIX = "reference_space."
 # How a query shifted as a whole is told from one holding new populations (see the module docstring): the ratio of
@@ -269,10 +269,10 @@ def _fit_classes(space: ReferenceSpace, x: np.ndarray, types: np.ndarray, n_base
 
 
 def _mean_nearest_others(coords: np.ndarray, k: int) -> np.ndarray:
-    """Each point's mean distance to its ``k`` nearest *other* points (its own zero distance left out)."""
-    squared = squared_distances(coords, coords)
-    np.fill_diagonal(squared, np.inf)
-    return mean_nearest(squared, min(k, len(coords) - 1))
+    """Each point's mean distance to its ``k`` nearest *other* points: the ``k + 1`` nearest less the first (the
+    point itself, or an identical one at the same zero distance)."""
+    distances, _ = NeighbourIndex(coords).query(coords, k + 1)
+    return distances[:, 1:].mean(axis=1)
 
 
 def unit_rows(panel: sp.spmatrix | np.ndarray) -> sp.csr_matrix | np.ndarray:
