@@ -11,7 +11,7 @@ import inspect
 from pathlib import Path
 
 PAGE = Path(__file__).resolve().parent / "api.md"
-FUNCTIONS = ("integrate", "fit_layout", "train", "annotate", "explain", "load_model", "hierarchy")
+FUNCTIONS = ("integrate", "fit_layout", "train", "annotate", "probabilities", "explain", "load_model", "hierarchy")
 CLASSES = ("Hierarchy", "GeneLayout", "TrainedModel", "QCOptions", "TrainConfig", "AnnotateOptions", "ExplainOptions")
 
 

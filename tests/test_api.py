@@ -26,6 +26,11 @@ def test_the_readme_example_runs_with_only_import_cellpix(tmp_path):
     for key in ("cellpix_base", "cellpix_subtype", "cellpix_is_novel", "cellpix_out_of_reference"):
         assert key in annotated.obs
     assert annotated.obsm["cellpix_subtype_proba"].shape == (query.n_obs, len(annotated.uns["cellpix"]["subtypes"]))
+    proba = cx.probabilities(annotated)  # named columns: each cell's call is its row's best column
+    assert list(proba.index) == list(annotated.obs_names) and "CD4+/CD25 T Reg" in proba.columns
+    assert (proba.idxmax(axis=1).to_numpy() == annotated.obs["cellpix_subtype"].astype(str).to_numpy()).mean() > 0.95
+    base = cx.probabilities(annotated, "base")
+    assert (base.idxmax(axis=1).to_numpy() == annotated.obs["cellpix_base"].astype(str).to_numpy()).all()
     truth = np.asarray([model.hierarchy.label_to_base[label] for label in query.obs["cell_type"].astype(str)])
     assert (annotated.obs["cellpix_base"].astype(str).to_numpy() == truth).mean() > 0.8  # 100 held-out cells
     assert "cellpix_base" not in query.obs  # AnnData in, a new AnnData out

@@ -27,7 +27,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 # public name → the module that defines it
 _PUBLIC = {
     "integrate": "cellpix.api", "fit_layout": "cellpix.api", "train": "cellpix.api", "annotate": "cellpix.api",
-    "explain": "cellpix.api", "load_model": "cellpix.api", "hierarchy": "cellpix.api",
+    "explain": "cellpix.api", "probabilities": "cellpix.api", "load_model": "cellpix.api", "hierarchy": "cellpix.api",
     "Hierarchy": "cellpix.core.hierarchy", "GeneLayout": "cellpix.core.layout", "TrainedModel": "cellpix.core.trained",
     "QCOptions": "cellpix.steps.integrate.reference", "TrainConfig": "cellpix.steps.train.trainer",
     "AnnotateOptions": "cellpix.steps.annotate.annotate", "ExplainOptions": "cellpix.steps.explain.shap_genes",

@@ -8,6 +8,7 @@ Each function is the step the command line runs, without files in between::
     layout = cx.fit_layout(reference, groupby="cell_type")            # genes on a pixel grid
     model = cx.train(reference, layout, cx.hierarchy("pbmc-sorted"), "cell_type")
     annotated = cx.annotate(query, model)                             # obs / obsm / uns['cellpix']
+    proba = cx.probabilities(annotated)                               # cells × subtypes, named columns
     genes = cx.explain(annotated, model)                              # SHAP gene ranking per class
     model.save("pbmc.cellpix"); model = cx.load_model("pbmc.cellpix")
 
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the heavy modules load when a function is first called, not on ``import cellpix``
     import anndata as ad
+    import pandas as pd
 
     from cellpix.core.hierarchy import Hierarchy
     from cellpix.core.layout import GeneLayout
@@ -178,6 +180,28 @@ def annotate(query: ad.AnnData, model: TrainedModel | Sequence[TrainedModel] | s
     models = [load_model(m) if isinstance(m, (str, Path)) else m for m in given]
     annotated = annotate_adata(query, models, options, copy=copy)
     return annotated if copy else None
+
+
+def probabilities(adata: ad.AnnData, level: str = "subtype") -> pd.DataFrame:
+    """The probabilities :func:`annotate` wrote, as a DataFrame with one named column per class.
+
+    Parameters
+    ----------
+    adata
+        An annotated AnnData (in memory or read back from ``cellpix annotate``'s h5ad).
+    level
+        ``'subtype'`` (``obsm['cellpix_subtype_proba']``, every final label) or ``'base'``
+        (``obsm['cellpix_base_proba']``).
+
+    Returns
+    -------
+    DataFrame
+        Cells (``adata.obs_names``) × classes, named from ``uns['cellpix']['subtypes']`` or ``['base_types']``.
+        The obsm entries stay bare arrays because cell-type names hold slashes, which h5ad keys are losing.
+    """
+    from cellpix.steps.annotate.results import probability_frame
+
+    return probability_frame(adata, level)
 
 
 def explain(adata: ad.AnnData, model: TrainedModel | str | Path, options: ExplainOptions | None = None, *,

@@ -45,7 +45,7 @@ from cellpix.steps.annotate.clustering import (
     evidence,
     plan_clusters,
 )
-from cellpix.steps.annotate.query_wide import PANEL_DETECTED, PANEL_MEAN_NONZERO, query_wide
+from cellpix.steps.annotate.query_wide import PANEL_DETECTED, PANEL_MEAN_NONZERO, flagging_threshold, query_wide
 from cellpix.steps.annotate.query_wide import apply as apply_query_wide
 from cellpix.steps.annotate.query_wide import settings as query_settings
 from cellpix.steps.annotate.results import PREFIX, new_obsm_matrix
@@ -298,7 +298,7 @@ def _finish(models: list[TrainedModel], readers: list[PanelReader], options: Ann
         by_class = np.vstack([c.class_distance for c in chunks])
         clusters = evidence(plan, codes, pred, space, models[0], by_class)
         meta["warnings"] = _note(meta["warnings"], cluster_warnings(clusters))
-        add_cluster_columns(frame, clusters, stats[:, 0] == 0)
+        add_cluster_columns(frame, clusters, stats[:, 0] == 0, flagging_threshold(meta))
         meta["clusters"] = cluster_table(clusters, options.over_clustering, options.cluster_resolution)
         if plan.clusters is not None:
             coords = np.vstack([c.coords for c in chunks])

@@ -37,7 +37,8 @@ PCA_KEY = "X_cellpix_pca"
 # A cell without a single count on the model's genes: an empty image, which the network would still label.
 UNASSIGNED = "unassigned"
 # cellpix_novelty_reason: per-cell reasons, joined with a comma when several hold (a cluster's joins them)
-REASONS = ("", "subtype", "out_of_reference", "subtype,out_of_reference")
+FAR = "out_of_reference"
+REASONS = ("", "subtype", FAR, f"subtype,{FAR}")
 CLUSTER_COLUMNS = ("cluster", "consensus_base", "consensus_subtype", "consensus_agreement", "cluster_novelty", "label")
 
 
@@ -100,8 +101,17 @@ def evidence(plan: ClusterPlan, codes: np.ndarray, pred: Predictions, space: Lab
                           plan.rates, detection, symbols=list(model.layout.display_names))
 
 
-def add_cluster_columns(frame: pd.DataFrame, clusters: ClusterEvidence, empty: np.ndarray) -> None:
-    """Cluster, consensus and the answer to read (``cellpix_label``); an unknown cluster's cells become novel."""
+def add_cluster_columns(frame: pd.DataFrame, clusters: ClusterEvidence, empty: np.ndarray,
+                        distance_threshold: float | None = None) -> None:
+    """Cluster, consensus and the answer to read (``cellpix_label``); an unknown cluster's cells become novel.
+
+    ``distance_threshold`` (the out-of-reference threshold applied to the query, ``uns['cellpix']
+    ['reference_distance']['threshold_applied']``) lets the per-cell distance flag be judged afresh: in a cluster
+    read as its label in another state (``state_shift``) a cell is out of reference only past the threshold times
+    the cluster's own distance ratio, as the query's shift raises it for every cell. Kang's stimulated CD14+
+    monocytes lie 1.2x farther from their reference cells than the query's typical cluster, and 40 % of them were
+    past the query's threshold; 3 % are past the raised one.
+    """
     table = clusters.table
     verdict = clusters.per_cell("verdict")
     frame[f"{PREFIX}cluster"] = pd.Categorical(table["cluster"].to_numpy()[clusters.codes],
@@ -116,11 +126,31 @@ def add_cluster_columns(frame: pd.DataFrame, clusters: ClusterEvidence, empty: n
     cluster_reason = np.select([verdict == UNKNOWN, verdict == NEW_SUBTYPE], ["unknown_cluster", "new_subtype_cluster"],
                                "")
     cluster_reason = np.where(empty, "", cluster_reason)
-    reason = np.array([",".join(x for x in r.split(",") if x and not x.endswith("_cluster"))
-                       for r in frame[f"{PREFIX}novelty_reason"].astype(str)])  # a second pass replaces the first
-    joined = np.array([",".join(x for x in pair if x) for pair in zip(reason, cluster_reason, strict=True)])
+    far = _far_cells(frame, clusters, empty, distance_threshold)
+    cell_reasons = []  # a second pass (cellpix consensus) replaces the first's cluster reasons
+    for r, is_far in zip(frame[f"{PREFIX}novelty_reason"].astype(str), far, strict=True):
+        kept = [x for x in r.split(",") if x and not x.endswith("_cluster") and (is_far is None or x != FAR)]
+        cell_reasons.append(",".join(kept + ([FAR] if is_far else [])))
+    joined = np.array([",".join(x for x in pair if x) for pair in zip(cell_reasons, cluster_reason, strict=True)])
     frame[f"{PREFIX}novelty_reason"] = pd.Categorical(joined, categories=sorted(set(joined) | set(REASONS)))
     frame[f"{PREFIX}is_novel"] = joined != ""
+
+
+def _far_cells(frame: pd.DataFrame, clusters: ClusterEvidence, empty: np.ndarray,
+               threshold: float | None) -> list[bool | None]:
+    """Per cell: past the out-of-reference threshold, raised in a state-shift cluster by its distance ratio
+    (None everywhere when there is no threshold or distance to judge by: the reasons are kept as they are).
+
+    Every cell is judged afresh, not only a state cluster's, so that a second cluster pass over other clusters
+    gives back a flag the first one lifted."""
+    column = f"{PREFIX}reference_distance"
+    if threshold is None or column not in frame or "state_shift" not in clusters.table:
+        return [None] * len(frame)
+    state = clusters.per_cell("state_shift").astype(bool)
+    ratio = np.nan_to_num(clusters.per_cell("distance_ratio").astype(np.float64), nan=1.0)
+    scale = np.where(state, np.maximum(ratio, 1.0), 1.0)
+    distance = frame[column].to_numpy(np.float64)
+    return list((distance > threshold * scale) & ~empty)
 
 
 def cluster_warnings(clusters: ClusterEvidence) -> list[str]:
@@ -140,6 +170,22 @@ def cluster_warnings(clusters: ClusterEvidence) -> list[str]:
         lines.append(f"cluster {row['cluster']} ({row['n_cells']} cells, called {row['consensus_subtype']!r}) looks "
                      f"like {answer} ({evidence}){markers}; its cells are flagged cellpix_is_novel and labelled so "
                      "in obs['cellpix_label']")
+    return lines + state_warnings(table)
+
+
+def state_warnings(table: pd.DataFrame) -> list[str]:
+    """One line per cluster past the novelty score that is read as its label in another state (not flagged)."""
+    if "state_shift" not in table:
+        return []
+    lines = []
+    for _, row in table[table["state_shift"].astype(bool)].iterrows():
+        markers = f"; its markers: {row['markers']}" if row.get("markers") else ""
+        lines.append(f"cluster {row['cluster']} ({row['n_cells']} cells, called {row['consensus_subtype']!r}) is "
+                     f"unlike the reference's {row['consensus_subtype']} cells (novelty score "
+                     f"{row['novelty_score']:.2f}), but it is the query's closest match to that label and detects "
+                     f"the {row['consensus_base']} markers (presence {row['marker_presence']:.2f}): read as "
+                     f"{row['consensus_subtype']} in a state the reference lacks (activated or stimulated), not "
+                     f"flagged{markers}")
     return lines
 
 

@@ -126,7 +126,8 @@ def _far_flags(distance: np.ndarray, empty: np.ndarray, meta: dict[str, Any]) ->
     threshold, scale, shift = query_threshold(distance[~empty], float(reference["threshold"]),
                                               float(reference.get("shift_reference", np.nan)))
     applied = {"query_shift": round(shift, 4) if np.isfinite(shift) else float("nan"),
-               "query_scale": round(scale, 4), "threshold_applied": round(float(threshold), 6)}
+               "query_scale": round(scale, 4), "threshold_applied": float(threshold)}  # unrounded: the cluster
+    # pass (cellpix.steps.annotate.clustering.add_cluster_columns) judges cells against it again
     if meta["novelty_rule"] != "calibrated":
         return np.zeros(len(distance), dtype=bool), applied
     return (distance > threshold) & ~empty, applied
@@ -186,6 +187,15 @@ def settings(rule: str, calibration: dict[str, Any] | None, label_thresholds: np
     if model_metadata.get("shift_profile"):
         found["reference_shift_profile"] = model_metadata["shift_profile"]
     return found
+
+
+def flagging_threshold(meta: dict[str, Any]) -> float | None:
+    """The out-of-reference threshold that flagged cells in this run, or None when distances flag none (the
+    percentile rule, or a bundle without a reference space)."""
+    applied = (meta.get("reference_distance") or {}).get("threshold_applied")
+    if meta.get("novelty_rule") != "calibrated" or applied is None or not np.isfinite(float(applied)):
+        return None
+    return float(applied)
 
 
 def apply(frame: pd.DataFrame, meta: dict[str, Any], wide: QueryWide, setup_warnings: list[str]) -> None:

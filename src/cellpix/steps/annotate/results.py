@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import h5py
+import numpy as np
 import pandas as pd
 from anndata.io import write_elem
 
 from cellpix.data.io import spreadsheet_safe
+from cellpix.errors import InputDataError
 
 PREFIX = "cellpix_"  # every obs, obsm and uns key annotation writes starts with it
 
@@ -42,6 +44,30 @@ def annotation_table(obs: pd.DataFrame) -> str:
     """The per-cell CSV: cell id and every cellpix obs column (from an annotated obs or ``Annotation.obs``)."""
     columns = [c for c in obs.columns if c.startswith(PREFIX)]
     return spreadsheet_safe(obs[columns]).to_csv(index_label="cell")
+
+
+PROBABILITY_LEVELS = {"base": "base_types", "subtype": "subtypes"}  # obsm '<PREFIX><level>_proba' → its names
+
+
+def probability_frame(adata: Any, level: str = "subtype") -> pd.DataFrame:
+    """An annotated AnnData's probabilities as a DataFrame: one row per cell, one named column per class.
+
+    The obsm entry is a bare array with its class names in ``uns['cellpix']``, not a DataFrame with named
+    columns: cell-type names hold slashes (``CD4+/CD25 T Reg``), which anndata 0.12 writes with a FutureWarning
+    that its next minor release will refuse, and a bare array is what ``cellpix merge`` streams shard by shard.
+    """
+    if level not in PROBABILITY_LEVELS:
+        raise InputDataError(f"level must be one of {sorted(PROBABILITY_LEVELS)}, not {level!r}")
+    key, names_key = f"{PREFIX}{level}_proba", PROBABILITY_LEVELS[level]
+    meta = adata.uns.get("cellpix", {}) if hasattr(adata, "uns") else {}
+    if key not in adata.obsm or names_key not in meta:
+        raise InputDataError(f"no obsm['{key}'] with uns['cellpix']['{names_key}']: annotate the data with cellpix "
+                             "first")
+    values, names = np.asarray(adata.obsm[key]), [str(n) for n in meta[names_key]]
+    if values.shape[1] != len(names):
+        raise InputDataError(f"obsm['{key}'] has {values.shape[1]} columns and uns['cellpix']['{names_key}'] "
+                             f"{len(names)} names")
+    return pd.DataFrame(values, index=adata.obs_names.copy(), columns=pd.Index(names, name=level))
 
 
 def new_obsm_matrix(f: h5py.File, name: str, shape: tuple[int, int]) -> h5py.Dataset:

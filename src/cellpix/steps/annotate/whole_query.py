@@ -38,6 +38,7 @@ from cellpix.steps.annotate.clustering import (
     evidence,
     plan_clusters,
 )
+from cellpix.steps.annotate.query_wide import flagging_threshold
 from cellpix.steps.annotate.results import new_obsm_matrix
 
 
@@ -64,7 +65,7 @@ def consensus_file(annotated: str | Path, output: str | Path, model: TrainedMode
         pred = _predictions_from(adata, model.space)
         clusters = evidence(plan, np.concatenate(codes), pred, model.space, model, np.vstack(by_class))
         empty = obs[f"{PREFIX}unassigned"].astype(str).to_numpy() != ""
-        add_cluster_columns(obs, clusters, empty)
+        add_cluster_columns(obs, clusters, empty, flagging_threshold(adata.uns["cellpix"]))
         new_warnings = cluster_warnings(clusters)
         for line in new_warnings:
             warn(line)
