@@ -125,7 +125,7 @@ def _evaluate(model: HierarchicalClassifier, renderer: ImageRenderer, data: Refe
     if len(data.val_idx) == 0:
         return None, {}
     source = NetworkLogits(model, renderer, batch_size=512, device=device, fold=False)
-    pred = predict_matrix([source], [data.reader.take(data.val_idx)], space)
+    pred = predict_matrix([source], [data.rows(data.val_idx)], space)
     truth_label, truth_base = data.label_index[data.val_idx], data.base_index[data.val_idx]
     metrics = {
         "val_base_f1": f1_score(truth_base, pred.base_index, average="macro"),
