@@ -6,6 +6,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pytest
 
 DATA = Path(__file__).parent / "data"
 
@@ -31,6 +32,9 @@ def test_the_readme_example_runs_with_only_import_cellpix(tmp_path):
     assert (proba.idxmax(axis=1).to_numpy() == annotated.obs["cellpix_subtype"].astype(str).to_numpy()).mean() > 0.95
     base = cx.probabilities(annotated, "base")
     assert (base.idxmax(axis=1).to_numpy() == annotated.obs["cellpix_base"].astype(str).to_numpy()).all()
+    for bad, level in ((query, "subtype"), (annotated, "lineage")):  # not annotated; no such level: one clear error
+        with pytest.raises(cx.CellpixError):
+            cx.probabilities(bad, level)
     truth = np.asarray([model.hierarchy.label_to_base[label] for label in query.obs["cell_type"].astype(str)])
     assert (annotated.obs["cellpix_base"].astype(str).to_numpy() == truth).mean() > 0.8  # 100 held-out cells
     assert "cellpix_base" not in query.obs  # AnnData in, a new AnnData out

@@ -75,7 +75,7 @@ def test_a_state_shift_cluster_raises_its_cells_distance_threshold_and_a_second_
     out = annotate_adata(ad.read_h5ad(DATA / "zheng_query.h5ad"), [model], AnnotateOptions(progress=False))
     assert flagging_threshold(out.uns["cellpix"]) is not None
     distance = out.obs["cellpix_reference_distance"].to_numpy(np.float64)
-    threshold = float(np.quantile(distance, 0.6))  # held-out Zheng cells lie within the calibrated one: a lower
+    threshold = float(np.quantile(distance, 0.6))  # held-out Zheng cells lie within the calibrated one
     table = pd.DataFrame({k: v for k, v in out.uns["cellpix"]["clusters"].items() if k not in ("source",
                                                                                               "resolution")})
     codes = pd.Categorical(out.obs["cellpix_cluster"].astype(str), categories=table["cluster"].astype(str)).codes

@@ -201,6 +201,13 @@ def query_threshold(distances: np.ndarray, threshold: float, shift_reference: fl
     return threshold * scale, scale, shift
 
 
+def out_of_reference(distances: np.ndarray, threshold: float, empty: np.ndarray,
+                     scale: np.ndarray | float = 1.0) -> np.ndarray:
+    """Cells farther from the reference than ``threshold`` (times a per-cell ``scale``: a cluster's own shift); a
+    cell without expression on the panel (``empty``) never is."""
+    return (distances > threshold * scale) & ~empty
+
+
 def _check_class_tensors(space: ReferenceSpace) -> None:
     """Shapes that agree with each other: a bundle whose checksum was recomputed after an edit is refused here."""
     from cellpix.errors import BundleError

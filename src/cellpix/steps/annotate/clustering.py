@@ -28,6 +28,7 @@ from cellpix.core.consensus import (
 )
 from cellpix.core.label_space import LabelSpace
 from cellpix.core.predict import Predictions
+from cellpix.core.reference_space import out_of_reference
 from cellpix.core.trained import TrainedModel
 from cellpix.data.panel import PanelReader
 from cellpix.errors import CellpixError
@@ -128,29 +129,28 @@ def add_cluster_columns(frame: pd.DataFrame, clusters: ClusterEvidence, empty: n
     cluster_reason = np.where(empty, "", cluster_reason)
     far = _far_cells(frame, clusters, empty, distance_threshold)
     cell_reasons = []  # a second pass (cellpix consensus) replaces the first's cluster reasons
-    for r, is_far in zip(frame[f"{PREFIX}novelty_reason"].astype(str), far, strict=True):
-        kept = [x for x in r.split(",") if x and not x.endswith("_cluster") and (is_far is None or x != FAR)]
-        cell_reasons.append(",".join(kept + ([FAR] if is_far else [])))
+    for i, r in enumerate(frame[f"{PREFIX}novelty_reason"].astype(str)):
+        kept = [x for x in r.split(",") if x and not x.endswith("_cluster") and (far is None or x != FAR)]
+        cell_reasons.append(",".join(kept + ([FAR] if far is not None and far[i] else [])))
     joined = np.array([",".join(x for x in pair if x) for pair in zip(cell_reasons, cluster_reason, strict=True)])
     frame[f"{PREFIX}novelty_reason"] = pd.Categorical(joined, categories=sorted(set(joined) | set(REASONS)))
     frame[f"{PREFIX}is_novel"] = joined != ""
 
 
 def _far_cells(frame: pd.DataFrame, clusters: ClusterEvidence, empty: np.ndarray,
-               threshold: float | None) -> list[bool | None]:
-    """Per cell: past the out-of-reference threshold, raised in a state-shift cluster by its distance ratio
-    (None everywhere when there is no threshold or distance to judge by: the reasons are kept as they are).
+               threshold: float | None) -> np.ndarray | None:
+    """Per cell: past the out-of-reference threshold, raised in a state-shift cluster by its distance ratio; None
+    when there is no threshold or distance to judge by (the reasons are then kept as they are).
 
     Every cell is judged afresh, not only a state cluster's, so that a second cluster pass over other clusters
     gives back a flag the first one lifted."""
     column = f"{PREFIX}reference_distance"
     if threshold is None or column not in frame or "state_shift" not in clusters.table:
-        return [None] * len(frame)
+        return None
     state = clusters.per_cell("state_shift").astype(bool)
     ratio = np.nan_to_num(clusters.per_cell("distance_ratio").astype(np.float64), nan=1.0)
     scale = np.where(state, np.maximum(ratio, 1.0), 1.0)
-    distance = frame[column].to_numpy(np.float64)
-    return list((distance > threshold * scale) & ~empty)
+    return out_of_reference(frame[column].to_numpy(np.float64), threshold, empty, scale)
 
 
 def cluster_warnings(clusters: ClusterEvidence) -> list[str]:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cellpix.core.novelty import PERCENTILE_BASE_Q, PERCENTILE_SUBTYPE_Q, flag_percentile
-from cellpix.core.reference_space import query_threshold
+from cellpix.core.reference_space import out_of_reference, query_threshold
 from cellpix.data.shift import compare, other_scale_message
 from cellpix.errors import InputDataError
 from cellpix.steps.annotate.clustering import PREFIX, UNASSIGNED
@@ -130,7 +130,7 @@ def _far_flags(distance: np.ndarray, empty: np.ndarray, meta: dict[str, Any]) ->
     # pass (cellpix.steps.annotate.clustering.add_cluster_columns) judges cells against it again
     if meta["novelty_rule"] != "calibrated":
         return np.zeros(len(distance), dtype=bool), applied
-    return (distance > threshold) & ~empty, applied
+    return out_of_reference(distance, threshold, empty), applied
 
 
 def _one_class_warnings(meta: dict[str, Any], label_index: np.ndarray, base_confidence: np.ndarray,
