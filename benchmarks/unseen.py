@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     raw = ad.read_h5ad(require(ZHENG))
     name = f"unseen_seed{args.seed}.csv"
-    kept = pd.read_csv(RESULTS / name) if (RESULTS / name).exists() else pd.DataFrame(columns=["held_out"])
+    path = RESULTS / name
+    kept = pd.read_csv(path, float_precision="round_trip") if path.exists() else pd.DataFrame(columns=["held_out"])
     rows = []
     for held in (h.strip() for h in args.holdouts.split(";") if h.strip()):
         rows += one_setting(raw, None if held == "none" else held, args.seed)
