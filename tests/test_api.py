@@ -43,6 +43,22 @@ def test_the_readme_example_runs_with_only_import_cellpix(tmp_path):
     again = cx.annotate(query, cx.load_model(tmp_path / "pbmc.cellpix"), cx.AnnotateOptions(progress=False))
     assert (again.obs["cellpix_subtype"] == annotated.obs["cellpix_subtype"]).all()
 
+    # key_added: a second annotation beside the first, in place; every key renamed, the first one's untouched
+    both = annotated.copy()
+    assert cx.annotate(both, model, cx.AnnotateOptions(progress=False, consensus=False), copy=False,
+                       key_added="second") is None
+    assert (both.obs["second_subtype"] == annotated.obs["cellpix_subtype"]).all()
+    assert (both.obs["cellpix_label"] == annotated.obs["cellpix_label"]).all() and "second_label" not in both.obs
+    assert np.allclose(cx.probabilities(both, key="second").to_numpy(), proba.to_numpy())
+    assert "X_second_pca" not in both.obsm and both.uns["second"]["subtypes"] == annotated.uns["cellpix"]["subtypes"]
+    # the same key again without the consensus: the earlier run's clusters and labels go, none is left stale
+    cx.annotate(both, model, cx.AnnotateOptions(progress=False, consensus=False), copy=False)
+    assert "cellpix_label" not in both.obs and "cellpix_cluster" not in both.obs and "X_cellpix_pca" not in both.obsm
+    assert (both.obs["cellpix_subtype"] == annotated.obs["cellpix_subtype"]).all()
+    for bad_key in ("", "a/b", "x y"):  # keys an h5ad cannot hold, refused before any work
+        with pytest.raises(cx.CellpixError, match="key_added"):
+            cx.annotate(query, model, key_added=bad_key)
+
     genes = cx.explain(annotated, model, cx.ExplainOptions(levels=("base",), cells_per_class=4, nsamples=4,
                                                            progress=False))
     assert len(genes.top("base", "T cell", 10)) == 10

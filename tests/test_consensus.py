@@ -158,6 +158,13 @@ def test_consensus_command_on_a_merged_query_and_its_bad_inputs(small_model, tmp
     assert json.loads((tmp_path / "summary.json").read_text())["cells"] == 100
     assert len((tmp_path / "cells.csv").read_text().splitlines()) == 101
     assert (tmp_path / "plots" / "cellpix_umap.png").exists()
+    again = tmp_path / "again.h5ad"  # the consensus file annotated anew per cell: no cluster answer left stale
+    run = subprocess.run([*cli, "annotate", str(out), "-m", str(path), "-o", str(again), "--no-consensus",
+                          "--quiet"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    reread = ad.read_h5ad(again)
+    assert "cellpix_label" not in reread.obs and "cellpix_cluster" not in reread.obs
+    assert "X_cellpix_pca" not in reread.obsm and "cellpix_subtype" in reread.obs
     for bad, message in ((DATA / "zheng_query.h5ad", "not annotated by cellpix"),):
         run = subprocess.run([*cli, "consensus", str(bad), "-m", str(path), "-o", str(tmp_path / "bad.h5ad")],
                              capture_output=True, text=True)

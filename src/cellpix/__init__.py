@@ -30,7 +30,7 @@ _PUBLIC = {
     "explain": "cellpix.api", "probabilities": "cellpix.api", "load_model": "cellpix.api", "hierarchy": "cellpix.api",
     "Hierarchy": "cellpix.core.hierarchy", "GeneLayout": "cellpix.core.layout", "TrainedModel": "cellpix.core.trained",
     "QCOptions": "cellpix.steps.integrate.reference", "TrainConfig": "cellpix.steps.train.trainer",
-    "AnnotateOptions": "cellpix.steps.annotate.annotate", "ExplainOptions": "cellpix.steps.explain.shap_genes",
+    "AnnotateOptions": "cellpix.steps.annotate.options", "ExplainOptions": "cellpix.steps.explain.shap_genes",
     "CellpixError": "cellpix.errors",
 }
 

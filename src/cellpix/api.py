@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # the heavy modules load when a function is first called, not
     from cellpix.core.hierarchy import Hierarchy
     from cellpix.core.layout import GeneLayout
     from cellpix.core.trained import TrainedModel
-    from cellpix.steps.annotate.annotate import AnnotateOptions
+    from cellpix.steps.annotate.options import AnnotateOptions
     from cellpix.steps.explain.shap_genes import ExplainOptions, Explanation
     from cellpix.steps.integrate.reference import QCOptions
     from cellpix.steps.train.trainer import TrainConfig
@@ -134,7 +134,8 @@ def train(reference: ad.AnnData, layout: GeneLayout, hierarchy: Hierarchy | str,
 
 
 def annotate(query: ad.AnnData, model: TrainedModel | Sequence[TrainedModel] | str | Path,
-             options: AnnotateOptions | None = None, *, copy: bool = True) -> ad.AnnData | None:
+             options: AnnotateOptions | None = None, *, copy: bool = True,
+             key_added: str | None = None) -> ad.AnnData | None:
     """Annotate a query with base types, subtypes, confidences and novelty flags.
 
     Parameters
@@ -145,10 +146,16 @@ def annotate(query: ad.AnnData, model: TrainedModel | Sequence[TrainedModel] | s
         A trained model, several trained on the same hierarchy (an ensemble: probabilities are averaged), or
         the path of a bundle.
     options
-        :class:`cellpix.steps.annotate.annotate.AnnotateOptions` (gene matching, coverage, novelty rule, device).
+        :class:`cellpix.steps.annotate.options.AnnotateOptions` (gene matching, coverage, novelty rule, device).
     copy
         Return an annotated copy (the default, as before), or with ``False`` add the entries to ``query`` itself
         and return None, as scanpy's tools do; nothing is written into ``query`` until every answer is computed.
+    key_added
+        The name every key below is written under instead of ``cellpix`` (the default, None), as scanpy's
+        ``key_added``: ``'pbmc'`` writes
+        ``obs['pbmc_label']``, ``obsm['pbmc_subtype_proba']``, ``obsm['X_pbmc_pca']`` and ``uns['pbmc']``, so that
+        two models' annotations sit side by side. An earlier annotation's obs columns under the same name are
+        replaced, none left stale. The command line and the files it writes always use ``cellpix``.
 
     Returns
     -------
@@ -178,11 +185,11 @@ def annotate(query: ad.AnnData, model: TrainedModel | Sequence[TrainedModel] | s
 
     given = list(model) if isinstance(model, Sequence) and not isinstance(model, str) else [model]
     models = [load_model(m) if isinstance(m, (str, Path)) else m for m in given]
-    annotated = annotate_adata(query, models, options, copy=copy)
+    annotated = annotate_adata(query, models, options, copy=copy, key_added=key_added)
     return annotated if copy else None
 
 
-def probabilities(adata: ad.AnnData, level: str = "subtype") -> pd.DataFrame:
+def probabilities(adata: ad.AnnData, level: str = "subtype", *, key: str | None = None) -> pd.DataFrame:
     """The probabilities :func:`annotate` wrote, as a DataFrame with one named column per class.
 
     Parameters
@@ -192,6 +199,8 @@ def probabilities(adata: ad.AnnData, level: str = "subtype") -> pd.DataFrame:
     level
         ``'subtype'`` (``obsm['cellpix_subtype_proba']``, every final label) or ``'base'``
         (``obsm['cellpix_base_proba']``).
+    key
+        The ``key_added`` the data were annotated under (None: ``cellpix``).
 
     Returns
     -------
@@ -201,7 +210,7 @@ def probabilities(adata: ad.AnnData, level: str = "subtype") -> pd.DataFrame:
     """
     from cellpix.steps.annotate.results import probability_frame
 
-    return probability_frame(adata, level)
+    return probability_frame(adata, level, key)
 
 
 def explain(adata: ad.AnnData, model: TrainedModel | str | Path, options: ExplainOptions | None = None, *,

@@ -22,12 +22,10 @@ from anndata.io import write_elem
 from tqdm.auto import tqdm
 
 from cellpix import __version__
-from cellpix.core.clusters import DEFAULT_RESOLUTION, MAX_CLUSTER_CELLS
 from cellpix.core.label_space import LabelSpace
 from cellpix.core.novelty import label_thresholds
 from cellpix.core.predict import Predictions, check_precision, predict_matrix
 from cellpix.core.trained import TrainedModel
-from cellpix.data.genes import DEFAULT_MIN_COVERAGE
 from cellpix.data.inputs import normalise_rows
 from cellpix.data.io import atomic_path, read_h5ad, write_uns_entry
 from cellpix.data.panel import PanelReader, open_on_panels
@@ -35,7 +33,6 @@ from cellpix.data.runtime import release_freed_memory, resolve_device
 from cellpix.data.shift import cell_statistics
 from cellpix.errors import CellpixError, warn
 from cellpix.steps.annotate.clustering import (
-    PCA_KEY,
     REASONS,
     UNASSIGNED,
     ClusterPlan,
@@ -45,61 +42,24 @@ from cellpix.steps.annotate.clustering import (
     evidence,
     plan_clusters,
 )
+from cellpix.steps.annotate.options import (  # re-exported: the step's public names
+    NOVELTY_RULES,
+    AnnotateOptions,
+)
 from cellpix.steps.annotate.query_wide import PANEL_DETECTED, PANEL_MEAN_NONZERO, flagging_threshold, query_wide
 from cellpix.steps.annotate.query_wide import apply as apply_query_wide
 from cellpix.steps.annotate.query_wide import settings as query_settings
-from cellpix.steps.annotate.results import PREFIX, new_obsm_matrix
+from cellpix.steps.annotate.results import (
+    DEFAULT_KEY,
+    PCA_KEY,
+    PREFIX,
+    check_key,
+    keyed,
+    new_obsm_matrix,
+    without_previous,
+)
 
-NOVELTY_RULES = ("calibrated", "percentile")
 NO_PANEL_EXPRESSION = "no expression on the model's genes"
-
-
-CPU_BATCH = 64
-GPU_BATCH = 512
-# Cells read, normalised and predicted at a time. Annotating 10,000 cells with resnet18 on 2 cores peaked at
-# 1,044 MB with 8,192 and 991 MB with 2,048 (971 MB with 1,024), within a few seconds of the same wall time.
-CHUNK_SIZE = 2048
-
-
-@dataclass(kw_only=True)
-class AnnotateOptions:
-    """How a query is read (gene column, layer, ``.raw``, minimum gene coverage), what may be answered
-    (``restrict_to``), the novelty rule, the streaming chunk and batch sizes, the device and arithmetic, and
-    ``force`` to annotate a query whose values are on another scale than the reference's."""
-
-    gene_column: str | None = None
-    layer: str | None = None
-    use_raw: bool | None = None
-    min_gene_coverage: float = DEFAULT_MIN_COVERAGE
-    restrict_to: list[str] | None = None
-    novelty_rule: str = "calibrated"
-    chunk_size: int = CHUNK_SIZE
-    batch_size: int | None = None  # None: CPU_BATCH on the CPU, GPU_BATCH on an accelerator
-    device: str = "cpu"
-    precision: str = "auto"  # see cellpix.core.predict.PRECISIONS
-    progress: bool = True
-    force: bool = False  # annotate a query whose values are on another scale than the reference's
-    # cluster-level consensus and unknown-cluster novelty (cellpix.core.consensus), over the query's own clusters
-    # or the obs column ``over_clustering``; ``cluster_resolution`` is Leiden's for computed clusters, of at most
-    # ``max_cluster_cells`` sampled cells (the others join their nearest sampled cells' cluster)
-    consensus: bool = True
-    over_clustering: str | None = None
-    # set by annotation itself from the query's uns: the method of a cellpix-integrated, batch-corrected query
-    corrected_by: str | None = None
-    cluster_resolution: float = DEFAULT_RESOLUTION
-    max_cluster_cells: int = MAX_CLUSTER_CELLS
-
-    @property
-    def inference_batch(self) -> int:
-        """Images per forward pass.
-
-        On 2 CPU cores, annotating 10,000 cells with the default resnet18 took 73.5 s
-        and 1.48 GB peak RSS at 512 images per pass, 59.7 s and 1.04 GB at 64: small
-        passes keep activations in cache and out of the heap. GPUs want large passes.
-        """
-        if self.batch_size is not None:
-            return self.batch_size
-        return CPU_BATCH if str(self.device).startswith("cpu") else GPU_BATCH
 
 
 @dataclass
@@ -306,9 +266,12 @@ def _finish(models: list[TrainedModel], readers: list[PanelReader], options: Ann
 
 
 def annotate_adata(adata: ad.AnnData, models: list[TrainedModel], options: AnnotateOptions | None = None, *,
-                   copy: bool = True) -> ad.AnnData:
+                   copy: bool = True, key_added: str | None = None) -> ad.AnnData:
     """Annotate an in-memory AnnData: a copy with cellpix's obs, obsm and uns entries, or (``copy=False``) the
-    same object with them added. Nothing is written into ``adata`` before every answer is computed."""
+    same object with them added. Nothing is written into ``adata`` before every answer is computed. Every key is
+    named under ``key_added`` (:func:`cellpix.steps.annotate.results.keyed`), so that two models' annotations can
+    sit side by side; an earlier annotation's obs columns under the same key are replaced, none is left stale."""
+    key_added = check_key(key_added)
     options = _run_options(options or AnnotateOptions(), adata, models)
     _check_rule(options)
     readers = _readers(adata, models, options)
@@ -316,13 +279,17 @@ def annotate_adata(adata: ad.AnnData, models: list[TrainedModel], options: Annot
     chunks = list(_stream(models, readers, options, plan))
     done = _finish(models, readers, options, adata.obs_names, chunks, plan)
     out = adata.copy() if copy else adata
+    out.obs = without_previous(out.obs, key_added)
     for column, values in done.obs.items():
-        out.obs[column] = values
-    out.obsm[f"{PREFIX}base_proba"] = np.vstack([c.pred.base_proba for c in chunks])
-    out.obsm[f"{PREFIX}subtype_proba"] = np.vstack([c.pred.subtype_proba for c in chunks])
+        out.obs[keyed(column, key_added)] = values
+    out.obsm[keyed(f"{PREFIX}base_proba", key_added)] = np.vstack([c.pred.base_proba for c in chunks])
+    out.obsm[keyed(f"{PREFIX}subtype_proba", key_added)] = np.vstack([c.pred.subtype_proba for c in chunks])
+    pca_key = keyed(PCA_KEY, key_added)
     if done.coords is not None:
-        out.obsm[PCA_KEY] = done.coords
-    out.uns["cellpix"] = done.metadata
+        out.obsm[pca_key] = done.coords
+    elif pca_key in out.obsm:  # an earlier run's clusters, which this run did not make
+        del out.obsm[pca_key]
+    out.uns[key_added] = done.metadata
     return out
 
 
@@ -369,7 +336,7 @@ def annotate_file(query: str | Path, output: str | Path, models: list[TrainedMod
                     chunk.pred.base_proba = chunk.pred.subtype_proba = empty
                     chunks.append(chunk)
                 done = _finish(models, readers, options, adata.obs_names, chunks, plan)
-                obs = adata.obs.copy()
+                obs = without_previous(adata.obs, DEFAULT_KEY)
                 for column, values in done.obs.items():
                     obs[column] = values
                 del f["obs"]
@@ -377,6 +344,8 @@ def annotate_file(query: str | Path, output: str | Path, models: list[TrainedMod
                 if done.coords is not None:
                     coords = new_obsm_matrix(f, f"obsm/{PCA_KEY}", done.coords.shape)
                     coords[:] = done.coords
+                elif f"obsm/{PCA_KEY}" in f:  # an earlier run's clusters, which this run did not make
+                    del f[f"obsm/{PCA_KEY}"]
                 write_uns_entry(f, "cellpix", done.metadata)
     finally:
         adata.file.close()

@@ -34,7 +34,6 @@ from cellpix.data.panel import PanelReader
 from cellpix.errors import CellpixError
 from cellpix.steps.annotate.results import PREFIX
 
-PCA_KEY = "X_cellpix_pca"
 # A cell without a single count on the model's genes: an empty image, which the network would still label.
 UNASSIGNED = "unassigned"
 # cellpix_novelty_reason: per-cell reasons, joined with a comma when several hold (a cluster's joins them)

@@ -11,13 +11,13 @@ import pandas as pd
 
 from cellpix.data.inputs import TARGET_SUM
 from cellpix.data.io import save_figure
+from cellpix.steps.annotate.results import PCA_KEY
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 MAX_UMAP_CELLS = 20000
 MIN_UMAP_CELLS = 10  # fewer cells have no neighbourhood to draw
-PCA_KEY = "X_cellpix_pca"  # the query's own principal components, written by annotation's cluster pass
 FLAGGED = "#d62728"
 
 

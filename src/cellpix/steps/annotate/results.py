@@ -3,6 +3,7 @@ on-disk obsm arrays the streaming path fills."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import h5py
@@ -13,7 +14,38 @@ from anndata.io import write_elem
 from cellpix.data.io import spreadsheet_safe
 from cellpix.errors import InputDataError
 
-PREFIX = "cellpix_"  # every obs, obsm and uns key annotation writes starts with it
+DEFAULT_KEY = "cellpix"  # uns[DEFAULT_KEY]; every obs and obsm key annotation writes starts with PREFIX
+PREFIX = f"{DEFAULT_KEY}_"
+PCA_KEY = f"X_{DEFAULT_KEY}_pca"  # the query's own principal components, written by annotation's cluster pass
+
+
+def check_key(key: str | None) -> str:
+    """A ``key_added`` (None: :data:`DEFAULT_KEY`) that names valid obs, obsm and uns keys in an h5ad: letters,
+    digits, '_', '-' and '.'."""
+    if key is None:
+        return DEFAULT_KEY
+    if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", key):
+        raise InputDataError(f"key_added must be a non-empty name of letters, digits, '_', '-' or '.', "
+                             f"not {key!r}")
+    return key
+
+
+def keyed(name: str, key: str = DEFAULT_KEY) -> str:
+    """The name annotation writes under ``key`` for its default ``name`` (``cellpix_label`` → ``<key>_label``,
+    ``X_cellpix_pca`` → ``X_<key>_pca``, ``cellpix`` → ``<key>``), as scanpy's ``key_added`` renames its keys."""
+    if name == DEFAULT_KEY:
+        return key
+    if name == PCA_KEY:
+        return f"X_{key}_pca"
+    if name.startswith(PREFIX):
+        return f"{key}_{name[len(PREFIX):]}"
+    raise ValueError(f"{name!r} is not a key annotation writes")
+
+
+def without_previous(obs: pd.DataFrame, key: str = DEFAULT_KEY) -> pd.DataFrame:
+    """``obs`` without the columns an earlier annotation under ``key`` wrote: a run without the consensus must not
+    leave the previous run's clusters and labels beside its own calls."""
+    return obs.drop(columns=[c for c in obs.columns if str(c).startswith(f"{key}_")])
 
 
 def annotation_summary(obs: pd.DataFrame, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -49,23 +81,24 @@ def annotation_table(obs: pd.DataFrame) -> str:
 PROBABILITY_LEVELS = {"base": "base_types", "subtype": "subtypes"}  # obsm '<PREFIX><level>_proba' → its names
 
 
-def probability_frame(adata: Any, level: str = "subtype") -> pd.DataFrame:
+def probability_frame(adata: Any, level: str = "subtype", key: str | None = None) -> pd.DataFrame:
     """An annotated AnnData's probabilities as a DataFrame: one row per cell, one named column per class.
 
-    The obsm entry is a bare array with its class names in ``uns['cellpix']``, not a DataFrame with named
-    columns: cell-type names hold slashes (``CD4+/CD25 T Reg``), which anndata 0.12 writes with a FutureWarning
-    that its next minor release will refuse, and a bare array is what ``cellpix merge`` streams shard by shard.
+    The obsm entry is a bare array with its class names in ``uns[key]``, not a DataFrame with named columns:
+    cell-type names hold slashes (``CD4+/CD25 T Reg``), which anndata 0.12 writes with a FutureWarning that its next
+    minor release will refuse, and a bare array is what ``cellpix merge`` streams shard by shard.
     """
     if level not in PROBABILITY_LEVELS:
         raise InputDataError(f"level must be one of {sorted(PROBABILITY_LEVELS)}, not {level!r}")
-    key, names_key = f"{PREFIX}{level}_proba", PROBABILITY_LEVELS[level]
-    meta = adata.uns.get("cellpix", {}) if hasattr(adata, "uns") else {}
-    if key not in adata.obsm or names_key not in meta:
-        raise InputDataError(f"no obsm['{key}'] with uns['cellpix']['{names_key}']: annotate the data with cellpix "
-                             "first")
-    values, names = np.asarray(adata.obsm[key]), [str(n) for n in meta[names_key]]
+    key = DEFAULT_KEY if key is None else key
+    obsm_key, names_key = keyed(f"{PREFIX}{level}_proba", check_key(key)), PROBABILITY_LEVELS[level]
+    meta = adata.uns.get(key, {}) if hasattr(adata, "uns") else {}
+    if obsm_key not in adata.obsm or not isinstance(meta, dict) or names_key not in meta:
+        raise InputDataError(f"no obsm['{obsm_key}'] with uns['{key}']['{names_key}']: annotate the data with "
+                             f"cellpix first{'' if key == DEFAULT_KEY else f' (key_added={key!r})'}")
+    values, names = np.asarray(adata.obsm[obsm_key]), [str(n) for n in meta[names_key]]
     if values.shape[1] != len(names):
-        raise InputDataError(f"obsm['{key}'] has {values.shape[1]} columns and uns['cellpix']['{names_key}'] "
+        raise InputDataError(f"obsm['{obsm_key}'] has {values.shape[1]} columns and uns['{key}']['{names_key}'] "
                              f"{len(names)} names")
     return pd.DataFrame(values, index=adata.obs_names.copy(), columns=pd.Index(names, name=level))
 

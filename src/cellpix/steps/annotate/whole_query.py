@@ -24,14 +24,12 @@ from cellpix.core.trained import TrainedModel
 from cellpix.data.io import atomic_path, read_h5ad, write_uns_entry
 from cellpix.errors import InputDataError, warn
 from cellpix.steps.annotate.annotate import (
-    PREFIX,
     AnnotateOptions,
     Annotation,
     _readers,
     _run_options,
 )
 from cellpix.steps.annotate.clustering import (
-    PCA_KEY,
     add_cluster_columns,
     cluster_table,
     cluster_warnings,
@@ -39,7 +37,7 @@ from cellpix.steps.annotate.clustering import (
     plan_clusters,
 )
 from cellpix.steps.annotate.query_wide import flagging_threshold
-from cellpix.steps.annotate.results import new_obsm_matrix
+from cellpix.steps.annotate.results import PCA_KEY, PREFIX, new_obsm_matrix
 
 
 def consensus_file(annotated: str | Path, output: str | Path, model: TrainedModel,
