@@ -230,3 +230,40 @@ def test_missing_optional_dependencies_say_how_to_install(reference_path, tmp_pa
                           env={**os.environ, "PATH": str(ROOT / "no-such-dir")})
     assert no_r.returncode == 1 and "apt-get install r-base-core r-cran-seurat" in no_r.stderr
     assert not out.exists()
+
+
+def test_panel_alignment_moves_values_exactly_as_the_selection_product():
+    """A block is normalised by scaling each stored value and put on the panel by moving each value to its gene's
+    column; both give the values, structure and order the matrix products did (committed fixture, raw counts,
+    with an empty cell, an explicit zero, integer counts, and a panel that names one query gene twice)."""
+    from pathlib import Path
+
+    from cellpix.data.inputs import TARGET_SUM
+    from cellpix.data.panel import open_on_panel
+
+    query = ad.read_h5ad(Path(__file__).parent / "data" / "zheng_query.h5ad")
+    counts = sp.csr_matrix(query.X, dtype=np.float32)
+    counts[3] = 0  # a cell without counts
+    counts.eliminate_zeros()
+    counts.data[0] = 0.0  # an explicit zero stored in the matrix
+    genes = list(query.var_names)
+    panel = [*genes[5000:5400][::-1], "ENSG_NOT_THERE", *genes[:50]]
+    for block in (counts, counts.astype(np.int64)):
+        totals = np.asarray(block.sum(axis=1)).ravel()
+        scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals, dtype=np.float64), where=totals > 0)
+        expected = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ block)
+        expected.data = np.log1p(expected.data)
+        normalised = normalise_rows(block, "counts")
+        normalised.sort_indices()
+        expected.sort_indices()
+        assert normalised.dtype == expected.dtype and normalised.nnz == expected.nnz
+        assert np.array_equal(normalised.indptr, expected.indptr) and np.array_equal(normalised.data, expected.data)
+        for names in (panel, [*panel, *genes[10:12]]):  # the second names two genes twice: the product's path
+            reader = open_on_panel(query, names, min_coverage=0.0)
+            assert (reader._panel_column is None) == (names is not panel)
+            product = (normalised @ reader.match.selector()).tocsr()
+            product.sort_indices()
+            aligned = reader.select(normalised)
+            assert aligned.shape == (query.n_obs, len(names)) and aligned.dtype == np.float32
+            for part in ("indptr", "indices", "data"):
+                assert np.array_equal(getattr(aligned, part), getattr(product.astype(np.float32), part))

@@ -77,6 +77,16 @@ class GeneMatch:
             shape=(self.n_query_genes, len(self.panel_genes)),
         )
 
+    def panel_column(self) -> np.ndarray | None:
+        """Each query gene's panel column (-1: not on the panel), or None when a query gene fills two panel
+        columns (then only :meth:`selector` can put X in panel order)."""
+        hit = np.flatnonzero(self.query_columns >= 0)
+        if len(np.unique(self.query_columns[hit])) < len(hit):
+            return None
+        column = np.full(self.n_query_genes, -1, dtype=np.int32)
+        column[self.query_columns[hit]] = hit
+        return column
+
     def report(self) -> dict[str, Any]:
         missing = self.missing
         return {

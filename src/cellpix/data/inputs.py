@@ -249,10 +249,16 @@ def normalise_rows(block: sp.csr_matrix, kind: str) -> sp.csr_matrix:
         return sp.csr_matrix(out, dtype=np.float32)
     if kind != "counts":
         raise InputDataError(_refusal(kind, "the data"))
+    block = sp.csr_matrix(block)
     totals = np.asarray(block.sum(axis=1)).ravel()
     scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals, dtype=np.float64), where=totals > 0)
-    out = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ block)
-    out.data = np.log1p(out.data)
+    # each stored value times its row's factor, in place of a diagonal matrix product (3x slower: it builds the
+    # product's structure again); the same float32 factor and dtype as that product, so the same values
+    dtype = np.result_type(np.float32, block.dtype)
+    factor = np.repeat(scale.astype(np.float32), np.diff(block.indptr)).astype(dtype, copy=False)
+    out = sp.csr_matrix((np.log1p(block.data.astype(dtype, copy=False) * factor), block.indices.copy(),
+                         block.indptr.copy()), shape=block.shape)
+    out.eliminate_zeros()  # as the product did: explicit zeros and empty rows store nothing
     return out
 
 
