@@ -208,7 +208,7 @@ def test_no_consensus_leaves_per_cell_calls_only(small_model):
 def test_plots_show_the_querys_expression_and_visible_flags(small_model, tmp_path):
     """The three pictures exist; the UMAP is drawn from the query's own PCA (never from probabilities); a query
     too small for a neighbourhood still gets its confidence plot and no traceback."""
-    from cellpix.steps.annotate.plots import plot_annotation
+    from cellpix.steps.annotate.plots import category_colours, decisive_confidence, plot_annotation
 
     model, _ = small_model
     query = ad.read_h5ad(DATA / "zheng_query.h5ad")
@@ -217,6 +217,17 @@ def test_plots_show_the_querys_expression_and_visible_flags(small_model, tmp_pat
     assert names == ["cellpix_confidence.png", "cellpix_novelty.png", "cellpix_umap.png"]
     one = annotate_adata(query[:1].copy(), [model], AnnotateOptions(progress=False))
     assert [p.name for p in plot_annotation(one, tmp_path / "one")] == ["cellpix_confidence.png"]
+    # a call whose base type has one subtype (CD14+ Monocyte) is shown at its base probability, not at the
+    # subtype's 1.0 by construction; T cells, which choose among subtypes, at the subtype's
+    confidence, terminal = decisive_confidence(out.obs, list(out.uns["cellpix"]["branching_base_types"]))
+    calls = out.obs["cellpix_subtype"].astype(str).to_numpy()
+    single = np.isin(calls, ["CD14+ Monocyte", "CD19+ B", "CD56+ NK", "CD34+"])
+    assert single.any() and terminal[single].all() and not terminal[~single].any()
+    assert np.allclose(confidence[single], out.obs["cellpix_base_probability"].to_numpy()[single])
+    assert (out.obs["cellpix_subtype_probability"].to_numpy()[single] == 1).all() and (confidence[single] < 1).any()
+    # flagged answers are drawn in colours no known type has, each its own
+    colours = category_colours(["CD4+ T Helper2", "CD19+ B", "CD14+ Monocyte"], ["unknown", "T cell (new subtype)"])
+    assert len(set(colours.values())) == len(colours)
 
 
 @pytest.mark.slow

@@ -18,7 +18,6 @@ import matplotlib.pyplot as plt
 
 MAX_UMAP_CELLS = 20000
 MIN_UMAP_CELLS = 10  # fewer cells have no neighbourhood to draw
-FLAGGED = "#d62728"
 
 
 def embedding(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -61,21 +60,37 @@ def _own_pca(adata: ad.AnnData, rows: np.ndarray, seed: int) -> ad.AnnData:
     return view
 
 
-def _categorical_scatter(ax, xy: np.ndarray, values: pd.Series, title: str, highlight: set[str] = frozenset()
-                         ) -> None:
-    """One colour per category, largest first underneath; ``highlight`` categories drawn last, larger, in red
-    shades, so a small flagged population is never hidden under a large one."""
+# Flagged categories (unknown, new subtype, each novelty reason) in warm colours, each its own; known types in cool
+# ones only, so an "unknown" cluster never shares a colour with a known type (tab20 gave CD19+ B and "unknown" the
+# same orange); cells not flagged in grey.
+WARM = ("#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#7f0000", "#bcbd22", "#fdae61", "#f7b6d2", "#c49c94", "#000000")
+COOL = ("#1f77b4", "#2ca02c", "#9467bd", "#17becf", "#393b79", "#637939", "#7b4173", "#aec7e8", "#98df8a",
+        "#c5b0d5", "#9edae5", "#5254a3")  # the most distinct first: the largest populations get them
+NEUTRAL = "#c7c7c7"
+NOT_FLAGGED = "not flagged"
+
+
+def category_colours(known: list[str], flagged: list[str], neutral: list[str] = ()) -> dict[str, str]:
+    """A colour per category: :data:`COOL` for known types, :data:`WARM` for flagged categories and grey for
+    ``neutral`` ones, so no flagged category shares a colour with another (up to 10 flagged and 12 known; beyond,
+    colours repeat within a group)."""
+    return {**{c: COOL[i % len(COOL)] for i, c in enumerate(known)},
+            **{c: WARM[i % len(WARM)] for i, c in enumerate(flagged)},
+            **dict.fromkeys(neutral, NEUTRAL)}
+
+
+def _categorical_scatter(ax, xy: np.ndarray, values: pd.Series, title: str, colours: dict[str, str],
+                         highlight: set[str] = frozenset()) -> None:
+    """One colour per category (``colours``), largest first underneath; ``highlight`` categories drawn last,
+    larger and outlined, so a small flagged population is never hidden under a large one."""
     cats = pd.Categorical(values)
     counts = pd.Series(np.asarray(cats.codes)).value_counts()
     order = [cats.categories[c] for c in counts.index if c >= 0]
     order = [c for c in order if c not in highlight] + [c for c in order if c in highlight]
-    cmap = plt.get_cmap("tab20")
     size = _point_size(len(xy))
-    reds = iter(["#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#bcbd22"])
     for cat in order:
         sel = np.asarray(cats == cat)
-        colour = next(reds, FLAGGED) if cat in highlight else cmap(list(cats.categories).index(cat) % 20)
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=3 * size if cat in highlight else size, color=colour,
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=3 * size if cat in highlight else size, color=colours[cat],
                    label=f"{cat or 'none'} ({sel.sum()})", rasterized=True,
                    edgecolors="black" if cat in highlight else "none", linewidths=0.3)
     ax.set_title(title, fontsize=10)
@@ -100,21 +115,28 @@ def plot_annotation(adata: ad.AnnData, folder: str | Path, prefix: str = "cellpi
         obs = adata.obs.iloc[rows]
         paths += [_umap_figure(obs, xy, folder / f"{prefix}_umap.png"),
                   _novelty_figure(obs, xy, folder / f"{prefix}_novelty.png")]
-    paths.append(_confidence_figure(adata.obs, folder / f"{prefix}_confidence.png"))
+    branching = adata.uns.get("cellpix", {}).get("branching_base_types")
+    paths.append(_confidence_figure(adata.obs, folder / f"{prefix}_confidence.png",
+                                    None if branching is None else [str(b) for b in branching]))
     return paths
 
 
 def _umap_figure(obs: pd.DataFrame, xy: np.ndarray, path: Path) -> Path:
     answer = "cellpix_label" if "cellpix_label" in obs else "cellpix_base"
-    unknown = {c for c in pd.unique(obs[answer].astype(str)) if c == "unknown" or c.endswith("(new subtype)")}
+    calls, answers = obs["cellpix_subtype"].astype(str), obs[answer].astype(str)
+    unknown = sorted(c for c in pd.unique(answers) if c == "unknown" or c.endswith("(new subtype)"))
+    sizes = pd.concat([calls, answers]).value_counts()
+    known = sorted(set(sizes.index) - set(unknown), key=lambda c: (-sizes[c], c))
+    colours = category_colours(known, unknown)  # a type keeps its colour from the first panel to the second
     fig, axes = plt.subplots(1, 3, figsize=(22, 6))
-    _categorical_scatter(axes[0], xy, obs["cellpix_subtype"].astype(str), "each cell's own call (cellpix_subtype)")
-    _categorical_scatter(axes[1], xy, obs[answer].astype(str),
+    _categorical_scatter(axes[0], xy, calls, "each cell's own call (cellpix_subtype)", colours)
+    _categorical_scatter(axes[1], xy, answers,
                          "answer per cluster (cellpix_label: consensus, or unknown)" if answer == "cellpix_label"
-                         else "base type", highlight=unknown)
-    reason = obs["cellpix_novelty_reason"].astype(str).replace("", "not flagged")
+                         else "base type", colours, highlight=set(unknown))
+    reason = obs["cellpix_novelty_reason"].astype(str).replace("", NOT_FLAGGED)
+    reasons = sorted(set(pd.unique(reason)) - {NOT_FLAGGED})
     _categorical_scatter(axes[2], xy, reason, "why a cell is flagged (cellpix_novelty_reason)",
-                         highlight=set(pd.unique(reason)) - {"not flagged"})
+                         category_colours([], reasons, [NOT_FLAGGED]), highlight=set(reasons))
     fig.suptitle("UMAP of the query's own expression (its principal components), not of the predictions",
                  fontsize=11)
     fig.tight_layout()
@@ -126,17 +148,12 @@ def _novelty_figure(obs: pd.DataFrame, xy: np.ndarray, path: Path) -> Path:
     novel = obs["cellpix_is_novel"].to_numpy(dtype=bool)
     fig, ax = plt.subplots(figsize=(8, 6))
     size = _point_size(len(xy))
-    ax.scatter(xy[~novel, 0], xy[~novel, 1], s=size, color="#c7c7c7", rasterized=True,
-               label=f"not flagged ({(~novel).sum()})")
-    ax.scatter(xy[novel, 0], xy[novel, 1], s=3 * size, color=FLAGGED, edgecolors="black", linewidths=0.3,
+    ax.scatter(xy[~novel, 0], xy[~novel, 1], s=size, color=NEUTRAL, rasterized=True,
+               label=f"{NOT_FLAGGED} ({(~novel).sum()})")
+    ax.scatter(xy[novel, 0], xy[novel, 1], s=3 * size, color=WARM[0], edgecolors="black", linewidths=0.3,
                rasterized=True, label=f"flagged novel ({novel.sum()})")
     if "cellpix_cluster" in obs and "cellpix_label" in obs:
-        for cluster, cells in obs.groupby("cellpix_cluster", observed=True):
-            label = str(cells["cellpix_label"].iloc[0])
-            if label == "unknown" or label.endswith("(new subtype)"):
-                centre = np.median(xy[obs.index.get_indexer(cells.index)], axis=0)
-                ax.annotate(f"cluster {cluster}: {label}", centre, fontsize=8, ha="center",
-                            bbox={"boxstyle": "round", "fc": "white", "alpha": 0.8})
+        _label_flagged_clusters(ax, obs, xy)
     ax.set_title("cells flagged as unlike the reference (cellpix_is_novel)")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -145,11 +162,35 @@ def _novelty_figure(obs: pd.DataFrame, xy: np.ndarray, path: Path) -> Path:
     return path
 
 
-def _confidence_figure(obs: pd.DataFrame, path: Path) -> Path:
-    """The probability that decided each call: the subtype's (within its base) for a type with subtypes, the base
-    type's for a terminal type, whose subtype probability is 1 by construction."""
-    terminal = obs["cellpix_subtype"].astype(str).to_numpy() == obs["cellpix_base"].astype(str).to_numpy()
+def _label_flagged_clusters(ax, obs: pd.DataFrame, xy: np.ndarray) -> None:
+    """Mark each unknown or new-subtype cluster with its number beside its centre (a few points off, no box, so no
+    flagged cell is hidden) and name it in the legend: "cluster 5: CD14+ (new subtype)"."""
+    for cluster, cells in obs.groupby("cellpix_cluster", observed=True):
+        label = str(cells["cellpix_label"].iloc[0])
+        if label != "unknown" and not label.endswith("(new subtype)"):
+            continue
+        centre = np.median(xy[obs.index.get_indexer(cells.index)], axis=0)
+        ax.annotate(str(cluster), centre, xytext=(7, 7), textcoords="offset points", fontsize=9,
+                    fontweight="bold")
+        ax.plot([], [], " ", label=f"cluster {cluster}: {label}")
+
+
+def decisive_confidence(obs: pd.DataFrame, branching: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(each cell's deciding probability, whether it is its base type's): the base probability where the called
+    base type has no choice of subtypes (not in ``branching``; None: a file without the list, where only a call
+    equal to its base counts), else the subtype's within its base."""
+    base = obs["cellpix_base"].astype(str).to_numpy()
+    terminal = ~np.isin(base, list(branching)) if branching is not None \
+        else obs["cellpix_subtype"].astype(str).to_numpy() == base
     confidence = np.where(terminal, obs["cellpix_base_probability"], obs["cellpix_subtype_probability"])
+    return confidence, terminal
+
+
+def _confidence_figure(obs: pd.DataFrame, path: Path, branching: list[str] | None = None) -> Path:
+    """The probability that decided each call: the subtype's (within its base) for a base type with several
+    subtypes (``branching``, from ``uns['cellpix']['branching_base_types']``), the base type's otherwise, whose
+    subtype probability is 1 by construction (CD14+ Monocyte, the only subtype of CD14+, as much as CD34+)."""
+    confidence, terminal = decisive_confidence(obs, branching)
     frame = pd.DataFrame({"type": obs["cellpix_subtype"].astype(str).to_numpy(), "confidence": confidence,
                           "terminal": terminal})
     order = frame.groupby("type")["confidence"].median().sort_values()
