@@ -173,3 +173,23 @@ def test_a_trunk_is_refused_a_layout_without_geometry(zheng_ref):
     with pytest.raises(CellpixError, match=r"puts genes in panel order.*--preset trunk"):
         cx.train(zheng_ref, cx.fit_layout(zheng_ref), "pbmc-sorted", "cell_type",
                  TrainConfig.from_preset("trunk", epochs=1), progress=False)
+
+
+def test_the_layout_picture_names_every_marker_once(tmp_path):
+    """Markers that sit close together share one box (none hidden under another, no dot left unnamed)."""
+    import matplotlib.pyplot as plt
+
+    from cellpix.core.layout import GeneLayout
+    from cellpix.steps.imaging.preview import _label_markers, plot_layout
+
+    genes = ["CD3D", "CD3E", "LYZ", "MS4A1", "X1", "X2", "X3", "X4", "X5"]
+    rows, cols = [10, 10, 40, 60, 0, 1, 2, 3, 4], [5, 6, 40, 10, 0, 0, 0, 0, 0]
+    layout = GeneLayout(genes=genes, rows=rows, cols=cols, size=71, gene_min=np.zeros(9), gene_max=np.ones(9),
+                        method="ordered")
+    fig, ax = plt.subplots()
+    _label_markers(ax, layout)
+    texts = [t.get_text() for t in ax.texts]
+    plt.close(fig)
+    assert sorted(texts) == ["CD3D, CD3E", "LYZ", "MS4A1"]
+    path = plot_layout(layout, np.linspace(0, 1, 9), tmp_path / "layout.png")
+    assert path.exists() and path.stat().st_size > 0

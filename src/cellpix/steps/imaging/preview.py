@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -30,7 +31,8 @@ def plot_layout(layout: GeneLayout, mean_scaled: np.ndarray, path: str | Path) -
     _label_markers(ax, layout)
     how = ("in panel order: no manifold, the per-pixel read-out does not use where a gene sits"
            if layout.method in GEOMETRY_FREE_METHODS else f"{layout.method}, {layout.discretization}")
-    ax.set_title(f"{layout.n_genes} genes on {layout.size}×{layout.size} pixels\n({how}); grey: no gene", fontsize=10)
+    title = f"{layout.n_genes} genes on {layout.size}×{layout.size} pixels ({how}); grey: no gene"
+    ax.set_title(textwrap.fill(title, 70), fontsize=10)  # one line was wider than the figure and cut off
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
@@ -42,20 +44,27 @@ def plot_layout(layout: GeneLayout, mean_scaled: np.ndarray, path: str | Path) -
 
 
 def _label_markers(ax, layout: GeneLayout) -> None:
-    """Red dots on the markers' pixels; each name in a white box, pointing inwards so it stays inside the image."""
+    """Red dots on the markers' pixels; each name in a white box, pointing inwards so it stays inside the image.
+    Markers that sit close together share one box ("CD3D, CD3E"), so every dot is named and no box covers
+    another."""
     names = [n.upper() for n in layout.display_names]
-    placed: list[tuple[float, float]] = []
-    min_gap = layout.size / 12
+    min_gap = layout.size / 5  # about a label's width: nearer markers share their box
+    groups: list[tuple[float, float, list[str]]] = []  # (x, y) of the first marker, and every name near it
+    ink = {"color": "white", "linewidth": 0.6, "alpha": 0.8}  # a line from a shared box to each further marker
     for marker in MARKERS:
         if marker not in names:
             continue
         i = names.index(marker)
         x, y = float(layout.cols[i]), float(layout.rows[i])
         ax.plot(x, y, "o", color="red", markersize=4, markeredgecolor="white", markeredgewidth=0.5)
-        if any(abs(x - px) < min_gap and abs(y - py) < min_gap / 2 for px, py in placed):
-            continue
-        placed.append((x, y))
+        near = next((g for g in groups if abs(x - g[0]) < min_gap and abs(y - g[1]) < min_gap / 4), None)
+        if near is None:
+            groups.append((x, y, [layout.display_names[i]]))
+        else:
+            near[2].append(layout.display_names[i])
+            ax.plot([near[0], x], [near[1], y], **ink)
+    for x, y, members in groups:
         dx = 6 if x < layout.size / 2 else -6
-        ax.annotate(layout.display_names[i], (x, y), xytext=(dx, 4), textcoords="offset points", fontsize=7,
+        ax.annotate(", ".join(members), (x, y), xytext=(dx, 4), textcoords="offset points", fontsize=7,
                     ha="left" if dx > 0 else "right", annotation_clip=True,
                     bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
