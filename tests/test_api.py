@@ -51,9 +51,14 @@ def test_the_readme_example_runs_with_only_import_cellpix(tmp_path):
     assert (both.obs["cellpix_label"] == annotated.obs["cellpix_label"]).all() and "second_label" not in both.obs
     assert np.allclose(cx.probabilities(both, key="second").to_numpy(), proba.to_numpy())
     assert "X_second_pca" not in both.obsm and both.uns["second"]["subtypes"] == annotated.uns["cellpix"]["subtypes"]
-    # the same key again without the consensus: the earlier run's clusters and labels go, none is left stale
+    # the same key again without the consensus: the earlier run's clusters and labels go, none is left stale;
+    # another step's columns (integrate's QC figures) stay
+    both.obs["cellpix_n_genes"] = reference.obs["cellpix_n_genes"].iloc[0]
     cx.annotate(both, model, cx.AnnotateOptions(progress=False, consensus=False), copy=False)
     assert "cellpix_label" not in both.obs and "cellpix_cluster" not in both.obs and "X_cellpix_pca" not in both.obsm
+    assert "cellpix_n_genes" in both.obs and "second_subtype" in both.obs
+    from cellpix.steps.annotate.results import OBS_COLUMNS  # every column annotation writes is one it replaces
+    assert {c for c in annotated.obs if c.startswith("cellpix_")} <= {f"cellpix_{c}" for c in OBS_COLUMNS}
     assert (both.obs["cellpix_subtype"] == annotated.obs["cellpix_subtype"]).all()
     for bad_key in ("", "a/b", "x y"):  # keys an h5ad cannot hold, refused before any work
         with pytest.raises(cx.CellpixError, match="key_added"):

@@ -42,10 +42,18 @@ def keyed(name: str, key: str = DEFAULT_KEY) -> str:
     raise ValueError(f"{name!r} is not a key annotation writes")
 
 
+# Every obs column annotation writes, after its key: a new annotation under the same key replaces exactly these,
+# never another step's (``cellpix integrate`` writes cellpix_n_genes and cellpix_mito_fraction).
+OBS_COLUMNS = ("base", "subtype", "base_probability", "subtype_probability", "novelty_score", "is_novel",
+               "novelty_reason", "reference_distance", "uncertainty", "out_of_reference", "unassigned",
+               "base_ontology_id", "subtype_ontology_id", "panel_detected", "panel_mean_nonzero", "cluster",
+               "consensus_base", "consensus_subtype", "consensus_agreement", "cluster_novelty", "label")
+
+
 def without_previous(obs: pd.DataFrame, key: str = DEFAULT_KEY) -> pd.DataFrame:
-    """``obs`` without the columns an earlier annotation under ``key`` wrote: a run without the consensus must not
-    leave the previous run's clusters and labels beside its own calls."""
-    return obs.drop(columns=[c for c in obs.columns if str(c).startswith(f"{key}_")])
+    """``obs`` without the columns an earlier annotation under ``key`` wrote (:data:`OBS_COLUMNS`): a run without
+    the consensus must not leave the previous run's clusters and labels beside its own calls."""
+    return obs.drop(columns=[f"{key}_{name}" for name in OBS_COLUMNS if f"{key}_{name}" in obs.columns])
 
 
 def annotation_summary(obs: pd.DataFrame, metadata: dict[str, Any]) -> dict[str, Any]:
