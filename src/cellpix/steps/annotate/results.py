@@ -98,8 +98,8 @@ def probability_frame(adata: Any, level: str = "subtype", key: str | None = None
     """
     if level not in PROBABILITY_LEVELS:
         raise InputDataError(f"level must be one of {sorted(PROBABILITY_LEVELS)}, not {level!r}")
-    key = DEFAULT_KEY if key is None else key
-    obsm_key, names_key = keyed(f"{PREFIX}{level}_proba", check_key(key)), PROBABILITY_LEVELS[level]
+    key = check_key(key)
+    obsm_key, names_key = keyed(f"{PREFIX}{level}_proba", key), PROBABILITY_LEVELS[level]
     meta = adata.uns.get(key, {}) if hasattr(adata, "uns") else {}
     if obsm_key not in adata.obsm or not isinstance(meta, dict) or names_key not in meta:
         raise InputDataError(f"no obsm['{obsm_key}'] with uns['{key}']['{names_key}']: annotate the data with "
