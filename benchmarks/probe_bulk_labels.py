@@ -16,6 +16,8 @@ the labelling method, not with the cells' identity.
 
 from __future__ import annotations
 
+import argparse
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -53,7 +55,9 @@ def shared_values(reference: ad.AnnData, query: CrossQuery) -> tuple[np.ndarray,
     return reference_values, query_values
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="python -m benchmarks.probe_bulk_labels", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     reference = ad.read_h5ad(require(ZHENG))
     labels = reference.obs[LABEL].astype(str).to_numpy()
     names = np.unique(labels)

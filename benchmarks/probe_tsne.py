@@ -12,6 +12,7 @@ interpreters. Writes ``benchmarks/results/probe_tsne.csv``.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import time
@@ -78,7 +79,9 @@ def import_seconds(repeats: int = 3) -> float:
                                                  check=True).stdout) for _ in range(repeats)]))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="python -m benchmarks.probe_tsne", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     genes = layout_input()
     runs = {"scikit-learn, shipped (1,000 iterations), seed 0": sklearn_run(genes, 0),
             "scikit-learn, shipped, seed 1": sklearn_run(genes, 1),

@@ -303,6 +303,12 @@ def judge_clusters(pred: Predictions, codes: np.ndarray, names: list[str], space
     return ClusterEvidence(table, codes)
 
 
+def is_flagged_answer(label: str) -> bool:
+    """Whether a :func:`final_labels` answer is a cluster verdict (``unknown`` or ``<base> (new subtype)``) rather
+    than a known label."""
+    return label == UNKNOWN or label.endswith(f" ({NEW_SUBTYPE})")
+
+
 def final_labels(evidence: ClusterEvidence) -> np.ndarray:
     """Each cell's answer to read: its cluster's consensus subtype, ``unknown``, or ``<base> (new subtype)``."""
     table = evidence.table

@@ -9,6 +9,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
+from cellpix.core.consensus import is_flagged_answer
 from cellpix.data.inputs import TARGET_SUM
 from cellpix.data.io import save_figure
 from cellpix.steps.annotate.results import PCA_KEY
@@ -124,7 +125,7 @@ def plot_annotation(adata: ad.AnnData, folder: str | Path, prefix: str = "cellpi
 def _umap_figure(obs: pd.DataFrame, xy: np.ndarray, path: Path) -> Path:
     answer = "cellpix_label" if "cellpix_label" in obs else "cellpix_base"
     calls, answers = obs["cellpix_subtype"].astype(str), obs[answer].astype(str)
-    unknown = sorted(c for c in pd.unique(answers) if c == "unknown" or c.endswith("(new subtype)"))
+    unknown = sorted(c for c in pd.unique(answers) if is_flagged_answer(c))
     sizes = pd.concat([calls, answers]).value_counts()
     known = sorted(set(sizes.index) - set(unknown), key=lambda c: (-sizes[c], c))
     colours = category_colours(known, unknown)  # a type keeps its colour from the first panel to the second
@@ -167,7 +168,7 @@ def _label_flagged_clusters(ax, obs: pd.DataFrame, xy: np.ndarray) -> None:
     flagged cell is hidden) and name it in the legend: "cluster 5: CD14+ (new subtype)"."""
     for cluster, cells in obs.groupby("cellpix_cluster", observed=True):
         label = str(cells["cellpix_label"].iloc[0])
-        if label != "unknown" and not label.endswith("(new subtype)"):
+        if not is_flagged_answer(label):
             continue
         centre = np.median(xy[obs.index.get_indexer(cells.index)], axis=0)
         ax.annotate(str(cluster), centre, xytext=(7, 7), textcoords="offset points", fontsize=9,
