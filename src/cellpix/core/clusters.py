@@ -7,8 +7,8 @@ components, a k-nearest-neighbour graph and Leiden communities.
 
 Memory stays bounded by the sample. At most :data:`MAX_CLUSTER_CELLS` cells (a random sample when the query is
 larger) are clustered; every other cell joins the cluster most of its nearest sampled cells belong to, in the
-sample's principal components, chunk by chunk as annotation streams. Cluster statistics (marker genes, detection
-rates) come from the sampled cells, which for any query of up to that size are all of its cells.
+sample's principal components (projected chunk by chunk as annotation streams). Cluster statistics (marker genes,
+detection rates) come from the sampled cells, which for any query of up to that size are all of its cells.
 """
 
 from __future__ import annotations
@@ -50,11 +50,24 @@ class QueryClusters:
     def n_clusters(self) -> int:
         return int(self.labels.max()) + 1 if len(self.labels) else 0
 
-    def project(self, rows: sp.csr_matrix) -> np.ndarray:
-        """Principal-component coordinates of log1p panel rows (scaled and clipped as the fit was)."""
-        x = _dense(rows[:, self.genes])
-        x = np.clip((x - self.mean) / self.scale, -SCALE_CLIP, SCALE_CLIP)
-        return (x @ self.components).astype(np.float32)
+    def project(self, rows: sp.csr_matrix | np.ndarray) -> np.ndarray:
+        """Principal-component coordinates of log1p panel rows (scaled and clipped as the fit was).
+
+        Sparse rows are projected through their stored values alone. Every gene a cell does not detect sits at
+        the same clipped z-score, that of zero, so all of them together add one constant vector, and each
+        detected gene adds the difference between its own z-score and zero's. Equal to scaling the dense block
+        (within float32 rounding, ``tests/test_consensus.py``) without building it: the 80,000 cells placed in
+        a 100,000-cell query took 1.0 s to project densely on 2 cores.
+        """
+        if not sp.issparse(rows):
+            x = np.clip((_dense(rows)[:, self.genes] - self.mean) / self.scale, -SCALE_CLIP, SCALE_CLIP)
+            return (x @ self.components).astype(np.float32)
+        block = sp.csr_matrix(rows[:, self.genes], dtype=np.float32)
+        zero = np.clip(-self.mean / self.scale, -SCALE_CLIP, SCALE_CLIP)
+        genes = block.indices
+        z = np.clip((block.data - self.mean[genes]) / self.scale[genes], -SCALE_CLIP, SCALE_CLIP)
+        change = sp.csr_matrix((z - zero[genes], genes, block.indptr), shape=block.shape)
+        return (change @ self.components + zero @ self.components).astype(np.float32)
 
     def voters(self, seed: int = 0) -> np.ndarray:
         """The sampled cells whose clusters place other cells: at most :data:`MAX_VOTERS`, every cluster keeping

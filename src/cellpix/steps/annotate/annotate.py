@@ -103,14 +103,14 @@ def _readers(adata: ad.AnnData, models: list[TrainedModel], options: AnnotateOpt
 @dataclass
 class Chunk:
     """One streamed chunk's results: predictions, per-cell statistics (detected share, mean non-zero value,
-    distance to the reference), distances to each base type's reference cells, and cluster placement."""
+    distance to the reference), distances to each base type's reference cells, and principal-component
+    coordinates in the query's clustering."""
 
     start: int
     stop: int
     pred: Predictions
     stats: np.ndarray
     class_distance: np.ndarray
-    codes: np.ndarray | None = None
     coords: np.ndarray | None = None
 
 
@@ -127,12 +127,12 @@ def _stream(models: list[TrainedModel], readers: list[PanelReader], options: Ann
         stats = cell_statistics(blocks[0])  # the shift guards' per-cell statistics, on the first model's panel
         distance, by_class = _reference_scores(models[0], blocks[0])
         stats = np.column_stack([stats, distance])
-        codes, coords = plan.place(start, stop, blocks[0]) if plan is not None else (None, None)
+        coords = plan.project(start, stop, blocks[0]) if plan is not None else None
         pred = predict_matrix(sources, blocks, space, options.restrict_to)
         del raw, normalised, blocks
         release_freed_memory()
         bar.update(stop - start)
-        yield Chunk(start, stop, pred, stats, by_class, codes, coords)
+        yield Chunk(start, stop, pred, stats, by_class, coords)
     bar.close()
 
 
@@ -254,14 +254,14 @@ def _finish(models: list[TrainedModel], readers: list[PanelReader], options: Ann
         warn(line)
     coords = None
     if plan is not None:
-        codes = np.concatenate([c.codes for c in chunks])
+        if plan.clusters is not None:
+            coords = np.vstack([c.coords for c in chunks])
+        codes = plan.codes(coords)
         by_class = np.vstack([c.class_distance for c in chunks])
         clusters = evidence(plan, codes, pred, space, models[0], by_class)
         meta["warnings"] = _note(meta["warnings"], cluster_warnings(clusters))
         add_cluster_columns(frame, clusters, stats[:, 0] == 0, flagging_threshold(meta))
         meta["clusters"] = cluster_table(clusters, options.over_clustering, options.cluster_resolution)
-        if plan.clusters is not None:
-            coords = np.vstack([c.coords for c in chunks])
     return Finished(frame, meta, coords)
 
 

@@ -49,19 +49,19 @@ def consensus_file(annotated: str | Path, output: str | Path, model: TrainedMode
         reader = _readers(adata, [model], options)[0]
         plan = plan_clusters(adata, reader, options.over_clustering, options.cluster_resolution,
                              options.max_cluster_cells)
-        codes, coords, by_class = [], [], []
+        coords, by_class = [], []
         for start, stop, raw in reader.source.chunks(options.chunk_size):
             block = reader.align(reader.check(raw, start))
             distances = model.reference_space.scores(block)[1] if model.reference_space is not None \
                 else np.zeros((block.shape[0], 0), np.float32)
-            placed, xy = plan.place(start, stop, block)
-            codes.append(placed)
             by_class.append(distances)
+            xy = plan.project(start, stop, block)
             if xy is not None:
                 coords.append(xy)
         obs = adata.obs.copy()
         pred = _predictions_from(adata, model.space)
-        clusters = evidence(plan, np.concatenate(codes), pred, model.space, model, np.vstack(by_class))
+        stacked = np.vstack(coords) if coords else None
+        clusters = evidence(plan, plan.codes(stacked), pred, model.space, model, np.vstack(by_class))
         empty = obs[f"{PREFIX}unassigned"].astype(str).to_numpy() != ""
         add_cluster_columns(obs, clusters, empty, flagging_threshold(adata.uns["cellpix"]))
         new_warnings = cluster_warnings(clusters)
@@ -75,8 +75,7 @@ def consensus_file(annotated: str | Path, output: str | Path, model: TrainedMode
             with h5py.File(tmp, "r+") as f:
                 del f["obs"]
                 write_elem(f, "obs", obs)
-                if coords:
-                    stacked = np.vstack(coords)
+                if stacked is not None:
                     new_obsm_matrix(f, f"obsm/{PCA_KEY}", stacked.shape)[:] = stacked
                 write_uns_entry(f, "cellpix", meta)
     finally:
