@@ -230,6 +230,47 @@ def test_plots_show_the_querys_expression_and_visible_flags(small_model, tmp_pat
     assert len(set(colours.values())) == len(colours)
 
 
+def test_the_umap_of_a_query_above_4096_cells_is_drawn_from_cellpix_own_graph(zheng_raw):
+    """Zheng's and Kang's real cells together (5,774, past the 4,096 where scanpy 1.11.5 switches to
+    pynndescent and, with scipy 1.17, stops with an AttributeError): the UMAP is laid out from the exact graph of
+    ``cellpix.core.neighbours``, stored as ``sc.pp.neighbors`` stores it, and keeps the two datasets' lineages
+    apart."""
+    import scanpy as sc
+    from conftest import SHARED, require
+
+    from cellpix.core.neighbours import connectivities
+    from cellpix.steps.annotate.plots import add_neighbour_graph, embedding
+    from cellpix.steps.annotate.results import PCA_KEY
+
+    kang_raw = ad.read_h5ad(require(SHARED / "kang2018_pbmc_ifnb.h5ad"))
+    zheng = zheng_raw.copy()
+    zheng.var_names = zheng.var["gene_symbol"].astype(str).to_numpy()
+    zheng.var_names_make_unique()
+    kang_raw.var_names_make_unique()
+    genes = zheng.var_names.intersection(kang_raw.var_names)
+    both = ad.concat([zheng[:, genes], kang_raw[:, genes]], label="dataset", keys=["zheng", "kang"],
+                     index_unique="-")
+    sc.pp.normalize_total(both, target_sum=1e4)
+    sc.pp.log1p(both)
+    sc.pp.pca(both, n_comps=30, random_state=0)
+    assert both.n_obs > 4096
+    query = ad.AnnData(X=np.zeros((both.n_obs, 0), np.float32), obs=both.obs[["dataset"]].copy(),
+                       obsm={PCA_KEY: both.obsm["X_pca"]})
+    rows, xy = embedding(query)
+    assert len(rows) == both.n_obs and xy.shape == (both.n_obs, 2) and np.isfinite(xy).all()
+    view = ad.AnnData(X=np.zeros((both.n_obs, 0), np.float32), obsm={"X_pca": both.obsm["X_pca"]})
+    add_neighbour_graph(view, 15, 0)
+    assert (view.obsp["connectivities"] != connectivities(both.obsm["X_pca"].astype(np.float32), 15)).nnz == 0
+    assert (view.obsp["distances"].getnnz(axis=1) == 14).all()  # 14 others per cell, as scanpy stores them
+    # Zheng's lineages stay together in the layout: each one's cells are closer to their own centre than to others'
+    lineage = zheng_raw.obs["lineage"].astype(str).to_numpy()
+    zheng_xy = xy[: zheng_raw.n_obs]
+    centres = {name: zheng_xy[lineage == name].mean(axis=0) for name in np.unique(lineage)}
+    nearest = np.array(list(centres))[np.argmin([[np.linalg.norm(p - c) for c in centres.values()]
+                                                 for p in zheng_xy], axis=1)]
+    assert np.mean(nearest == lineage) > 0.8
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a_lineage_the_reference_lacks_becomes_an_unknown_cluster(zheng_ref, zheng_layout, seed):
@@ -415,6 +456,30 @@ def test_unsampled_cells_are_placed_by_a_bounded_set_of_voters(zheng_raw, monkey
     assert agreement >= 0.9
     votes = fitted.labels[voters][nearest]
     assert np.array_equal(placed, np.array([np.bincount(v, minlength=fitted.n_clusters).argmax() for v in votes]))
+
+
+def test_streamed_cells_are_projected_as_the_sampled_cells_were(zheng_raw):
+    """A streamed chunk is projected through its stored values (each undetected gene at zero's clipped z-score,
+    one constant): on Zheng's real cells it gives the coordinates the fit computed from the dense, scaled and
+    clipped sample, to float32 rounding, and so the same placements."""
+    import scanpy as sc
+    import scipy.sparse as sp
+
+    from cellpix.core.clusters import SCALE_CLIP, fit_clusters
+
+    query = zheng_raw.copy()
+    sc.pp.normalize_total(query, target_sum=1e4)
+    sc.pp.log1p(query)
+    rows = sp.csr_matrix(query.X, dtype=np.float32)
+    fitted = fit_clusters(rows, np.arange(query.n_obs))
+    projected = fitted.project(rows)
+    scale = np.abs(fitted.coords).max()
+    assert np.abs(projected - fitted.coords).max() < 1e-5 * scale
+    assert np.array_equal(fitted.project(rows.toarray()), fitted.coords)  # dense input: the fit's own arithmetic
+    clipped = (rows[:, fitted.genes].data - fitted.mean[rows[:, fitted.genes].indices]) \
+        / fitted.scale[rows[:, fitted.genes].indices] > SCALE_CLIP
+    assert clipped.any()  # the clip is exercised on real cells
+    assert np.array_equal(fitted.assign(projected), fitted.assign(fitted.coords))
 
 
 def test_a_query_above_scanpys_exact_neighbour_limit_is_clustered(zheng_raw):

@@ -36,9 +36,30 @@ def embedding(adata: ad.AnnData, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
         view = ad.AnnData(X=np.zeros((len(rows), 0), np.float32), obsm={"X_pca": np.asarray(adata.obsm[PCA_KEY])[rows]})
     else:
         view = _own_pca(adata, rows, seed)
-    sc.pp.neighbors(view, n_neighbors=min(15, len(rows) - 1), use_rep="X_pca", random_state=seed)
+    add_neighbour_graph(view, min(15, len(rows) - 1), seed)
     sc.tl.umap(view, random_state=seed)
     return rows, np.asarray(view.obsm["X_umap"])
+
+
+def add_neighbour_graph(view: ad.AnnData, k: int, seed: int) -> None:
+    """The graph ``sc.tl.umap`` lays out, as ``sc.pp.neighbors(view, use_rep="X_pca")`` stores it, built by
+    :mod:`cellpix.core.neighbours` (exact neighbours, UMAP's weights). scanpy 1.11.5 with scipy 1.17 fails above
+    4,096 cells, where it hands pynndescent's ``csr_array`` to a ``getnnz`` that scipy removed
+    (``cellpix annotate --plots`` of 10,000 cells stopped with that AttributeError); below, it spends half a
+    minute compiling pynndescent's kernels in every new process."""
+    import scipy.sparse as sp
+
+    from cellpix.core.neighbours import fuzzy_weights, nearest
+
+    indices, distances = nearest(np.asarray(view.obsm["X_pca"], dtype=np.float32), k)
+    n = len(indices)
+    other = indices != np.arange(n)[:, None]  # scanpy's distances leave each cell itself out
+    rows = np.repeat(np.arange(n), indices.shape[1]).reshape(indices.shape)
+    view.obsp["distances"] = sp.csr_matrix((distances[other], (rows[other], indices[other])), shape=(n, n))
+    view.obsp["connectivities"] = fuzzy_weights(indices, distances)
+    view.uns["neighbors"] = {"connectivities_key": "connectivities", "distances_key": "distances",
+                             "params": {"n_neighbors": k, "method": "umap", "random_state": seed,
+                                        "metric": "euclidean", "use_rep": "X_pca"}}
 
 
 def _own_pca(adata: ad.AnnData, rows: np.ndarray, seed: int) -> ad.AnnData:
