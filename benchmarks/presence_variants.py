@@ -104,7 +104,7 @@ def one_setting(raw: ad.AnnData, held: str | None, seed: int) -> list[dict]:
         values = panel_log_values(query.adata, ref, use_raw=query.use_raw)
         rates, _ = cluster_detection(values, codes, len(annotated.obs["cellpix_cluster"].cat.categories))
         space = model.space
-        detection = model.reference_space.detection.numpy()
+        detection = np.asarray(model.reference_space.detection)
         unseen, known = masks(query, held)
         for name, variant in {"shipped": None, **VARIANTS}.items():
             flag = flagged(annotated, rates, detection, np.asarray(space.label_base), list(space.bases), variant)

@@ -15,8 +15,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 DOC = ROOT / "docs" / "benchmarks.md"
+# What a table cannot say (why a figure is what it is, probes, history) is written by hand here, one markdown
+# file per section, and included when the report is generated, so regenerating keeps it.
+NOTES = Path(__file__).parent / "notes"
 ACCURACY_COLUMNS = ["subtype_macro_f1", "subtype_accuracy", "subtype_precision", "subtype_auprc", "base_macro_f1",
                     "base_accuracy", "train_s", "predict_s"]
+
+
+def hand_written(name: str) -> list[str]:
+    """The hand-written note ``benchmarks/notes/<name>.md`` as report lines ending in a blank line; none if absent."""
+    path = NOTES / f"{name}.md"
+    return [path.read_text().strip(), ""] if path.exists() else []
 
 
 def table(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
@@ -126,22 +135,6 @@ PIXELS_NOTE = (
     "masking is worth 0.026 on the cut panel and class weights 0.037 on pbmc68k. `seconds` is the whole probe of "
     "one contender (17 trainings).")
 
-CROSS_NOTE = (
-    "Run on 2026-12-04 with the shipped default. Lineage accuracy: pbmc68k 0.876 against the regression's 0.737, "
-    "Kang control 0.907 against 0.781, Kang stimulated 0.882 against 0.778 (on log1p pixels, the read-out had "
-    "reached 0.652 on pbmc68k before class weights and a strong decay, 0.852 after, and ResNet-10-T 0.696; the "
-    "pixel probe above shows the same read-out at 0.67 / 0.76 / 0.78 on log1p pixels). Novelty: the query shift "
-    "is 1.21 for pbmc68k and 1.58 / 1.74 for Kang, so the out-of-reference threshold is raised by that factor and "
-    "3.9 % / 4.3 % / 9.4 % of known cells are flagged (before the scaling: 17-25 % of pbmc68k's and 78-91 % of "
-    "Kang's known cells were past the calibrated threshold). Kang's unseen populations (FCGR3A+ monocytes, "
-    "dendritic cells, megakaryocytes) are flagged 7.5 % and 20 % of the time, about twice the known cells' rate, "
-    "with distance AUROC 0.78 / 0.87. pbmc68k's Dendritic cells are not separated: AUROC 0.60, 1.7 % flagged "
-    "against 3.9 % of known cells. They are real dendritic cells (62 % express FCER1A and 53 % CLEC10A, against "
-    "5 % of pbmc68k's CD14+ monocytes), but on the 762 genes both sets share they lie nearly as close to the "
-    "Zheng cells as pbmc68k's known cells do (median distance 0.27 against 0.20-0.30 for its known "
-    "populations): a PCA-residual score instead of the neighbour distance ranked them lower "
-    "still (AUROC 0.27), so the remedy is not another distance on these genes. Read the flag as a ranking.")
-
 SMALL_NOTE = (
     "Accuracy 0.956 against the regression's 0.972 (the issue asks for within 0.02): 36 test cells a fold, so "
     "the mean gap is 0.6 of a cell; cellpix ties on 5 of the 10 folds, is one cell behind on 4 and two on one, and "
@@ -237,7 +230,7 @@ def cross_section(path: Path) -> list[str]:
             "flags, `unseen_distance_auroc` how well the out-of-reference distance ranks unseen above known "
             "cells, `query_shift` the factor by which the whole query sits farther from the reference than its "
             "own validation cells (the threshold is scaled by it when above 1.15, docs/design.md).",
-            "", CROSS_NOTE, "", table(runs), ""]
+            "", *hand_written("cross_dataset"), table(runs), ""]
 
 
 def unseen_section(path: Path) -> list[str]:
@@ -456,34 +449,79 @@ def design_section(path: Path, note: str = "") -> list[str]:
             "", table(summary), ""]
 
 
+COST_TOOLS = {  # cost.csv's tool names: what each run is
+    "read": "bare read (anndata.read_h5ad, fresh interpreter)",
+    "default": "cellpix annotate (default: consensus on)",
+    "per_cell": "cellpix annotate --no-consensus",
+    "typist": "celltypist CLI (retrained on Zheng)",
+    "typist_voting": "celltypist CLI --majority-voting",
+}
+
+
+def _span(runs: pd.DataFrame) -> str:
+    values = runs["wall_s"]
+    return f"{values.min():.1f}-{values.max():.1f} s" if len(values) > 1 else f"{values.iloc[0]:.1f} s"
+
+
+def _gb(runs: pd.DataFrame) -> str:
+    return f"{runs['peak_rss_mb'].max() / 1024:.2f} GB"
+
+
+def _cost_at(rows: pd.DataFrame) -> list[str]:
+    """One size's figures in words: each cellpix run against its CellTypist peer."""
+    stopped = rows["failed"].notna() if "failed" in rows else pd.Series(False, index=rows.index)
+    done = {key: rows[(rows["tool"] == name) & ~stopped] for key, name in COST_TOOLS.items()}
+    broke = rows[(rows["tool"] == COST_TOOLS["typist_voting"]) & stopped]
+    parts = [f"the bare read takes {_span(done['read'])}"] if len(done["read"]) else []
+    if len(done["per_cell"]) and len(done["typist"]):
+        ratio = done["per_cell"]["wall_s"].median() / done["typist"]["wall_s"].median()
+        parts.append(f"cellpix `--no-consensus` {_span(done['per_cell'])} at {_gb(done['per_cell'])} against "
+                     f"CellTypist's {_span(done['typist'])} at {_gb(done['typist'])} ({ratio:.2f}x its median)")
+    if len(done["default"]):
+        voting = f"cellpix's default (consensus) {_span(done['default'])} at {_gb(done['default'])}"
+        if len(done["typist_voting"]):
+            ratio = done["default"]["wall_s"].median() / done["typist_voting"]["wall_s"].median()
+            voting += (f" against CellTypist `--majority-voting`'s {_span(done['typist_voting'])} at "
+                       f"{_gb(done['typist_voting'])} ({ratio:.2f}x)")
+        elif len(broke):
+            voting += (f"; CellTypist `--majority-voting` stopped with an error in every run, after "
+                       f"{_span(broke)} at up to {_gb(broke)} (`{broke['failed'].iloc[0]}`)")
+        parts.append(voting)
+    return parts
+
+
+def cost_summary(timed: pd.DataFrame) -> str:
+    """Each size's figures in words, from the runs (a peer's run that stopped with an error is said so, with
+    what it had cost by then)."""
+    said = [f"at {int(cells):,} cells " + ", ".join(_cost_at(rows))
+            for cells, rows in timed.groupby("cells", sort=True)]
+    return "Medians compared: " + "; ".join(said) + "." if said else ""
+
+
 def cost_section(path: Path) -> list[str]:
     if not path.exists():
         return []
     frame = pd.read_csv(path)
     timed = frame[frame["wall_s"].notna()]
-    runs = timed.groupby(["cells", "tool"], sort=False).agg(
-        wall_s=("wall_s", lambda v: f"{v.min():.2f}-{v.max():.2f}" if len(v) > 1 else f"{v.iloc[0]:.2f}"),
-        peak_rss_mb=("peak_rss_mb", "max")).reset_index()
+    columns = {"wall_s": ("wall_s", lambda v: f"{v.min():.2f}-{v.max():.2f}" if len(v) > 1 else f"{v.iloc[0]:.2f}"),
+               "peak_rss_mb": ("peak_rss_mb", "max")}
+    if "failed" in timed:
+        columns["failed"] = ("failed", lambda v: next((str(x) for x in v if isinstance(x, str)), ""))
+    runs = timed.groupby(["cells", "tool"], sort=False).agg(**columns).reset_index()
     phases = frame[frame["wall_s"].isna()].dropna(axis=1, how="all").drop(columns=["tool"]).astype({"cells": int})
     return ["## Cost: `cellpix annotate` beside the `celltypist` CLI", "",
-            "`python -m benchmarks cost`, run on 2026-12-06 with the shipped default (2 cores, one run at a time): "
-            "each tool's model trained on every Zheng cell, then 10,000 and 100,000 new cells made from Zheng's "
-            "(each pools two cells of one sort and keeps half their UMIs: no two alike, `benchmarks.common."
-            "synthetic_query`) annotated as one whole process each (wall time and peak RSS from `/usr/bin/time`), "
-            "twice. cellpix reads raw counts with Ensembl IDs; CellTypist gets the log1p CP10k with symbols its CLI "
-            "requires, and runs without majority voting. cellpix runs as shipped (cluster consensus and "
-            "unknown-cluster flags) and with `--no-consensus` (per-cell calls and flags, what CellTypist's CLI "
-            "gives). The bare read is `anndata.read_h5ad` of the query in a fresh interpreter, the floor of any "
-            "tool that reads the file. The default model's read-out now runs in NumPy: no torch is imported. "
-            "At 100,000 cells cellpix `--no-consensus` takes 0.70-0.74x CellTypist's wall time (8.8-9.1 s against "
-            "12.3-12.9 s) at 0.31 GB against 2.8 GB; with the consensus 17.7-17.8 s at 0.78 GB. At 10,000 cells "
-            "2.4 s (`--no-consensus`) and 5.1 s against 2.8-3.3 s; the bare read takes 1.2 s. Before this "
-            "revision (torch inference, scanpy's clustering, NumPy partitions for neighbours; the previous synthetic "
-            "query of copies) the same runs took 33.4 s and 14.3 s at 100,000 cells and 9.2 s and 4.4 s at 10,000. "
-            "The phase table (seconds, in process, one run under cProfile; imports in a fresh interpreter) says "
-            "where the time goes: at 100,000 cells the query's clusters take 9.1 s (a 20,000-cell sample read, "
-            "clustered and its Leiden graph built, then the other 80,000 cells placed among 5,000 of them).", "",
-            table(runs, ".2f"), "", table(phases, ".2f"), ""]
+            "`python -m benchmarks cost` (2 cores, one run at a time): each tool's model trained on every Zheng "
+            "cell, then 10,000 and 100,000 new cells made from Zheng's (each pools two cells of one sort and keeps "
+            "half their UMIs: no two alike, `benchmarks.common.synthetic_query`) annotated as one whole process "
+            "each (wall time and peak RSS from `/usr/bin/time`), twice. cellpix reads raw counts with Ensembl IDs; "
+            "CellTypist gets the log1p CP10k with symbols its CLI requires. Each tool runs both ways: per cell "
+            "(cellpix `--no-consensus`, CellTypist's default) and with a cluster consensus over the query's own "
+            "clusters (cellpix's default, with its unknown-cluster flags; CellTypist `--majority-voting`, which "
+            "over-clusters the query with scanpy). The bare read is `anndata.read_h5ad` of the query in a fresh "
+            "interpreter, the floor of any tool that reads the file. The default model's read-out runs in NumPy: "
+            "no torch is imported. The phase table (seconds, in process, one run under cProfile; imports in a "
+            "fresh interpreter) says where cellpix's time goes. " + cost_summary(timed), "",
+            *hand_written("cost"), table(runs, ".2f"), "", table(phases, ".2f"), ""]
 
 
 def million_section(path: Path) -> list[str]:
@@ -549,6 +587,7 @@ def write(results: Path = RESULTS, doc: Path = DOC) -> Path:
     lines += presence_section(results / "presence_variants_seed0.csv")
     lines += assignment_section(results / "assignment.csv")
     lines += explain_section(results / "explain_markers.csv")
+    lines += hand_written("image_step")
     lines += speed_section(results / "speed.csv", note=SPEED_NOTE)
     lines += speed_section(results / "annotate_grid.csv", "Annotation time by grid size",
                            "`python -m benchmarks annotate-grid`: the default ResNet-10-T on the default 71-px "
