@@ -28,6 +28,10 @@ def render() -> str:
         cls = getattr(cx, name)
         doc = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0]
         lines += [f"### `cx.{name}` ({cls.__module__})", "", doc, ""]
+    from cellpix.api import files
+
+    lines += ["## File-level API (`cellpix.api.files`)", "", inspect.cleandoc(files.__doc__ or ""), "",
+              "Names: " + ", ".join(f"`{name}`" for name in files.__all__) + ".", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -14,19 +14,29 @@ from typing import Any
 import anndata as ad
 import numpy as np
 
-from cellpix.core.hierarchy import Hierarchy, resolve_hierarchy
-from cellpix.core.trained import TrainedModel
-from cellpix.data.io import write_h5ad_atomic, write_text_atomic
+from cellpix.api import train
+from cellpix.api.files import (
+    AnnotateOptions,
+    Hierarchy,
+    QCOptions,
+    TrainConfig,
+    TrainedModel,
+    annotate_adata,
+    annotation_table,
+    evaluate,
+    image_step,
+    plot_annotation,
+    prepare_reference,
+    query_gene_table,
+    resolve_hierarchy,
+    stratified_split,
+    truth_labels,
+    write_confusion,
+    write_h5ad_atomic,
+    write_text_atomic,
+)
+from cellpix.api.files import layout_options as preset_layout_options
 from cellpix.errors import CellpixError, warn
-from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
-from cellpix.steps.annotate.evaluate import evaluate, truth_labels, write_confusion
-from cellpix.steps.annotate.plots import plot_annotation
-from cellpix.steps.annotate.results import annotation_table
-from cellpix.steps.imaging.layout import layout_options as preset_layout_options
-from cellpix.steps.imaging.step import image_step
-from cellpix.steps.integrate.reference import QCOptions, prepare_reference, query_gene_table
-from cellpix.steps.train.data import stratified_split
-from cellpix.steps.train.trainer import TrainConfig, train
 
 
 @dataclass

@@ -12,7 +12,9 @@ Each function is the step the command line runs, without files in between::
     genes = cx.explain(annotated, model)                              # SHAP gene ranking per class
     model.save("pbmc.cellpix"); model = cx.load_model("pbmc.cellpix")
 
-The command line, the Galaxy tools and the Nextflow modules call the same code.
+The command line, the Galaxy tools and the Nextflow modules call the same code: these functions, and the
+file-level operations of :mod:`cellpix.api.files` (each step from paths to paths, and what a front door needs
+around them), which are the only way the command line and the pipeline reach the steps.
 """
 
 from __future__ import annotations
@@ -102,7 +104,9 @@ def fit_layout(reference: ad.AnnData, *, preset: str | None = None, groupby: str
 
 
 def train(reference: ad.AnnData, layout: GeneLayout, hierarchy: Hierarchy | str, label_key: str,
-          config: TrainConfig | None = None, *, progress: bool = True) -> TrainedModel:
+          config: TrainConfig | None = None, *, progress: bool = True, report_dir: str | Path | None = None,
+          checkpoint_dir: str | Path | None = None, resume: bool = False,
+          reference_name: str = "") -> TrainedModel:
     """Train the hierarchical classifier (base-type head, one subtype head per branching base, AHFL).
 
     Parameters
@@ -118,6 +122,14 @@ def train(reference: ad.AnnData, layout: GeneLayout, hierarchy: Hierarchy | str,
     config
         Training options (:class:`cellpix.steps.train.trainer.TrainConfig`; ``TrainConfig.from_preset("paper")`` is the
         published configuration).
+    progress
+        Show a progress bar.
+    report_dir
+        Folder for the training report (per-epoch metrics and their plots); none by default.
+    checkpoint_dir, resume
+        Folder for per-epoch checkpoints, and whether to resume from the last one there.
+    reference_name
+        The reference's file name, recorded in the bundle's metadata.
 
     Returns
     -------
@@ -130,7 +142,8 @@ def train(reference: ad.AnnData, layout: GeneLayout, hierarchy: Hierarchy | str,
     from cellpix.steps.train.trainer import train as fit
 
     tree = resolve_hierarchy(hierarchy) if isinstance(hierarchy, str) else hierarchy
-    return fit(reference, layout, tree, label_key, config, progress=progress)
+    return fit(reference, layout, tree, label_key, config, checkpoint_dir=checkpoint_dir, resume=resume,
+               report_dir=report_dir, progress=progress, reference_name=reference_name)
 
 
 def annotate(query: ad.AnnData, model: TrainedModel | Sequence[TrainedModel] | str | Path,

@@ -13,7 +13,7 @@ class CellpixCommand(click.Command):
     """A command that refuses, before any work, to write an output over one of its inputs or outputs."""
 
     def invoke(self, ctx: click.Context):
-        from cellpix.data.io import check_output_location, check_outputs_distinct
+        from cellpix.api.files import check_output_location, check_outputs_distinct
 
         inputs, outputs = {}, {}
         for param in self.params:
@@ -55,7 +55,7 @@ class CellpixGroup(click.Group):
                 "(pip install cellpix installs annotation with the default read-out only): "
                 "pip install 'cellpix[all]'") from exc
         except OSError as exc:  # a write outside atomic_path (plots, reports) that the storage refused
-            from cellpix.data.io import STORAGE_ERRORS, storage_message
+            from cellpix.api.files import STORAGE_ERRORS, storage_message
 
             if exc.errno not in STORAGE_ERRORS:
                 raise

@@ -21,7 +21,7 @@ def models_command() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Every entry with its whole card, as JSON.")
 def models_list(as_json: bool) -> None:
     """Registered models: name, size, sha256, source and the card's essentials."""
-    from cellpix.core.models import registered_models
+    from cellpix.api.files import registered_models
 
     entries = sorted(registered_models().values(), key=lambda e: e.name)
     if as_json:
@@ -48,8 +48,7 @@ def models_list(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="The entry and its card as JSON.")
 def models_show(name: str, as_json: bool) -> None:
     """A model's whole card (without downloading it): data, labels with Cell Ontology IDs, figures, licence."""
-    from cellpix.core.model_card import render_card
-    from cellpix.core.models import registered_models
+    from cellpix.api.files import registered_models, render_card
     from cellpix.errors import UnknownNameError
 
     models = registered_models()
@@ -71,8 +70,7 @@ def models_show(name: str, as_json: bool) -> None:
 @click.option("--quiet", is_flag=True, help="No download progress bar.")
 def models_fetch(name: str, output: Path | None, quiet: bool) -> None:
     """Download (or find installed) model NAME, verify its sha256 and print its local path."""
-    from cellpix.core.models import fetch
-    from cellpix.data.io import atomic_path
+    from cellpix.api.files import atomic_path, fetch
 
     path = fetch(name, progress=not quiet)
     if output is not None:
@@ -95,7 +93,7 @@ def models_fetch(name: str, output: Path | None, quiet: bool) -> None:
 @click.option("--url", default=None, help="Publish by URL: the manifest points here; upload the written file.")
 def models_package(bundle: Path, name: str, directory: Path, card_file: Path | None, url: str | None) -> None:
     """Add BUNDLE to a package's models (for plugin authors): the card written in, sha256 in models.json."""
-    from cellpix.core.models import package_model
+    from cellpix.api.files import package_model
 
     entry = package_model(bundle, name, directory, url=url, author_card=_read_card(card_file))
     click.echo(f"{name} → {directory / (name + '.cellpix')} (sha256 {entry['sha256']}); manifest "
@@ -105,7 +103,7 @@ def models_package(bundle: Path, name: str, directory: Path, card_file: Path | N
 def _read_card(path: Path | None) -> dict | None:
     if path is None:
         return None
-    from cellpix.data.yaml_text import read_yaml
+    from cellpix.api.files import read_yaml
 
     card = read_yaml(path, "a model card")  # JSON is YAML
     if not isinstance(card, dict):
@@ -125,8 +123,7 @@ def _read_card(path: Path | None) -> dict | None:
 def models_galaxy_install(output_json: Path, directory: Path, name: str, bundle: Path | None, url: str | None,
                           sha256: str | None) -> None:
     """Galaxy's data manager: install one model and write OUTPUT_JSON, the row of the cellpix_models table."""
-    from cellpix.core.models import install
-    from cellpix.data.io import write_text_atomic
+    from cellpix.api.files import install, write_text_atomic
 
     row = install(directory, name=name, bundle=bundle, url=url, sha256=sha256)
     write_text_atomic(output_json, json.dumps({"data_tables": {"cellpix_models": [row]}}, indent=2) + "\n")

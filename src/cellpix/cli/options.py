@@ -24,10 +24,10 @@ class ModelSource(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, Path):
             return value
-        from cellpix.core.models import resolve
+        from cellpix.api.files import resolve_model
 
         try:
-            return resolve(value)
+            return resolve_model(value)
         except CellpixError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -75,7 +75,7 @@ def cluster_options(command):
 
 def coverage_option(help_text: str):
     """``--min-gene-coverage``, with the one default the data layer defines (``DEFAULT_MIN_COVERAGE``)."""
-    from cellpix.data.genes import DEFAULT_MIN_COVERAGE
+    from cellpix.api.files import DEFAULT_MIN_COVERAGE
 
     return click.option("--min-gene-coverage", type=Fraction(), default=DEFAULT_MIN_COVERAGE, show_default=True,
                         help=help_text)
@@ -83,7 +83,7 @@ def coverage_option(help_text: str):
 
 def pseudo_count_option():
     """``--pseudo-count``, naming the one default the layout defines (``DEFAULT_PSEUDO_COUNT``)."""
-    from cellpix.core.layout import DEFAULT_PSEUDO_COUNT
+    from cellpix.api.files import DEFAULT_PSEUDO_COUNT
 
     return click.option("--pseudo-count", type=click.FloatRange(min=0, min_open=True), default=None,
                         help=f"k in the pixel value log(1 + CP10k / k), before min-max scaling (default "
@@ -102,7 +102,7 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str | None,
                   ) -> str | None:
     if value is None or ctx.resilient_parsing:
         return value
-    from cellpix.data.runtime import check_device, check_device_name
+    from cellpix.api.files import check_device, check_device_name
 
     try:
         (check_device if hardware else check_device_name)(value)
@@ -112,7 +112,7 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str | None,
 
 
 def _apply_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
-    from cellpix.data.runtime import configure_threads
+    from cellpix.api.files import configure_threads
 
     if ctx.resilient_parsing:
         return value

@@ -66,7 +66,7 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
     """
     # Only what annotation needs: the pipeline module would pull scikit-learn, matplotlib and scanpy into the
     # process (about 150 MB of peak RSS on 10,000 cells) before the stream starts.
-    from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_file, load_models
+    from cellpix.api.files import AnnotateOptions, annotate_file, load_models
 
     options = AnnotateOptions(gene_column=gene_column, layer=layer, use_raw=use_raw,
                               min_gene_coverage=min_gene_coverage,
@@ -92,17 +92,20 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
 
 def _annotation_outputs(result, output: Path, table: Path | None, summary: Path | None, plots: Path | None) -> None:
     """The CSV, JSON summary and pictures beside an annotated h5ad (annotate and consensus)."""
-    from cellpix.data.io import read_h5ad, write_text_atomic
-    from cellpix.steps.annotate.results import annotation_summary, annotation_table
+    from cellpix.api.files import annotation_summary, annotation_table, read_h5ad, write_text_atomic
 
     if table:
         write_text_atomic(table, annotation_table(result.obs))
     if summary:
         write_text_atomic(summary, json.dumps(annotation_summary(result.obs, result.metadata), indent=2) + "\n")
     if plots:
-        from cellpix.steps.annotate.plots import plot_annotation
+        from cellpix.api.files import plot_annotation
 
-        plot_annotation(read_h5ad(output), plots)
+        annotated = read_h5ad(output, backed=True)  # X stays on disk: the pictures need obs, obsm and uns
+        try:
+            plot_annotation(annotated, plots)
+        finally:
+            annotated.file.close()
 
 
 @cli.command("consensus")
@@ -122,8 +125,7 @@ def consensus_command(annotated: Path, model: Path, output: Path, table: Path | 
     For a query annotated in shards (`split`, `annotate --no-consensus` per shard, `merge`): clusters belong to
     the whole query, so they are found once, on the merged file.
     """
-    from cellpix.steps.annotate.annotate import AnnotateOptions, load_models
-    from cellpix.steps.annotate.whole_query import consensus_file
+    from cellpix.api.files import AnnotateOptions, consensus_file, load_models
 
     options = AnnotateOptions(over_clustering=over_clustering, progress=not quiet)
     if cluster_resolution is not None:
@@ -188,10 +190,7 @@ def explain_command(data: Path, model: Path, table: Path, plots: Path | None, ou
     mapped back to genes through the layout; each class is explained on its
     own cells for its own (centred) logit.
     """
-    from cellpix.core.trained import TrainedModel
-    from cellpix.data.runtime import resolve_device
-    from cellpix.steps.explain.shap_genes import ExplainOptions
-    from cellpix.steps.explain.step import explain_file
+    from cellpix.api.files import ExplainOptions, TrainedModel, explain_file, resolve_device
 
     device = resolve_device(device)
     options = ExplainOptions(label_key=label_key, levels=tuple(x.strip() for x in levels.split(",") if x.strip()),
@@ -215,7 +214,7 @@ def explain_command(data: Path, model: Path, table: Path, plots: Path | None, ou
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def split_command(query: Path, outdir: Path, cells_per_shard: int, prefix: str, quiet: bool) -> None:
     """Split QUERY (h5ad) into shards of N cells, read backed, for parallel annotation."""
-    from cellpix.steps.annotate.shards import split_h5ad
+    from cellpix.api.files import split_h5ad
 
     paths = split_h5ad(query, outdir, cells_per_shard, prefix, progress=not quiet)
     click.echo(f"{len(paths)} shards of ≤ {cells_per_shard} cells → {outdir}")
@@ -226,7 +225,7 @@ def split_command(query: Path, outdir: Path, cells_per_shard: int, prefix: str, 
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 def merge_command(shards: tuple[Path, ...], output: Path) -> None:
     """Merge annotated SHARDS (from `cellpix split` + `cellpix annotate`) on disk, in shard order."""
-    from cellpix.steps.annotate.shards import merge_h5ad
+    from cellpix.api.files import merge_h5ad
 
     merge_h5ad(list(shards), output)
     click.echo(f"{len(shards)} shards merged → {output}")
@@ -247,10 +246,15 @@ def merge_command(shards: tuple[Path, ...], output: Path) -> None:
 def evaluate_command(annotated: Path, model: Path, truth_subtype: str | None, truth_base: str | None,
                      mapping: Path | None, output: Path | None, confusion: Path | None) -> None:
     """Score an ANNOTATED h5ad against truth columns (accuracy, precision, macro-F1, AUPRC)."""
-    from cellpix.core.bundle import read_metadata
-    from cellpix.core.hierarchy import Hierarchy
-    from cellpix.data.io import read_h5ad, write_text_atomic
-    from cellpix.steps.annotate.evaluate import evaluate, read_mapping, write_confusion
+    from cellpix.api.files import (
+        Hierarchy,
+        evaluate,
+        read_h5ad,
+        read_mapping,
+        read_metadata,
+        write_confusion,
+        write_text_atomic,
+    )
 
     adata = read_h5ad(annotated)
     tree = Hierarchy.from_dict(read_metadata(model)["hierarchy"])

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from cellpix import plugins
+from cellpix.api.files import DEFAULT_LAYOUT_PRESET, LAYOUT_PRESETS
 from cellpix.cli.group import cli
 from cellpix.cli.options import (
     INPUT_FILE,
@@ -18,7 +19,6 @@ from cellpix.cli.options import (
     pseudo_count_option,
     threads_option,
 )
-from cellpix.core.layout import DEFAULT_LAYOUT_PRESET, LAYOUT_PRESETS
 from cellpix.errors import CellpixError, warn
 
 
@@ -82,14 +82,13 @@ def integrate(data: Path, output: Path, reference: Path | None, method: str, bat
     Accepts raw counts or log-normalised values; scaled data is refused
     unless .raw or a counts layer holds the unscaled values.
     """
-    from cellpix.data.io import read_h5ad, write_h5ad_atomic
+    from cellpix.api.files import read_h5ad, write_h5ad_atomic
 
     adata = read_h5ad(data)
     if genes_from and reference is not None:
         raise CellpixError("--genes-from chooses a reference's panel: it does not apply with --reference")
     if reference is None:
-        from cellpix.steps.integrate.reference import QCOptions, prepare_reference, query_gene_table
-        from cellpix.steps.integrate.report import write_reference_report
+        from cellpix.api.files import QCOptions, prepare_reference, query_gene_table, write_reference_report
 
         options = QCOptions(min_genes=min_genes, min_cells=min_cells, max_mito_fraction=max_mito,
                             n_top_genes=n_top_genes, batch_key=batch_key, hvg_flavor=hvg_flavor, correction=method,
@@ -111,8 +110,13 @@ def integrate(data: Path, output: Path, reference: Path | None, method: str, bat
         if report_dir:
             write_reference_report(out, report_dir)
         return
-    from cellpix.steps.integrate.query import QueryOptions, describe_mixing, integrate_query, load_reference_panel
-    from cellpix.steps.integrate.report import write_query_report
+    from cellpix.api.files import (
+        QueryOptions,
+        describe_mixing,
+        integrate_query,
+        load_reference_panel,
+        write_query_report,
+    )
 
     panel = load_reference_panel(reference, max_reference_cells, seed)
     options = QueryOptions(method=method, batch_key=batch_key, max_reference_cells=max_reference_cells,
@@ -181,9 +185,7 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
     information (one pixel per gene) does not, so the default grid is the
     smallest that holds the panel.
     """
-    from cellpix.data.io import read_h5ad
-    from cellpix.steps.imaging.layout import layout_options
-    from cellpix.steps.imaging.step import image_step
+    from cellpix.api.files import image_step, layout_options, read_h5ad
 
     options = layout_options(preset, pixels=pixels, method=method, perplexity=perplexity, max_cells=max_cells,
                              pseudo_count=pseudo_count)
@@ -270,10 +272,8 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
 
     Works under `torchrun --nproc_per_node N` for multi-GPU (or CPU gloo) DDP.
     """
-    from cellpix.core.hierarchy import hierarchy_for_training
-    from cellpix.core.layout import GeneLayout
-    from cellpix.data.io import read_h5ad
-    from cellpix.steps.train.trainer import TrainConfig, is_main_process, train
+    from cellpix.api import train
+    from cellpix.api.files import GeneLayout, TrainConfig, hierarchy_for_training, is_main_process, read_h5ad
 
     adata = read_h5ad(reference)
     tree = hierarchy_for_training(adata.obs, label_key, hierarchy, hierarchy_from_obs, reference.stem)

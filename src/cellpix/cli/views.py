@@ -24,8 +24,7 @@ from cellpix.errors import CellpixError
 def inspect(bundle: Path, as_json: bool) -> None:
     """What a model BUNDLE (a path or a model name) is: network, hierarchy, gene panel, training and validation
     scores, and its model card (training data, labels with Cell Ontology IDs, figures, licence)."""
-    from cellpix.core.model_card import model_card, render_card
-    from cellpix.core.trained import TrainedModel
+    from cellpix.api.files import TrainedModel, model_card, render_card
 
     model = TrainedModel.load(bundle)
     summary = model.summary()
@@ -56,11 +55,8 @@ def inspect(bundle: Path, as_json: bool) -> None:
 def run(reference: Path, query: Path, label_key: str, hierarchy: str, outdir: Path, truth: str | None,
         mapping: Path | None, epochs: int | None, use_raw: bool | None) -> None:
     """All steps: integrate, image and train on REFERENCE, then annotate (and evaluate) QUERY."""
-    from cellpix.core.hierarchy import resolve_hierarchy
-    from cellpix.data.io import read_h5ad
+    from cellpix.api.files import TrainConfig, read_h5ad, read_mapping, resolve_hierarchy
     from cellpix.pipeline import run_pipeline
-    from cellpix.steps.annotate.evaluate import read_mapping
-    from cellpix.steps.train.trainer import TrainConfig
 
     if mapping is not None and not truth:
         raise CellpixError("--mapping maps the --truth column's labels; give --truth too")
@@ -115,7 +111,7 @@ def plugins_command(ctx: click.Context, as_json: bool) -> None:
               help="A trained bundle (or model name) the package ships as model NAME, with its card.")
 def plugins_new(name: str, dest: Path, model: Path | None) -> None:
     """Scaffold a plugin package cellpix-NAME that installs, registers and passes its own tests as made."""
-    from cellpix.scaffold import new_plugin
+    from cellpix.api.files import new_plugin
 
     root = new_plugin(name, dest, model)
     click.echo(f"created {root}: cd {root} && pip install -e '.[test]' && pytest")
@@ -126,13 +122,12 @@ def plugins_new(name: str, dest: Path, model: Path | None) -> None:
               help="Write here (e.g. docs/plugins.md) instead of printing.")
 def plugins_docs(output: Path | None) -> None:
     """The plugin author's guide, with the hook reference generated from cellpix's hookspecs."""
-    from cellpix.data.io import write_text_atomic
-    from cellpix.plugin_docs import render
+    from cellpix.api.files import plugin_guide, write_text_atomic
 
     if output:
-        write_text_atomic(output, render())
+        write_text_atomic(output, plugin_guide())
     else:
-        click.echo(render(), nl=False)
+        click.echo(plugin_guide(), nl=False)
 
 
 @cli.group()
@@ -162,7 +157,7 @@ def _first_sentence(description: str) -> str:
 @click.argument("name")
 def hierarchies_show(name: str) -> None:
     """Print a registered hierarchy (or a YAML file) as YAML."""
-    from cellpix.core.hierarchy import resolve_hierarchy
+    from cellpix.api.files import resolve_hierarchy
 
     click.echo(resolve_hierarchy(name).to_yaml(), nl=False)
 
@@ -173,7 +168,7 @@ def hierarchies_show(name: str) -> None:
               help="Also check Cell Ontology IDs offline (cellxgene-ontology-guide).")
 def hierarchies_validate(path: Path, ontology: bool) -> None:
     """Validate a hierarchy YAML: structure, duplicates, orphans, cycles and CL IDs."""
-    from cellpix.core.hierarchy import Hierarchy, check_ontology
+    from cellpix.api.files import Hierarchy, check_ontology
 
     tree = Hierarchy.from_yaml(path)
     problems = check_ontology(tree) if ontology else []

@@ -71,9 +71,15 @@ class MatrixSource:
         return block.tocsr().astype(np.float32, copy=False)
 
     def chunks(self, chunk_size: int) -> Iterator[tuple[int, int, sp.csr_matrix]]:
-        for start in range(0, self.n_obs, chunk_size):
-            stop = min(start + chunk_size, self.n_obs)
-            yield start, stop, self.rows(start, stop)
+        return row_chunks(self, chunk_size)
+
+
+def row_chunks(reader: Any, chunk_size: int) -> Iterator[tuple[int, int, sp.csr_matrix]]:
+    """``(start, stop, reader.rows(start, stop))`` over every row of a reader with ``n_obs`` and ``rows``
+    (a :class:`MatrixSource`, or a panel reader, whose rows come checked and on its panel)."""
+    for start in range(0, reader.n_obs, chunk_size):
+        stop = min(start + chunk_size, reader.n_obs)
+        yield start, stop, reader.rows(start, stop)
 
 
 def _sample(source: MatrixSource) -> sp.csr_matrix:

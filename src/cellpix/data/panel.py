@@ -12,7 +12,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellpix.data.genes import DEFAULT_MIN_COVERAGE, GeneMatch, match_genes
-from cellpix.data.inputs import MatrixSource, check_block, check_cells, choose_source, normalise_rows
+from cellpix.data.inputs import MatrixSource, check_block, check_cells, choose_source, normalise_rows, row_chunks
 
 
 @dataclass
@@ -67,9 +67,7 @@ class PanelReader:
         return self.align(self.check(self.source.take(indices), row_index=np.asarray(indices)))
 
     def chunks(self, chunk_size: int) -> Iterator[tuple[int, int, sp.csr_matrix]]:
-        for start in range(0, self.n_obs, chunk_size):
-            stop = min(start + chunk_size, self.n_obs)
-            yield start, stop, self.rows(start, stop)
+        return row_chunks(self, chunk_size)
 
     def report(self) -> dict[str, Any]:
         return {"source": self.source.name, "input_values": self.kind, **self.match.report()}
