@@ -135,6 +135,16 @@ def test_shift_guards_fire_on_shifted_queries_and_stay_quiet_on_a_held_out_fold(
     cut = log2[:, [g for g in log2.var_names if g in panel]].copy()
     with pytest.raises(InputDataError, match="another scale"):
         annotate(cut, model)
+    # refused from the cells read to classify the file, before any chunk streams through the model
+    import cellpix.steps.annotate.annotate as module
+
+    def streamed(*args, **kwargs):
+        raise AssertionError("a chunk was predicted before the other-scale refusal")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "predict_matrix", streamed)
+        with pytest.raises(InputDataError, match="another scale"):
+            annotate(cut, model)
     forced = annotate(cut, model, force=True)
     assert forced.uns["cellpix"]["shift"]["other_scale"]
 

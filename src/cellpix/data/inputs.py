@@ -82,7 +82,7 @@ def row_chunks(reader: Any, chunk_size: int) -> Iterator[tuple[int, int, sp.csr_
         yield start, stop, reader.rows(start, stop)
 
 
-def _sample(source: MatrixSource) -> sp.csr_matrix:
+def spread_sample(source: MatrixSource) -> sp.csr_matrix:
     """A few blocks of rows spread over the file: enough to judge the values, cheap on backed data."""
     n = source.n_obs
     if n <= SAMPLE_ROWS:
@@ -99,7 +99,7 @@ def value_kind(source: MatrixSource) -> str:
     """
     if source.n_obs == 0 or source.var.shape[0] == 0:
         raise InputDataError(f"{source.name} is empty ({source.n_obs} cells × {source.var.shape[0]} genes)")
-    sample = _sample(source)
+    sample = spread_sample(source)
     data = sample.data
     if data.size == 0:
         raise InputDataError(f"{source.name} holds only zeros: no expression to annotate")

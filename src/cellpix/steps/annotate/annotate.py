@@ -46,7 +46,13 @@ from cellpix.steps.annotate.options import (  # re-exported: the step's public n
     NOVELTY_RULES,
     AnnotateOptions,
 )
-from cellpix.steps.annotate.query_wide import PANEL_DETECTED, PANEL_MEAN_NONZERO, flagging_threshold, query_wide
+from cellpix.steps.annotate.query_wide import (
+    PANEL_DETECTED,
+    PANEL_MEAN_NONZERO,
+    flagging_threshold,
+    query_wide,
+    refuse_other_scale_early,
+)
 from cellpix.steps.annotate.query_wide import apply as apply_query_wide
 from cellpix.steps.annotate.query_wide import settings as query_settings
 from cellpix.steps.annotate.results import (
@@ -94,10 +100,17 @@ def inference_device(models: list[TrainedModel], device: str) -> str:
     return resolve_device(device) if any(m.config.deep for m in models) else "cpu"
 
 
-def _readers(adata: ad.AnnData, models: list[TrainedModel], options: AnnotateOptions) -> list[PanelReader]:
-    """One reader per model, opened on one shared source (the query is checked once for an ensemble)."""
-    return open_on_panels(adata, [(m.layout.genes, m.layout.symbols) for m in models], options.gene_column,
-                          options.layer, options.use_raw, options.min_gene_coverage, other_species_ok=options.force)
+def _readers(adata: ad.AnnData, models: list[TrainedModel], options: AnnotateOptions,
+             check_scale: bool = True) -> list[PanelReader]:
+    """One reader per model, opened on one shared source (the query is checked once for an ensemble), and a query on
+    another scale refused before any chunk streams (:func:`refuse_other_scale_early`; not for a file annotated
+    already, which that run checked or was forced past)."""
+    readers = open_on_panels(adata, [(m.layout.genes, m.layout.symbols) for m in models], options.gene_column,
+                             options.layer, options.use_raw, options.min_gene_coverage, other_species_ok=options.force)
+    if check_scale:
+        refuse_other_scale_early(readers[0], models[0].metadata.get("shift_profile"), options.corrected_by,
+                                 options.force)
+    return readers
 
 
 @dataclass

@@ -46,7 +46,7 @@ def consensus_file(annotated: str | Path, output: str | Path, model: TrainedMode
     options = _run_options(options or AnnotateOptions(), adata := read_h5ad(annotated, backed=True), [model])
     try:
         _check_annotated_by(adata, model, annotated)
-        reader = _readers(adata, [model], options)[0]
+        reader = _readers(adata, [model], options, check_scale=False)[0]
         plan = plan_clusters(adata, reader, options.over_clustering, options.cluster_resolution,
                              options.max_cluster_cells)
         coords, by_class = [], []
