@@ -458,9 +458,13 @@ COST_TOOLS = {  # cost.csv's tool names: what each run is
 }
 
 
+def _range(values: pd.Series, digits: int = 1) -> str:
+    """``min-max`` of several runs, or the one value."""
+    return f"{values.min():.{digits}f}-{values.max():.{digits}f}" if len(values) > 1 else f"{values.iloc[0]:.{digits}f}"
+
+
 def _span(runs: pd.DataFrame) -> str:
-    values = runs["wall_s"]
-    return f"{values.min():.1f}-{values.max():.1f} s" if len(values) > 1 else f"{values.iloc[0]:.1f} s"
+    return f"{_range(runs['wall_s'])} s"
 
 
 def _gb(runs: pd.DataFrame) -> str:
@@ -503,8 +507,7 @@ def cost_section(path: Path) -> list[str]:
         return []
     frame = pd.read_csv(path)
     timed = frame[frame["wall_s"].notna()]
-    columns = {"wall_s": ("wall_s", lambda v: f"{v.min():.2f}-{v.max():.2f}" if len(v) > 1 else f"{v.iloc[0]:.2f}"),
-               "peak_rss_mb": ("peak_rss_mb", "max")}
+    columns = {"wall_s": ("wall_s", lambda v: _range(v, 2)), "peak_rss_mb": ("peak_rss_mb", "max")}
     if "failed" in timed:
         columns["failed"] = ("failed", lambda v: next((str(x) for x in v if isinstance(x, str)), ""))
     runs = timed.groupby(["cells", "tool"], sort=False).agg(**columns).reset_index()

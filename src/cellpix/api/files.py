@@ -23,10 +23,7 @@ command pays only for the modules it uses: ``cellpix --help`` loads neither the 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # what static tools see; at run time each name loads on first use (__getattr__ below)
-    pass
+from typing import Any
 
 _MODULES = {  # module → the names it defines that this API hands out
     "cellpix.core.bundle": ("read_metadata",),
