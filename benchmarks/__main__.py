@@ -48,6 +48,7 @@ def default_name(settings: dict) -> str:
 def accuracy_contenders(quick: bool, epochs: int | None = None) -> dict:
     """Every contender of the accuracy table; the sparsepixnet plugin joins when it is installed."""
     from benchmarks import accuracy as acc
+    from benchmarks import singler
     from cellpix import plugins
 
     base = cellpix_settings(quick, epochs)
@@ -66,6 +67,8 @@ def accuracy_contenders(quick: bool, epochs: int | None = None) -> dict:
         "CellTypist 1.7 (retrained)": acc.celltypist_contender,
         "scTab-style MLP (all genes)": acc.sctab_mlp,
     }
+    if singler.available():
+        contenders["SingleR 2 (classic markers, all genes)"] = acc.singler_contender
     if "sparsepixnet" in plugins.registered("backbones"):
         contenders[f"sparsepixnet (cellpix-sparsenet plugin), {base.get('epochs', 40)} ep"] = \
             acc.cellpix_contender(**base, backbone="sparsepixnet")

@@ -187,10 +187,8 @@ def singler_contender(train: ad.AnnData, test: ad.AnnData) -> Outcome:
     from benchmarks.singler import singler
 
     genes = list(train.var["gene_symbol"].astype(str)) if "gene_symbol" in train.var else list(train.var_names)
-    labels, scores, _, seconds = singler(log_normalised(train), train.obs[LABEL].astype(str).to_numpy(),
-                                         log_normalised(test), genes)
-    classes = list(scores.columns)
-    return Outcome(labels, scores.to_numpy(), classes, seconds, 0.0)
+    result = singler(log_normalised(train), train.obs[LABEL].astype(str).to_numpy(), log_normalised(test), genes)
+    return Outcome(result.labels, result.scores.to_numpy(), list(result.scores.columns), result.seconds, 0.0)
 
 
 def sctab_mlp(train: ad.AnnData, test: ad.AnnData, epochs: int = 30, seed: int = 0) -> Outcome:
@@ -460,11 +458,10 @@ def peer_rows(query: CrossQuery, raw_reference: ad.AnnData, panel_reference: ad.
     genes = list(raw_reference.var["gene_symbol"].astype(str).to_numpy()[shared])
     labels = raw_reference.obs[LABEL].astype(str).to_numpy()
     if singler_peer.available():
-        predicted, _, delta, seconds = singler_peer.singler(ref_values, labels, sp.csr_matrix(everything[:, shared]),
-                                                            genes)
+        peer = singler_peer.singler(ref_values, labels, sp.csr_matrix(everything[:, shared]), genes)
         rows.append({"contender": "SingleR 2 (classic markers, all shared genes)", "reference": setting,
-                     **cross_scores(query, predicted, 1.0),
-                     **novelty_scores(query, np.zeros(len(predicted), bool), -delta), "train_s": seconds})
+                     **cross_scores(query, peer.labels, 1.0),
+                     **novelty_scores(query, peer.pruned, -peer.delta), "train_s": peer.seconds})
     rows += celltypist_rows(query, ref_values, labels, sp.csr_matrix(everything[:, shared]), genes, setting)
     return rows
 

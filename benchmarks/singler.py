@@ -1,10 +1,11 @@
 """SingleR (Bioconductor) as a benchmark peer, run through ``Rscript`` on the same cells the others see.
 
-SingleR scores each query cell by its Spearman correlation with every reference label's cells over the genes
-that separate labels pairwise (``de.method = "classic"``, its default for a single-cell reference it does not
-aggregate), then fine-tunes among the top labels. It reads log-normalised values, so both sides get
-log1p(CP10k). ``delta.next`` (the margin between the best and the next label after fine-tuning) is its own
-confidence, the score its novelty column is ranked by. Installed from Debian: ``apt-get install r-bioc-singler``.
+SingleR scores each query cell by its Spearman correlation with every reference label's cells over the genes that
+separate labels pairwise (``de.method = "classic"``, its default for a single-cell reference it does not
+aggregate), then fine-tunes among the top labels. It reads log-normalised values, so both sides get log1p(CP10k).
+``delta.next`` (the margin between the best and the next label after fine-tuning) is its own confidence, the score
+its novelty column is ranked by; ``pruned.labels`` (NA where ``pruneScores`` finds the call an outlier of its
+label's deltas) is its own flag of an unsure call. Installed from Debian: ``apt-get install r-bioc-singler``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -46,10 +48,18 @@ def available() -> bool:
     return probe.returncode == 0
 
 
-def singler(reference: sp.spmatrix, labels: np.ndarray, query: sp.spmatrix, genes: list[str]
-            ) -> tuple[np.ndarray, pd.DataFrame, np.ndarray, float]:
-    """(labels, per-label scores, delta.next, seconds) for log-normalised ``query`` rows against ``reference``
-    rows (cells × ``genes`` both)."""
+class SingleRResult(NamedTuple):
+    """What SingleR returns for each query cell, and how long its R process took."""
+
+    labels: np.ndarray
+    scores: pd.DataFrame  # per-label scores, one column per reference label
+    delta: np.ndarray  # delta.next: the margin over the next label after fine-tuning
+    pruned: np.ndarray  # True where pruneScores() drops the label (pruned.labels is NA): SingleR's own "unsure"
+    seconds: float
+
+
+def singler(reference: sp.spmatrix, labels: np.ndarray, query: sp.spmatrix, genes: list[str]) -> SingleRResult:
+    """SingleR's answer for log-normalised ``query`` rows against ``reference`` rows (cells × ``genes`` both)."""
     with tempfile.TemporaryDirectory(prefix="singler-") as tmp:
         folder = Path(tmp)
         # SingleR wants genes in rows, cells in columns
@@ -65,7 +75,9 @@ def singler(reference: sp.spmatrix, labels: np.ndarray, query: sp.spmatrix, gene
             raise RuntimeError(f"SingleR failed:\n{proc.stderr[-2000:]}")
         pred = pd.read_csv(folder / "pred.csv", keep_default_na=False)
         scores = pd.read_csv(folder / "scores.csv")
-    return pred["label"].astype(str).to_numpy(), scores, pred["delta"].to_numpy(dtype=float), seconds
+    pruned = pred["pruned"].astype(str).isin(["NA", ""]).to_numpy()
+    return SingleRResult(pred["label"].astype(str).to_numpy(), scores, pred["delta"].to_numpy(dtype=float), pruned,
+                         seconds)
 
 
 def _unique(names: list[str]) -> list[str]:

@@ -1,16 +1,17 @@
 """Types the reference lacks, across datasets: is each flagged, and are known cells left alone?
 
 ``python -m benchmarks.unseen [--holdouts "none;CD14+ Monocyte;CD19+ B;CD56+ NK;CD34+"] [--seed 0]``: for each
-setting, the default model is trained on every Zheng cell except those of the held-out lineage ("none": all
-cells), with its panel chosen among the query's genes as ``cellpix run`` does, and annotates pbmc68k_reduced and
-Kang 2018 control and stimulated (silver lineages, :mod:`benchmarks.kang_labels`). Unseen cells are the held-out
-lineage's, plus, with nothing held out, the populations the sorted reference lacks (pbmc68k's "Dendritic" bulk
-label, Kang's FCGR3A+ monocytes, dendritic cells and megakaryocytes). Per row: the share of unseen and of known
-cells flagged ``cellpix_is_novel``, by the cluster verdict alone, the AUROC of the shipped cluster score
-(``cellpix_cluster_novelty``) and of the per-cell distance, lineage accuracy of the per-cell call and of the
-consensus on known cells, and SingleR's and the logistic regression's AUROC (their own confidence) beside them.
-Writes ``benchmarks/results/unseen_seed<seed>.csv``; a run of some settings replaces
-only their rows.
+setting, the default model is trained on every Zheng cell except those of the held-out lineage ("none": all cells),
+with its panel chosen among the query's genes as ``cellpix run`` does, and annotates pbmc68k_reduced and Kang 2018
+control and stimulated (silver lineages, :mod:`benchmarks.kang_labels`). Unseen cells are the held-out lineage's,
+plus, with nothing held out, the populations the sorted reference lacks (pbmc68k's "Dendritic" bulk label, Kang's
+FCGR3A+ monocytes, dendritic cells and megakaryocytes). Per row: the share of unseen and of known cells flagged
+``cellpix_is_novel``, by the cluster verdict alone, the AUROC of the shipped cluster score
+(``cellpix_cluster_novelty``; ``_raw``: before its state and size caps) and of the per-cell distance, lineage
+accuracy of the per-cell call and of the consensus on known cells, and SingleR's and the logistic regression's
+AUROC (their own confidence) beside them, with the share of unseen and known cells whose SingleR label
+``pruneScores`` drops (SingleR's own flag). Writes ``benchmarks/results/unseen_seed<seed>.csv``; a run of some
+settings replaces only their rows.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ def auroc(unseen: np.ndarray, known: np.ndarray, score: np.ndarray) -> float | N
     if not unseen[scored].any() or not known[scored].any():
         return None
     return float(roc_auc_score(unseen[scored], score[scored]))
+
+
+def raw_cluster_score(annotated: ad.AnnData) -> np.ndarray:
+    """Each cell's cluster ``novelty_score`` before the state and size caps of the shipped per-cell score."""
+    table = annotated.uns["cellpix"]["clusters"]
+    raw = dict(zip(np.asarray(table["cluster"]).astype(str), np.asarray(table["novelty_score"], dtype=float),
+                   strict=True))
+    return np.array([raw[c] for c in annotated.obs["cellpix_cluster"].astype(str)])
 
 
 def print_clusters(annotated: ad.AnnData, query: CrossQuery, held: str | None) -> None:
@@ -109,6 +118,7 @@ def one_setting(raw: ad.AnnData, held: str | None, seed: int) -> list[dict]:
                "known_flagged": float(novel[known].mean()),
                "known_flagged_by_cluster": float(by_cluster[known].mean()),
                "auroc_cluster_score": auroc(unseen, known, out["cellpix_cluster_novelty"].to_numpy()),
+               "auroc_cluster_score_raw": auroc(unseen, known, raw_cluster_score(annotated)),
                "auroc_reference_distance": auroc(unseen, known, out["cellpix_reference_distance"].to_numpy()),
                "auroc_1_minus_probability": auroc(unseen, known, 1 - out["cellpix_base_probability"].to_numpy()),
                "lineage_accuracy_cell": float((call[known] == lineages[known]).mean()),
@@ -122,11 +132,13 @@ def one_setting(raw: ad.AnnData, held: str | None, seed: int) -> list[dict]:
         if singler_peer.available():
             everything = panel_log_values(query.adata, reference, use_raw=query.use_raw)
             shared = np.flatnonzero(np.asarray((everything != 0).sum(axis=0)).ravel() > 0)
-            _, _, delta, _ = singler_peer.singler(log_normalised(reference)[:, shared],
-                                                  reference.obs[LABEL].astype(str).to_numpy(),
-                                                  sp.csr_matrix(everything[:, shared]),
-                                                  list(reference.var["gene_symbol"].astype(str).to_numpy()[shared]))
-            row["auroc_singler_delta"] = auroc(unseen, known, -delta)
+            peer = singler_peer.singler(log_normalised(reference)[:, shared],
+                                        reference.obs[LABEL].astype(str).to_numpy(),
+                                        sp.csr_matrix(everything[:, shared]),
+                                        list(reference.var["gene_symbol"].astype(str).to_numpy()[shared]))
+            row["auroc_singler_delta"] = auroc(unseen, known, -peer.delta)
+            row["singler_unseen_pruned"] = float(peer.pruned[unseen].mean()) if unseen.any() else None
+            row["singler_known_pruned"] = float(peer.pruned[known].mean())
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
         rows.append(row)
     return rows

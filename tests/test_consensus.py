@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cellpix.core.consensus import UNKNOWN_SCORE
 from cellpix.errors import CellpixError
 from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata, annotate_file
 
@@ -56,6 +57,10 @@ def test_every_cell_gets_a_cluster_a_consensus_and_an_answer(small_model):
                                                                                               "resolution")})
     assert table["n_cells"].sum() == query.n_obs
     assert set(table["verdict"]) <= {"", "new subtype", "unknown"}
+    # the per-cell cluster score is past the threshold exactly where the cluster is flagged
+    decision = obs.groupby("cellpix_cluster", observed=True)["cellpix_cluster_novelty"].first()
+    flagged = table.set_index(table["cluster"].astype(str))["verdict"] != ""
+    assert ((decision.reindex(flagged.index) > UNKNOWN_SCORE) == flagged).all()
     truth = query.obs["cell_type"].astype(str).to_numpy()
     consensus = obs["cellpix_consensus_subtype"].astype(str).to_numpy()
     base_of = model.hierarchy.label_to_base
@@ -63,10 +68,11 @@ def test_every_cell_gets_a_cluster_a_consensus_and_an_answer(small_model):
     assert out.obsm["X_cellpix_pca"].shape[0] == query.n_obs  # the query's own PCA: the UMAP is drawn from it
 
 
-def test_a_state_shift_cluster_raises_its_cells_distance_threshold_and_a_second_pass_restores_it(small_model):
-    """A cluster read as its label in another state judges its cells' out-of-reference flags against the query's
-    threshold times the cluster's distance ratio; the cluster pass judges every cell afresh, so a later pass over
-    clusters without that state gives the lifted flags back (cellpix consensus re-clusters annotated files)."""
+def test_a_cells_distance_flag_is_judged_against_its_clusters_shift_and_a_second_pass_restores_it(small_model):
+    """A cell is out of reference past the query's threshold times its cluster's distance ratio when that is above
+    1 (a cluster nearer than the typical one does not lower it); the cluster pass judges every cell afresh, so a
+    later pass over clusters without that shift gives the lifted flags back (cellpix consensus re-clusters
+    annotated files)."""
     from cellpix.core.consensus import ClusterEvidence
     from cellpix.steps.annotate.clustering import add_cluster_columns
     from cellpix.steps.annotate.query_wide import flagging_threshold
@@ -80,18 +86,16 @@ def test_a_state_shift_cluster_raises_its_cells_distance_threshold_and_a_second_
                                                                                               "resolution")})
     codes = pd.Categorical(out.obs["cellpix_cluster"].astype(str), categories=table["cluster"].astype(str)).codes
     far = distance > threshold
-    shifted = table.copy()
-    target = int(np.bincount(codes[far]).argmax())  # the cluster with the most far cells becomes a state
-    shifted["state_shift"] = np.arange(len(table)) == target
-    shifted["distance_ratio"] = np.where(shifted["state_shift"], 1.5, table["distance_ratio"])
+    target = int(np.bincount(codes[far]).argmax())  # the cluster with the most far cells lies 1.5x farther
+    shifted = table.assign(distance_ratio=np.where(np.arange(len(table)) == target, 1.5, 0.8))
     empty = np.zeros(out.n_obs, dtype=bool)
     obs = out.obs.copy()
     add_cluster_columns(obs, ClusterEvidence(shifted, codes), empty, threshold)
     flagged = obs["cellpix_novelty_reason"].astype(str).str.contains("out_of_reference").to_numpy()
     inside = codes == target
-    assert (flagged[inside] == (distance[inside] > 1.5 * threshold)).all()
+    assert (distance[inside] > threshold).any() and (flagged[inside] == (distance[inside] > 1.5 * threshold)).all()
     assert (flagged[~inside] == far[~inside]).all()
-    add_cluster_columns(obs, ClusterEvidence(table.assign(state_shift=False), codes), empty, threshold)
+    add_cluster_columns(obs, ClusterEvidence(table.assign(distance_ratio=1.0), codes), empty, threshold)
     again = obs["cellpix_novelty_reason"].astype(str).str.contains("out_of_reference").to_numpy()
     assert (again == far).all()
     by_subtype = out.obs["cellpix_novelty_reason"].astype(str).str.contains("subtype").to_numpy()
@@ -344,9 +348,13 @@ def test_stimulated_monocytes_are_a_state_and_fcgr3a_monocytes_a_new_subtype(zhe
     novel = annotated.obs["cellpix_is_novel"].to_numpy()
     assert novel[known].mean() <= 0.1 and novel[fcgr3a].mean() >= 3 * novel[known].mean()
     table = annotated.uns["cellpix"]["clusters"]
-    for name in np.asarray(table["cluster"])[np.asarray(table["state_shift"], dtype=bool)]:
+    state = np.asarray(table["state_shift"], dtype=bool)
+    for name in np.asarray(table["cluster"])[state]:
         cells = annotated.obs["cellpix_cluster"].astype(str).to_numpy() == str(name)
         assert (lineage[cells & known] == "CD14+").mean() >= 0.9
+        # past the raw score, read as a state: the score cells are sorted by puts it at the threshold, not above
+        assert float(np.asarray(table["novelty_score"])[list(table["cluster"]).index(name)]) > UNKNOWN_SCORE
+        assert (annotated.obs["cellpix_cluster_novelty"].to_numpy()[cells] <= UNKNOWN_SCORE).all()
         assert any(w.startswith(f"cluster {name} ") and "in a state the reference lacks" in w
                    for w in annotated.uns["cellpix"]["warnings"])
 

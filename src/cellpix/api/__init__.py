@@ -186,7 +186,8 @@ def annotate(query: ad.AnnData, model: TrainedModel | Sequence[TrainedModel] | s
         has Cell Ontology IDs, ``obs['cellpix_base_ontology_id']`` and ``obs['cellpix_subtype_ontology_id']``;
         with the consensus (the default), the cluster columns ``obs['cellpix_cluster']``,
         ``['cellpix_consensus_base']``, ``['cellpix_consensus_subtype']``, ``['cellpix_consensus_agreement']``,
-        ``['cellpix_cluster_novelty']``, the answer to read ``obs['cellpix_label']`` and
+        ``['cellpix_cluster_novelty']`` (the cluster's novelty score, past 2.0 exactly where the cluster is
+        flagged), the answer to read ``obs['cellpix_label']`` and
         ``obsm['X_cellpix_pca']``; ``obsm['cellpix_base_proba']`` and ``obsm['cellpix_subtype_proba']``
         (columns in ``uns['cellpix']['base_types']`` and ``['subtypes']`` order); ``uns['cellpix']``: models,
         gene matching, novelty rule and ``novelty_thresholds`` (per subtype, as parallel arrays), the distance
