@@ -375,34 +375,27 @@ def cross_dataset(epochs: int | None = None, max_reference_cells: int | None = N
     """Train cellpix on all Zheng cells for each query's genes, annotate the query, score lineages.
 
     The reference is normalised on all its genes, as the queries were, and its panel is chosen among the genes
-    the query has (``genes_from``, what ``cellpix run`` does): pbmc68k_reduced keeps only 765 genes, so its panel
+    the query has (``genes_from``, what ``cellpix run`` does; through the public API with the default layout:
+    :func:`benchmarks.common.train_as_run`): pbmc68k_reduced keeps only 765 genes, so its panel
     is every gene both sets have; Kang's is the 5,000 most variable of the shared genes. Cells of populations the
     sorted reference lacks (pbmc68k's Dendritic, Kang's FCGR3A+ monocytes and megakaryocytes) are left out of the
     scores and reported as the share flagged novel. A class-balanced logistic regression on the same panel and
     values runs beside cellpix.
     """
-
-    from cellpix.core.hierarchy import resolve_hierarchy
-    from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
-    from cellpix.steps.imaging.layout import fit_layout
-    from cellpix.steps.integrate.reference import QCOptions, prepare_reference, query_gene_table
-    from cellpix.steps.train.trainer import TrainConfig
-    from cellpix.steps.train.trainer import train as train_model
+    import cellpix as cx
+    from benchmarks.common import train_as_run
 
     reference = ad.read_h5ad(require(ZHENG))
     if max_reference_cells is not None:
         keep = stratified_subsample(reference.obs[LABEL].astype(str).to_numpy(), max_reference_cells)
         reference = reference[keep].copy()
-    config = TrainConfig() if epochs is None else TrainConfig(epochs=epochs)
+    config = cx.TrainConfig() if epochs is None else cx.TrainConfig(epochs=epochs)
     rows = []
     for query in cross_queries(only):
         start = time.perf_counter()
-        ref = prepare_reference(reference, QCOptions(n_top_genes=min(5000, reference.n_vars)),
-                                genes_from=[query_gene_table(query.adata, use_raw=query.use_raw)])
-        layout = fit_layout(ref, groupby=LABEL, symbol_column="gene_symbol", max_cells=1500)
-        model = train_model(ref, layout, resolve_hierarchy("pbmc-sorted"), LABEL, config, progress=False)
+        ref, model = train_as_run(reference, [query.adata], LABEL, config)
         train_s = time.perf_counter() - start
-        out = annotate_adata(query.adata, [model], AnnotateOptions(use_raw=query.use_raw, progress=False))
+        out = cx.annotate(query.adata, model, cx.AnnotateOptions(use_raw=query.use_raw, progress=False))
         setting = f"Zheng 2017 sorted ({reference.n_obs:,} cells, {ref.n_vars:,}-gene panel)"
         coverage = out.uns["cellpix"]["gene_matching"]["model_0"]["coverage"]
         name = f"cellpix default ({model.config.describe()}), {config.epochs} ep"

@@ -15,6 +15,8 @@ is right for those, and no cluster-level rule can flag the cluster without flagg
 
 from __future__ import annotations
 
+import argparse
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -40,7 +42,9 @@ def rows_for(dataset: str, groups: np.ndarray, detected: np.ndarray) -> list[dic
              "cd3_detected": float(detected[groups == g].mean())} for g in sorted(set(groups)) if g]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="python -m benchmarks.probe_silver_nk",
+                            description=__doc__.split("\n\n")[0]).parse_args(argv)  # --help, not a run
     rows = []
     kang = kang_with_labels()
     for condition in sorted(kang.obs["condition"].unique()):

@@ -2,7 +2,8 @@
 
 ``python -m benchmarks.unseen [--holdouts "none;CD14+ Monocyte;CD19+ B;CD56+ NK;CD34+"] [--seed 0]``: for each
 setting, the default model is trained on every Zheng cell except those of the held-out lineage ("none": all cells),
-with its panel chosen among the query's genes as ``cellpix run`` does, and annotates pbmc68k_reduced and Kang 2018
+made through the public API as ``cellpix run`` makes it (panel among the query's genes, the default layout and
+schedule: :func:`benchmarks.common.train_as_run`), and annotates pbmc68k_reduced and Kang 2018
 control and stimulated (silver lineages, :mod:`benchmarks.kang_labels`). Unseen cells are the held-out lineage's,
 plus, with nothing held out, the populations the sorted reference lacks (pbmc68k's "Dendritic" bulk label, Kang's
 FCGR3A+ monocytes, dendritic cells and megakaryocytes). Per row: the share of unseen and of known cells flagged
@@ -26,7 +27,7 @@ import scipy.sparse as sp
 from sklearn.metrics import roc_auc_score
 
 from benchmarks.accuracy import LABEL, CrossQuery, cross_queries, lineage, log_normalised, panel_log_values
-from benchmarks.common import RESULTS, ZHENG, require, write_csv
+from benchmarks.common import RESULTS, ZHENG, require, train_as_run, write_csv
 
 HOLDOUTS = "none;CD14+ Monocyte;CD19+ B;CD56+ NK;CD34+"
 LINEAGE_OF = {"CD14+ Monocyte": "CD14+", "CD19+ B": "B cell", "CD56+ NK": "NK cell", "CD34+": "CD34+"}
@@ -81,12 +82,8 @@ def print_clusters(annotated: ad.AnnData, query: CrossQuery, held: str | None) -
 def one_setting(raw: ad.AnnData, held: str | None, seed: int) -> list[dict]:
     from sklearn.linear_model import LogisticRegression
 
+    import cellpix as cx
     from benchmarks import singler as singler_peer
-    from cellpix.core.hierarchy import resolve_hierarchy
-    from cellpix.steps.annotate.annotate import AnnotateOptions, annotate_adata
-    from cellpix.steps.imaging.layout import fit_layout
-    from cellpix.steps.integrate.reference import QCOptions, prepare_reference, query_gene_table
-    from cellpix.steps.train.trainer import TrainConfig, train
 
     reference = raw if held is None else raw[raw.obs[LABEL].astype(str) != held].copy()
     rows, models = [], {}
@@ -94,14 +91,10 @@ def one_setting(raw: ad.AnnData, held: str | None, seed: int) -> list[dict]:
         panel_key = tuple(query.adata.var_names[:50])  # Kang control and stimulated share their genes
         if panel_key not in models:
             start = time.perf_counter()
-            ref = prepare_reference(reference, QCOptions(n_top_genes=5000),
-                                    genes_from=[query_gene_table(query.adata, use_raw=query.use_raw)])
-            layout = fit_layout(ref, groupby=LABEL, symbol_column="gene_symbol", max_cells=1500)
-            model = train(ref, layout, resolve_hierarchy("pbmc-sorted"), LABEL, TrainConfig(seed=seed),
-                          progress=False)
+            ref, model = train_as_run(reference, [query.adata], LABEL, cx.TrainConfig(seed=seed))
             models[panel_key] = (ref, model, time.perf_counter() - start)
         ref, model, train_s = models[panel_key]
-        annotated = annotate_adata(query.adata, [model], AnnotateOptions(use_raw=query.use_raw, progress=False))
+        annotated = cx.annotate(query.adata, model, cx.AnnotateOptions(use_raw=query.use_raw, progress=False))
         out = annotated.obs
         print_clusters(annotated, query, held)
         unseen, known = masks(query, held)

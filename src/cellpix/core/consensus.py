@@ -73,7 +73,7 @@ there is no query to be relative to, and the reference's own scale stands in (:d
 
 Measured (``python -m benchmarks.unseen``, each Zheng lineage held out of training in turn, and the full model,
 annotating pbmc68k_reduced and Kang 2018 control and stimulated; rerun 2026-12-06): held-out monocytes, B cells
-and CD34+ cells flagged in 97-100 % of their cells, held-out NK cells in 96 % (Kang control) and 7-11 %
+and CD34+ cells flagged in 97-100 % of their cells, held-out NK cells in 96 % (Kang control) and 7-10 %
 (pbmc68k_reduced, Kang stimulated: called cytotoxic CD8 T cells, whose reference cells detect their markers; an
 estimated half of Kang's silver NK cells are T cells, ``python -m benchmarks.probe_silver_nk``);
 Kang's FCGR3A+ monocytes, dendritic cells, megakaryocytes and erythrocytes, which the sorted reference lacks, in
