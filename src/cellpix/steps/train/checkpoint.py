@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from cellpix.data.io import atomic_path
 from cellpix.steps.train.loss import AdaptiveHierarchicalFocalLoss
+
+if TYPE_CHECKING:
+    from cellpix.steps.train.sgd import NesterovSGD
 
 
 @dataclass
@@ -29,7 +32,7 @@ class TrainState:
     finished: bool = False
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | NesterovSGD,
                      loss_fn: AdaptiveHierarchicalFocalLoss, state: TrainState) -> None:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
@@ -42,7 +45,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         save_file(tensors, str(tmp), metadata={"cellpix_checkpoint": json.dumps(meta)})
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | NesterovSGD,
                      loss_fn: AdaptiveHierarchicalFocalLoss) -> TrainState:
     from safetensors import safe_open
 

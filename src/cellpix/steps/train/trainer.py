@@ -64,6 +64,7 @@ from cellpix.steps.train.finalise import (
 )
 from cellpix.steps.train.loss import AdaptiveHierarchicalFocalLoss, balanced_class_weights
 from cellpix.steps.train.report import epoch_line, write_training_report
+from cellpix.steps.train.sgd import NesterovSGD
 
 # The public names of the train step, whichever module defines them (the API, CLI and pipeline import them here).
 __all__ = ["DEFAULT_LR", "LOSSES", "OPTIMIZERS", "PRESETS", "TrainConfig", "TrainState", "is_main_process",
@@ -93,10 +94,11 @@ def check_label_column(adata: ad.AnnData, label_key: str) -> None:
                            f"{', '.join(map(str, adata.obs.columns)) or 'none'}")
 
 
-def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer | NesterovSGD:
     """The configured optimiser over all of ``model``'s parameters.
 
-    SGD uses Nesterov momentum 0.9 with coupled (L2) weight decay; AdamW decoupled decay. The per-pixel
+    SGD uses Nesterov momentum 0.9 with coupled (L2) weight decay (:class:`NesterovSGD`, torch's update without
+    torch.optim's 1.4-s import of the compiler); AdamW decoupled decay. The per-pixel
     read-out has its own, stronger decay (``readout_weight_decay``); the trunk and its heads ``weight_decay``.
     Adam's per-parameter step sizes suit a deep trunk but over-fit the per-pixel read-out's 5,000 weights per
     class, where the rarely expressed genes' weights get the same step as the informative ones.
@@ -109,7 +111,7 @@ def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.O
                "weight_decay": config.readout_weight_decay}]
     groups = [g for g in groups if g["params"]]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
+        return NesterovSGD(groups, lr=config.lr, momentum=0.9)
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
@@ -256,7 +258,7 @@ def train(
 def _build_training(hierarchy: Hierarchy, model_config: ModelConfig, config: TrainConfig, space: LabelSpace,
                     data: ReferenceData, distributed: bool, device: torch.device
                     ) -> tuple[HierarchicalClassifier, torch.nn.Module, AdaptiveHierarchicalFocalLoss,
-                               torch.optim.Optimizer]:
+                               torch.optim.Optimizer | NesterovSGD]:
     """A fresh network, the module the steps run through (DDP-wrapped under torchrun), its loss and optimiser.
 
     The first run and the refit build theirs the same way, so the refit differs only in the cells it sees.
@@ -272,8 +274,8 @@ def _build_training(hierarchy: Hierarchy, model_config: ModelConfig, config: Tra
 
 
 def _train_epoch(net: torch.nn.Module, renderer: ImageRenderer, loss_fn: AdaptiveHierarchicalFocalLoss,
-                 optimizer: torch.optim.Optimizer, data: ReferenceData, config: TrainConfig, state: TrainState,
-                 epoch: int, schedule: tuple[int, int], donor_vectors, device: torch.device,
+                 optimizer: torch.optim.Optimizer | NesterovSGD, data: ReferenceData, config: TrainConfig,
+                 state: TrainState, epoch: int, schedule: tuple[int, int], donor_vectors, device: torch.device,
                  progress: bool) -> tuple[np.ndarray, int]:
     """One epoch of optimiser steps over ``data.train_idx``; returns the summed (loss, base, subtype) and steps.
 
