@@ -312,7 +312,7 @@ def _train_epoch(net: torch.nn.Module, renderer: ImageRenderer, loss_fn: Adaptiv
         state.step += 1
         done += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", alpha=f"{float(loss_fn.alpha):.2f}")
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", alpha=f"{float(loss_fn.alpha):.2f}", refresh=False)
     bar.close()
     return sums, done
 
