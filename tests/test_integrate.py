@@ -267,3 +267,22 @@ def test_panel_alignment_moves_values_exactly_as_the_selection_product():
             assert aligned.shape == (query.n_obs, len(names)) and aligned.dtype == np.float32
             for part in ("indptr", "indices", "data"):
                 assert np.array_equal(getattr(aligned, part), getattr(product.astype(np.float32), part))
+
+
+def test_rows_taken_from_a_backed_file_come_in_the_order_asked_whether_or_not_they_form_one_range():
+    """A consensus sample that is every cell is read as one slice; any other set row by row: the same rows."""
+    from pathlib import Path
+
+    from cellpix.data.inputs import MatrixSource
+
+    path = Path(__file__).parent / "data" / "zheng_query.h5ad"
+    dense = sp.csr_matrix(ad.read_h5ad(path).X, dtype=np.float32)
+    backed = ad.read_h5ad(path, backed="r")
+    source = MatrixSource(backed.X, backed.var, path.name)
+    rng = np.random.default_rng(0)
+    every = rng.permutation(backed.n_obs)
+    for rows in (every, np.arange(10, 40)[::-1], np.sort(rng.choice(backed.n_obs, 25, replace=False)), every[:1]):
+        taken = source.take(rows)
+        assert taken.dtype == np.float32 and taken.shape == (len(rows), backed.n_vars)
+        assert (taken != dense[rows]).nnz == 0
+    backed.file.close()
