@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build every cellpix image from a local Debian base and smoke-test each one inside the build.
 #
-#   containers/build-test.sh [--with-r] [--python PATH]
+#   containers/build-test.sh [--with-r] [--only STEP[,STEP...]] [--python PATH]
 #
 # Works without a Docker engine or registry: the base root filesystem is made with debootstrap and imported
 # into podman; images are built with `podman build --isolation chroot`, and each step's smoke test is a RUN
@@ -12,10 +12,12 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 with_r=0
+only=
 python=${PYTHON:-$root/.venv/bin/python}
 while [ $# -gt 0 ]; do
     case $1 in
         --with-r) with_r=1 ;;
+        --only) only=$2; shift ;;
         --python) python=$2; shift ;;
         -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
@@ -32,6 +34,12 @@ ca=/etc/ssl/certs/ca-certificates.crt
 build=(podman build --isolation chroot --layers -v "$ca:$ca:ro" --build-arg "CELLPIX_VERSION=$version")
 steps=(integrate image train annotate explain)
 [ "$with_r" = 1 ] && steps+=(integrate-r)
+if [ -n "$only" ]; then  # the base and the steps named (integrate-r builds on integrate: name both)
+    IFS=, read -r -a steps <<< "$only"
+    for step in "${steps[@]}"; do
+        [ -f "$here/$step/Dockerfile" ] || { echo "--only: no step image $step (containers/$step/Dockerfile)" >&2; exit 2; }
+    done
+fi
 log=$(mktemp -d)
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
