@@ -63,7 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--holdouts", default=HOLDOUTS, help="Zheng cell types held out, separated by ;")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    resolutions = [float(r) for r in args.resolutions.split(",")]
+    try:
+        resolutions = [float(r) for r in args.resolutions.split(",")]
+    except ValueError:
+        parser.error(f"--resolutions takes numbers separated by commas, not {args.resolutions!r}")
+    if not resolutions or min(resolutions) <= 0:
+        parser.error(f"--resolutions must be positive, not {args.resolutions!r}")
     raw = ad.read_h5ad(require(ZHENG))
     rows = []
     for held in (h.strip() for h in args.holdouts.split(";") if h.strip()):
