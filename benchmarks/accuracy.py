@@ -67,7 +67,7 @@ def fold_reference_and_layout(train: ad.AnnData, n_genes: int, pixels: int | Non
         start = time.perf_counter()
         ref = prepare_reference(train, QCOptions(n_top_genes=n_genes, hvg_flavor=hvg_flavor))
         discretization = "lsa" if pixels is None or pixels >= smallest_square(ref.n_vars) else "bin"
-        layout = fit_layout(ref, pixels=pixels, discretization=discretization, groupby=LABEL,
+        layout = fit_layout(ref, preset="trunk", pixels=pixels, discretization=discretization, groupby=LABEL,
                             symbol_column="gene_symbol", max_cells=1500)
         _LAYOUTS.clear()  # one fold at a time: keep memory flat
         _LAYOUTS[key] = (ref, layout, time.perf_counter() - start)

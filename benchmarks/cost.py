@@ -71,7 +71,7 @@ def train_models(folder: Path) -> tuple[Path, Path, float]:
     data = ad.read_h5ad(require(ZHENG))
     start = time.perf_counter()
     ref = prepare_reference(data, QCOptions())
-    layout = fit_layout(ref, groupby=LABEL, symbol_column="gene_symbol", max_cells=1500)
+    layout = fit_layout(ref, preset="trunk", groupby=LABEL, symbol_column="gene_symbol", max_cells=1500)
     model = train(ref, layout, resolve_hierarchy("pbmc-sorted"), LABEL, TrainConfig(), progress=False)
     train_s = time.perf_counter() - start
     bundle = folder / "zheng.cellpix"

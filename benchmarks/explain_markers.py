@@ -85,7 +85,7 @@ def run(quick: bool, on_row: Callable[[pd.DataFrame], object], epochs: int | Non
     from cellpix.steps.imaging.layout import fit_layout
 
     reference = marker_reference(ad.read_h5ad(require(ZHENG)))
-    layout = fit_layout(reference, groupby="cell_type", symbol_column="gene_symbol", max_cells=600)
+    layout = fit_layout(reference, preset="trunk", groupby="cell_type", symbol_column="gene_symbol", max_cells=600)
     rows = []
     for seed in (0,) if quick else (0, 1):
         for loss in ("ahfl", "ce"):

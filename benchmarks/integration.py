@@ -47,7 +47,7 @@ def run(quick: bool = False, reference_cells: int = 1500) -> pd.DataFrame:
     if quick:
         zheng = zheng[np.sort(rng.choice(zheng.n_obs, 1000, replace=False))].copy()
     ref = prepare_reference(zheng, QCOptions(n_top_genes=2000 if quick else 5000))
-    layout = fit_layout(ref, groupby=LABEL, symbol_column="gene_symbol", max_cells=1500)
+    layout = fit_layout(ref, preset="trunk", groupby=LABEL, symbol_column="gene_symbol", max_cells=1500)
     epochs = 4
     model = train(ref, layout, resolve_hierarchy("pbmc-sorted"), LABEL,
                   TrainConfig(epochs=epochs, min_epochs=epochs, val_fraction=0.1), progress=False)

@@ -95,7 +95,7 @@ def one_setting(raw: ad.AnnData, held: str | None, seed: int) -> list[dict]:
         if key not in models:
             ref = prepare_reference(reference, QCOptions(n_top_genes=5000),
                                     genes_from=[query_gene_table(query.adata, use_raw=query.use_raw)])
-            layout = fit_layout(ref, groupby=LABEL, symbol_column="gene_symbol", max_cells=1500)
+            layout = fit_layout(ref, preset="trunk", groupby=LABEL, symbol_column="gene_symbol", max_cells=1500)
             models[key] = (ref, train(ref, layout, resolve_hierarchy("pbmc-sorted"), LABEL, TrainConfig(seed=seed),
                                       progress=False))
         ref, model = models[key]

@@ -53,7 +53,7 @@ def main() -> None:
     kang = kang_with_labels()
     raw = ad.read_h5ad(require(ZHENG))
     ref = prepare_reference(raw, QCOptions(n_top_genes=5000), genes_from=[query_gene_table(kang)])
-    layout = fit_layout(ref, groupby=LABEL, symbol_column="gene_symbol", max_cells=1500)
+    layout = fit_layout(ref, preset="trunk", groupby=LABEL, symbol_column="gene_symbol", max_cells=1500)
     model = train(ref, layout, resolve_hierarchy("pbmc-sorted"), LABEL, TrainConfig(seed=0), progress=False)
     options = AnnotateOptions(progress=False)
     lineage = kang.obs["lineage"].astype(str).to_numpy()

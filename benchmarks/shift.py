@@ -65,7 +65,8 @@ def fit_cellpix(train: ad.AnnData, hierarchy: str, n_genes: int, seed: int, **co
 
     start = time.perf_counter()
     ref = prepare_reference(train, QCOptions(n_top_genes=n_genes))
-    layout = fit_layout(ref, groupby=LABEL, symbol_column="gene_symbol", max_cells=1500, random_state=seed)
+    layout = fit_layout(ref, preset="trunk", groupby=LABEL, symbol_column="gene_symbol", max_cells=1500,
+                        random_state=seed)
     model = train_model(ref, layout, resolve_hierarchy(hierarchy), LABEL, TrainConfig(seed=seed, **config),
                         progress=False)
     return ref, model, time.perf_counter() - start

@@ -80,7 +80,7 @@ def zheng_ref(zheng_raw) -> ad.AnnData:
 def zheng_layout(zheng_ref):
     from cellpix.steps.imaging.layout import fit_layout
 
-    return fit_layout(zheng_ref, groupby="cell_type", symbol_column="gene_symbol", max_cells=600)
+    return fit_layout(zheng_ref, preset="trunk", groupby="cell_type", symbol_column="gene_symbol", max_cells=600)
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +112,8 @@ def zheng_model(zheng_marker_ref, tmp_path_factory):
     from cellpix.steps.imaging.layout import fit_layout
     from cellpix.steps.train.trainer import TrainConfig, train
 
-    layout = fit_layout(zheng_marker_ref, groupby="cell_type", symbol_column="gene_symbol", max_cells=600)
+    layout = fit_layout(zheng_marker_ref, preset="trunk", groupby="cell_type", symbol_column="gene_symbol",
+                        max_cells=600)
     config = TrainConfig(epochs=8, batch_size=64, val_fraction=0.2, min_epochs=8, loss="ce")
     model = train(zheng_marker_ref, layout, resolve_hierarchy("pbmc-sorted"), "cell_type", config, progress=False)
     path = tmp_path_factory.mktemp("model") / "zheng.cellpix"

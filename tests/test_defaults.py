@@ -107,8 +107,7 @@ def api_defaults(command: str) -> dict[str, object]:
         from cellpix.steps.imaging.step import image_step
 
         signature = inspect.signature(fit_layout).parameters
-        return {"preset": DEFAULT_LAYOUT_PRESET, "discretization": signature["discretization"].default,
-                "seed": signature["random_state"].default,
+        return {"preset": DEFAULT_LAYOUT_PRESET, "seed": signature["random_state"].default,
                 "write_images": inspect.signature(image_step).parameters["write_images"].default}
     return {"integrate": lambda: fields(QCOptions, QueryOptions), "annotate": lambda: fields(AnnotateOptions),
             "explain": lambda: fields(ExplainOptions)}[command]()
@@ -199,3 +198,26 @@ def test_the_galaxy_workflow_runs_the_cli_defaults():
 
         assert numbers(step.get("tool_state", {})) == [], step["tool_id"]
     assert checked == len(inputs)
+
+
+def test_layout_defaults_live_in_the_presets_alone(zheng_ref):
+    """The step's ``fit_layout`` states no layout default of its own (method, assignment, cell sample, grid): each
+    comes from :data:`LAYOUT_PRESETS`, so the step, ``cx.fit_layout``, ``cellpix image`` and the pipeline cannot
+    disagree. Before, the step defaulted to t-SNE while every door users take defaulted to panel order."""
+    import inspect
+
+    import cellpix as cx
+    from cellpix.core.layout import DEFAULT_LAYOUT_PRESET, LAYOUT_PRESETS
+    from cellpix.steps.imaging import layout as step
+
+    stated = set(inspect.signature(step.fit_layout).parameters)
+    for preset in LAYOUT_PRESETS.values():
+        assert not stated & set(preset), f"fit_layout restates {sorted(stated & set(preset))}"
+    assert inspect.signature(step.fit_layout).parameters["preset"].default == DEFAULT_LAYOUT_PRESET
+    ours = step.fit_layout(zheng_ref, symbol_column="gene_symbol")
+    theirs = cx.fit_layout(zheng_ref)
+    assert ours.method == theirs.method == LAYOUT_PRESETS[DEFAULT_LAYOUT_PRESET]["method"]
+    assert (ours.pixel_index == theirs.pixel_index).all()
+    trunk = step.fit_layout(zheng_ref, preset="trunk", method="pca", max_cells=300)
+    assert trunk.method == "pca" and trunk.fit_info["n_cells_fit"] == 300
+    assert trunk.discretization == LAYOUT_PRESETS["trunk"]["discretization"]

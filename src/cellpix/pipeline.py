@@ -35,7 +35,6 @@ from cellpix.api.files import (
     write_h5ad_atomic,
     write_text_atomic,
 )
-from cellpix.api.files import layout_options as preset_layout_options
 from cellpix.errors import CellpixError, warn
 
 
@@ -109,9 +108,10 @@ def run_pipeline(reference: ad.AnnData, query: ad.AnnData, label_key: str, hiera
 
 
 def layout_for(config: TrainConfig) -> dict[str, Any]:
-    """The layout a training configuration can use: panel order for the per-pixel read-out alone (a t-SNE layout
-    would cost half a minute and change nothing), t-SNE for a convolutional trunk, at the size it needs."""
-    return preset_layout_options("trunk" if config.deep else "cpu", pixels=config.pixels)
+    """The layout preset a training configuration can use (``image_step`` keywords): panel order for the
+    per-pixel read-out alone (a t-SNE layout would cost half a minute and change nothing), t-SNE for a
+    convolutional trunk, at the size it needs."""
+    return {"preset": "trunk" if config.deep else "cpu", "pixels": config.pixels}
 
 
 def demo_split(adata: ad.AnnData, label_key: str, query_fraction: float = 0.2, seed: int = 0

@@ -95,12 +95,11 @@ def fit_layout(reference: ad.AnnData, *, preset: str | None = None, groupby: str
         ``.save(path)`` writes it as JSON.
     """
     from cellpix.data.genes import find_symbol_column
-    from cellpix.steps.imaging.layout import DEFAULT_LAYOUT_PRESET, layout_options
+    from cellpix.steps.imaging.layout import DEFAULT_LAYOUT_PRESET
     from cellpix.steps.imaging.layout import fit_layout as fit
 
     options.setdefault("symbol_column", find_symbol_column(reference.var))
-    chosen = layout_options(preset or DEFAULT_LAYOUT_PRESET, pixels=pixels, **options)
-    return fit(reference, groupby=groupby, **chosen)
+    return fit(reference, preset=preset or DEFAULT_LAYOUT_PRESET, groupby=groupby, pixels=pixels, **options)
 
 
 def train(reference: ad.AnnData, layout: GeneLayout, hierarchy: Hierarchy | str, label_key: str,

@@ -28,7 +28,8 @@ from typing import Any
 _MODULES = {  # module → the names it defines that this API hands out
     "cellpix.core.bundle": ("read_metadata",),
     "cellpix.core.hierarchy": ("Hierarchy", "check_ontology", "hierarchy_for_training", "resolve_hierarchy"),
-    "cellpix.core.layout": ("DEFAULT_LAYOUT_PRESET", "DEFAULT_PSEUDO_COUNT", "GeneLayout", "LAYOUT_PRESETS"),
+    "cellpix.core.layout": ("DEFAULT_LAYOUT_PRESET", "DEFAULT_PSEUDO_COUNT", "DISCRETIZATIONS", "GeneLayout",
+                            "LAYOUT_PRESETS"),
     "cellpix.core.model_card": ("model_card", "render_card"),
     "cellpix.core.models": ("fetch", "install", "package_model", "registered_models"),
     "cellpix.core.trained": ("TrainedModel",),

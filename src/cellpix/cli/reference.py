@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cellpix import plugins
-from cellpix.api.files import DEFAULT_LAYOUT_PRESET, LAYOUT_PRESETS
+from cellpix.api.files import DEFAULT_LAYOUT_PRESET, DISCRETIZATIONS, LAYOUT_PRESETS
 from cellpix.cli.group import cli
 from cellpix.cli.options import (
     INPUT_FILE,
@@ -163,20 +163,20 @@ def integrate_methods() -> None:
 @click.option("--method", default=None,
               help="Gene layout: ordered (the cpu preset's), tsne (trunk, paper), umap, pca, kpca or a plugin's.")
 @click.option("--perplexity", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="t-SNE perplexity (default 30; the paper 70).")
+              help="t-SNE perplexity (default: the preset's, else the method's own).")
 @click.option("--pixels", type=click.IntRange(min=2), default=None,
               help="Grid side. Default: smallest square holding every gene (71 for 5,000); 224 = the paper.")
-@click.option("--discretization", default="lsa", show_default=True,
-              type=click.Choice(["lsa", "bin", "qtb", "sla", "ags"]), help="Gene → pixel assignment.")
+@click.option("--discretization", default=None, type=click.Choice(list(DISCRETIZATIONS)),
+              help="Gene → pixel assignment (default: the preset's).")
 @click.option("--max-cells", type=click.IntRange(min=2), default=None,
-              help="Cells (stratified) used to fit a manifold (default 2,000; the paper preset: all).")
+              help="Cells (stratified) used to fit a manifold (default: the preset's; the paper preset: all).")
 @click.option("--groupby", default=None, help="obs column to stratify the cell subsample by.")
 @pseudo_count_option()
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--write-images", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also export this many images (npz) to look at.")
 def image(reference: Path, outdir: Path, preset: str, method: str | None, perplexity: float | None, pixels: int | None,
-          discretization: str, max_cells: int | None, groupby: str | None, pseudo_count: float | None, seed: int,
+          discretization: str | None, max_cells: int | None, groupby: str | None, pseudo_count: float | None, seed: int,
           write_images: int) -> None:
     """Fit the gene → pixel layout (DeepInsight) on an integrated REFERENCE.
 
@@ -185,12 +185,11 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
     information (one pixel per gene) does not, so the default grid is the
     smallest that holds the panel.
     """
-    from cellpix.api.files import image_step, layout_options, read_h5ad
+    from cellpix.api.files import image_step, read_h5ad
 
-    options = layout_options(preset, pixels=pixels, method=method, perplexity=perplexity, max_cells=max_cells,
-                             pseudo_count=pseudo_count)
-    layout = image_step(read_h5ad(reference), outdir, discretization=discretization, groupby=groupby,
-                        random_state=seed, write_images=write_images, **options)
+    layout = image_step(read_h5ad(reference), outdir, preset=preset, pixels=pixels, method=method,
+                        perplexity=perplexity, max_cells=max_cells, pseudo_count=pseudo_count,
+                        discretization=discretization, groupby=groupby, random_state=seed, write_images=write_images)
     report = layout.collision_report()
     click.echo(f"{layout.n_genes} genes on {layout.size}×{layout.size}, {report['genes_sharing_a_pixel']} sharing a "
                f"pixel; fitted in {layout.fit_info['fit_seconds']} s → {outdir}/layout.json")

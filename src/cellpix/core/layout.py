@@ -31,16 +31,21 @@ DEFAULT_PSEUDO_COUNT = 100.0
 # (a convolutional trunk) learns nothing from where a gene sits on them.
 GEOMETRY_FREE_METHODS = ("ordered",)
 
+# A manifold layout: t-SNE of the genes (cosine distance, PCA initialisation), fitted on a stratified sample of
+# 2,000 cells (t-SNE of 5,000 genes is dominated by its cost in cells), then one gene per pixel by assignment.
+MANIFOLD_LAYOUT: dict[str, Any] = {"method": "tsne", "discretization": "lsa", "max_cells": 2000}
 # The published layout (scHDeepInsight; docs in ../shared/docs/method.md): 224 px, one gene per pixel, t-SNE with
 # cosine distance (the built-in t-SNE's metric), perplexity 70, early exaggeration 8, PCA initialisation, fitted on
 # every reference cell rather than a subsample; pixels are min-max scaled log1p(CP10k) (pseudo-count 1).
-PAPER_LAYOUT: dict[str, Any] = {"pixels": 224, "method": "tsne", "perplexity": 70.0, "early_exaggeration": 8.0,
+PAPER_LAYOUT: dict[str, Any] = {**MANIFOLD_LAYOUT, "pixels": 224, "perplexity": 70.0, "early_exaggeration": 8.0,
                                 "max_cells": None, "pseudo_count": 1.0}
-# One per training preset (cellpix.steps.train presets of the same names). The cpu preset's per-pixel read-out
-# gives every pixel its own weights, so where a gene sits cannot change the model: its layout is the panel's order
-# (no manifold, no assignment; milliseconds). The trunk reads neighbouring pixels, so it gets the t-SNE layout
-# (fit_layout's own defaults), and the paper preset the published one.
-LAYOUT_PRESETS: dict[str, dict[str, Any]] = {"cpu": {"method": "ordered"}, "trunk": {}, "paper": PAPER_LAYOUT}
+# One per training preset (cellpix.steps.train presets of the same names), and the only place layout defaults are
+# stated: every way in (cx.fit_layout, the step's fit_layout, cellpix image, Galaxy, Nextflow) starts from one of
+# these. The cpu preset's per-pixel read-out gives every pixel its own weights, so where a gene sits cannot change
+# the model: its layout is the panel's order (no manifold, no assignment; milliseconds). The trunk reads
+# neighbouring pixels, so it gets the t-SNE layout, and the paper preset the published one.
+LAYOUT_PRESETS: dict[str, dict[str, Any]] = {"cpu": {**MANIFOLD_LAYOUT, "method": "ordered"},
+                                             "trunk": MANIFOLD_LAYOUT, "paper": PAPER_LAYOUT}
 DEFAULT_LAYOUT_PRESET = "cpu"
 
 

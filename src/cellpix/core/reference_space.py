@@ -98,13 +98,20 @@ class ReferenceSpace:
         """Each row's mean distance to its ``k`` nearest reference cells."""
         return self.distance_of(self.project(panel))
 
-    def scores(self, panel: sp.spmatrix | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(:meth:`distance`, :meth:`class_distances`) of panel rows, projected and searched once."""
-        return self._scores_of(self.project(panel))
+    def scores(self, panel: sp.spmatrix | np.ndarray, by_class: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(:meth:`distance`, :meth:`class_distances`) of panel rows, projected and searched once; without
+        ``by_class`` the second has no columns and the distance comes from one search over every kept cell
+        (annotation without clusters uses no per-type distance: one search instead of one per type)."""
+        coords = self.project(panel)
+        if by_class:
+            return self._scores_of(coords)
+        return self.distance_of(coords), np.zeros((len(coords), 0), dtype=np.float32)
 
     def distance_of(self, coords: np.ndarray) -> np.ndarray:
-        """:meth:`distance` of rows already projected."""
-        return self._scores_of(coords)[0]
+        """:meth:`distance` of rows already projected: the mean of each row's ``k`` nearest kept cells."""
+        nearest, _ = self._finder(None).query(coords, self.k)
+        overall = nearest.mean(axis=1) if nearest.shape[1] else np.zeros(len(coords))
+        return overall.astype(np.float32)
 
     def class_distances(self, panel: sp.spmatrix | np.ndarray) -> np.ndarray:
         """(cells, base types): each row's mean distance to its ``k`` nearest reference cells *of each type*,
@@ -117,9 +124,7 @@ class ReferenceSpace:
         among the ``k`` nearest of each type, so the overall distance comes from the types' own searches."""
         n = len(coords)
         if not self.has_classes:
-            nearest, _ = self._finder(None).query(coords, self.k)
-            overall = nearest.mean(axis=1) if nearest.shape[1] else np.zeros(n)
-            return overall.astype(np.float32), np.full((n, 0), np.nan, dtype=np.float32)
+            return self.distance_of(coords), np.full((n, 0), np.nan, dtype=np.float32)
         by_class = np.full((n, len(self.class_scale)), np.nan, dtype=np.float32)
         found = []
         for b in range(len(self.class_scale)):

@@ -138,7 +138,7 @@ def _stream(models: list[TrainedModel], readers: list[PanelReader], options: Ann
         normalised = normalise_rows(raw, readers[0].kind)  # once per chunk, whatever the ensemble's size
         blocks = [reader.select(normalised) for reader in readers]
         stats = cell_statistics(blocks[0])  # the shift guards' per-cell statistics, on the first model's panel
-        distance, by_class = _reference_scores(models[0], blocks[0])
+        distance, by_class = _reference_scores(models[0], blocks[0], by_class=plan is not None)
         stats = np.column_stack([stats, distance])
         coords = plan.project(start, stop, blocks[0]) if plan is not None else None
         pred = predict_matrix(sources, blocks, space, options.restrict_to)
@@ -149,12 +149,12 @@ def _stream(models: list[TrainedModel], readers: list[PanelReader], options: Ann
     bar.close()
 
 
-def _reference_scores(model: TrainedModel, panel) -> tuple[np.ndarray, np.ndarray]:
-    """The out-of-reference score of each row and its distances to each base type's reference cells
-    (:mod:`cellpix.core.reference_space`); NaN and no columns for an older bundle."""
+def _reference_scores(model: TrainedModel, panel, by_class: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The out-of-reference score of each row and (``by_class``: for the clusters' evidence) its distances to each
+    base type's reference cells (:mod:`cellpix.core.reference_space`); NaN and no columns for an older bundle."""
     if model.reference_space is None:
         return np.full(panel.shape[0], np.nan, dtype=np.float32), np.zeros((panel.shape[0], 0), np.float32)
-    return model.reference_space.scores(panel)
+    return model.reference_space.scores(panel, by_class=by_class)
 
 
 def _unassigned(labels: pd.Categorical, empty: np.ndarray) -> pd.Categorical:

@@ -74,31 +74,46 @@ def layout_options(preset: str = DEFAULT_LAYOUT_PRESET, **given: Any) -> dict[st
     if preset not in LAYOUT_PRESETS:
         raise CellpixError(f"unknown layout preset {preset!r}; choose from {', '.join(LAYOUT_PRESETS)}")
     options = {**LAYOUT_PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
-    if options.get("method", "tsne") != "tsne":
+    if options["method"] != "tsne":
         options = {k: v for k, v in options.items() if k not in ("perplexity", "early_exaggeration")}
     return options
 
 
-def fit_layout(
-    adata: ad.AnnData,
-    method: str = "tsne",
-    pixels: int | None = None,
-    discretization: str = "lsa",
-    max_cells: int | None = 2000,
-    groupby: str | None = None,
-    symbol_column: str | None = None,
-    random_state: int = 0,
-    pseudo_count: float = DEFAULT_PSEUDO_COUNT,
-    **method_params: Any,
-) -> GeneLayout:
+def fit_layout(adata: ad.AnnData, *, preset: str = DEFAULT_LAYOUT_PRESET, groupby: str | None = None,
+               symbol_column: str | None = None, random_state: int = 0, **options: Any) -> GeneLayout:
     """Fit a gene layout on a log-normalised reference (genes = the panel, in ``adata.var_names`` order).
 
-    The manifold is fitted on a stratified subsample of at most ``max_cells``
-    cells (t-SNE of 5,000 genes is dominated by its cost in cells); the
-    min-max scaling is fitted on all cells. ``pseudo_count`` is k in the pixel
-    value log(1 + CP10k / k) (:data:`cellpix.core.layout.DEFAULT_PSEUDO_COUNT`
-    says why it is not 1).
+    Parameters
+    ----------
+    adata
+        Log-normalised reference; its ``var_names`` are the panel.
+    preset
+        One of :data:`cellpix.core.layout.LAYOUT_PRESETS`, the only place the layout's defaults are stated.
+    groupby
+        obs column to stratify the cells a manifold is fitted on.
+    symbol_column
+        var column of gene symbols, kept in the layout for plots and explanations.
+    random_state
+        Seed of the cell sample and the manifold.
+    **options
+        What wins over the preset (None: the preset's): ``method``, ``pixels``, ``discretization``,
+        ``max_cells``, ``pseudo_count``, and the manifold's own parameters (``perplexity`` ...).
+
+    Returns
+    -------
+    GeneLayout
+        The genes' pixels, the pixel values' pseudo-count and the per-gene min-max scaling.
     """
+    return _fit(adata, groupby=groupby, symbol_column=symbol_column, random_state=random_state,
+                **layout_options(preset, **options))
+
+
+def _fit(adata: ad.AnnData, method: str, discretization: str, max_cells: int | None, groupby: str | None,
+         symbol_column: str | None, random_state: int, pixels: int | None = None,
+         pseudo_count: float = DEFAULT_PSEUDO_COUNT, **method_params: Any) -> GeneLayout:
+    """:func:`fit_layout` with every setting resolved. The manifold is fitted on a stratified subsample of at
+    most ``max_cells`` cells; the min-max scaling on all cells. ``pseudo_count`` is k in the pixel value
+    log(1 + CP10k / k) (:data:`cellpix.core.layout.DEFAULT_PSEUDO_COUNT` says why it is not 1)."""
     if discretization not in DISCRETIZATIONS:
         raise CellpixError(f"unknown discretization {discretization!r}; choose from {', '.join(DISCRETIZATIONS)}")
     n_genes = adata.n_vars
