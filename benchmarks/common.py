@@ -113,8 +113,8 @@ def train_as_run(reference: ad.AnnData, queries: list[ad.AnnData], label: str, c
     ``cx.integrate`` with the panel chosen among the genes every query has (where its values are, ``.raw`` for
     pbmc68k_reduced, found as annotation finds them), ``cx.fit_layout`` with the default preset's layout,
     ``cx.train`` with ``config`` (the default schedule when None). Benchmarks that called the steps directly
-    measured a t-SNE layout the default never fits (``fit_layout``'s own default method); going through the
-    API, a benchmark runs what users run.
+    measured a t-SNE layout the default never fits (until 2026-12-07 the step's ``fit_layout`` defaulted to
+    t-SNE); going through the API, a benchmark runs what users run.
     """
     import cellpix as cx
 

@@ -59,20 +59,16 @@ def timed(command: list[str], cwd: Path, may_fail: bool = False) -> dict[str, An
 
 
 def train_models(folder: Path) -> tuple[Path, Path, float]:
-    """A cellpix default bundle and a CellTypist model, both trained on every Zheng cell."""
+    """A cellpix default bundle (through the public API, as a user's script makes it) and a CellTypist model,
+    both trained on every Zheng cell."""
     import celltypist
 
     from benchmarks.accuracy import LABEL, OvRLogisticRegression, log_normalised
-    from cellpix.core.hierarchy import resolve_hierarchy
-    from cellpix.steps.imaging.layout import fit_layout
-    from cellpix.steps.integrate.reference import QCOptions, prepare_reference
-    from cellpix.steps.train.trainer import TrainConfig, train
+    from benchmarks.common import train_as_run
 
     data = ad.read_h5ad(require(ZHENG))
     start = time.perf_counter()
-    ref = prepare_reference(data, QCOptions())
-    layout = fit_layout(ref, preset="trunk", groupby=LABEL, symbol_column="gene_symbol", max_cells=1500)
-    model = train(ref, layout, resolve_hierarchy("pbmc-sorted"), LABEL, TrainConfig(), progress=False)
+    _, model = train_as_run(data, [], LABEL)  # the shipped default, as `cellpix run` makes it
     train_s = time.perf_counter() - start
     bundle = folder / "zheng.cellpix"
     model.save(bundle)

@@ -19,10 +19,16 @@ range of ``mean_nonzero`` (another normalisation) unless forced.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
+
+from cellpix.data.inputs import spread_sample
+from cellpix.errors import InputDataError
+
+if TYPE_CHECKING:
+    from cellpix.data.panel import PanelReader
 
 STATISTICS = ("detected", "mean_nonzero")
 QUANTILES = (0.01, 0.05, 0.5, 0.95, 0.99)
@@ -120,3 +126,18 @@ def other_scale_message(report: dict[str, Any]) -> str:
             f"panel value is {level['query_median']:.2f}, the reference's lie in {level['reference_band'][0]:.2f}-"
             f"{level['reference_band'][1]:.2f}. Pass raw counts (X, a 'counts' layer or .raw) or log1p(CP10k) "
             "values, or --force to annotate anyway")
+
+
+def refuse_other_scale(reader: PanelReader, profile: dict[str, Any] | None, corrected_by: str | None,
+                       forced: bool) -> None:
+    """The other-scale refusal of :func:`compare`, on the cells read to classify the file's values (a few
+    blocks spread over it), before any chunk is predicted. The same rule as annotation's after the stream,
+    whose band is wide (the typical cell 1.8 times past the reference's 1st-99th percentiles), so a sample only
+    meets it when the values are on another scale; the check after the stream stays, on every cell. Before, a
+    million-cell query on another scale was refused after its whole stream."""
+    if forced or not profile:
+        return
+    sample = reader.align(reader.check(spread_sample(reader.source)))
+    _, report, _ = compare(profile, cell_statistics(sample), corrected_by)
+    if report.get("other_scale"):
+        raise InputDataError(other_scale_message(report))

@@ -30,7 +30,7 @@ from cellpix.data.inputs import normalise_rows
 from cellpix.data.io import atomic_path, read_h5ad, write_uns_entry
 from cellpix.data.panel import PanelReader, open_on_panels
 from cellpix.data.runtime import release_freed_memory, resolve_device
-from cellpix.data.shift import cell_statistics
+from cellpix.data.shift import cell_statistics, refuse_other_scale
 from cellpix.errors import CellpixError, warn
 from cellpix.steps.annotate.clustering import (
     REASONS,
@@ -51,7 +51,6 @@ from cellpix.steps.annotate.query_wide import (
     PANEL_MEAN_NONZERO,
     flagging_threshold,
     query_wide,
-    refuse_other_scale_early,
 )
 from cellpix.steps.annotate.query_wide import apply as apply_query_wide
 from cellpix.steps.annotate.query_wide import settings as query_settings
@@ -103,13 +102,12 @@ def inference_device(models: list[TrainedModel], device: str) -> str:
 def _readers(adata: ad.AnnData, models: list[TrainedModel], options: AnnotateOptions,
              check_scale: bool = True) -> list[PanelReader]:
     """One reader per model, opened on one shared source (the query is checked once for an ensemble), and a query on
-    another scale refused before any chunk streams (:func:`refuse_other_scale_early`; not for a file annotated
-    already, which that run checked or was forced past)."""
+    another scale refused before any chunk streams (:func:`cellpix.data.shift.refuse_other_scale`; not for a file
+    annotated already, which that run checked or was forced past)."""
     readers = open_on_panels(adata, [(m.layout.genes, m.layout.symbols) for m in models], options.gene_column,
                              options.layer, options.use_raw, options.min_gene_coverage, other_species_ok=options.force)
     if check_scale:
-        refuse_other_scale_early(readers[0], models[0].metadata.get("shift_profile"), options.corrected_by,
-                                 options.force)
+        refuse_other_scale(readers[0], models[0].metadata.get("shift_profile"), options.corrected_by, options.force)
     return readers
 
 

@@ -24,9 +24,7 @@ import pandas as pd
 
 from cellpix.core.novelty import PERCENTILE_BASE_Q, PERCENTILE_SUBTYPE_Q, flag_percentile
 from cellpix.core.reference_space import out_of_reference, query_threshold
-from cellpix.data.inputs import spread_sample
-from cellpix.data.panel import PanelReader
-from cellpix.data.shift import cell_statistics, compare, other_scale_message
+from cellpix.data.shift import compare, other_scale_message
 from cellpix.errors import InputDataError
 from cellpix.steps.annotate.clustering import PREFIX, UNASSIGNED
 
@@ -86,21 +84,6 @@ def query_wide(obs: pd.DataFrame, meta: dict[str, Any]) -> QueryWide:
 # the missing genes are imaged as empty pixels, and 2,000 of 5,000 panel genes cost 0.18 subtype macro-F1 on held-out
 # Zheng cells (docs/benchmarks.md, shifted queries).
 COVERAGE_WARNING_BELOW = 0.95
-
-
-def refuse_other_scale_early(reader: PanelReader, profile: dict[str, Any] | None, corrected_by: str | None,
-                             forced: bool) -> None:
-    """The other-scale refusal of :func:`query_wide`, on the cells read to classify the file's values (a few
-    blocks spread over it), before any chunk is predicted. The same rule (:func:`cellpix.data.shift.compare`),
-    whose band is wide (the typical cell 1.8 times past the reference's 1st-99th percentiles), so a sample only
-    meets it when the values are on another scale; the check after the stream stays, on every cell. Before, a
-    million-cell query on another scale was refused after its whole stream."""
-    if forced or not profile:
-        return
-    sample = reader.align(reader.check(spread_sample(reader.source)))
-    _, report, _ = compare(profile, cell_statistics(sample), corrected_by)
-    if report.get("other_scale"):
-        raise InputDataError(other_scale_message(report))
 
 
 def coverage_warnings(matching: dict[str, Any]) -> list[str]:
