@@ -170,6 +170,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         galaxy_run.start()
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """One torch thread per test while the background Galaxy run works, two after it (set before the test's
+    fixtures, some of which train).
+
+    On CI's two cores the Galaxy install and run keep one core busy for about ten minutes. torch's two OpenMP
+    threads then wait on each other at every operation: the first trainings of the suite took about 1,000 s there
+    against 125 s alone (2026-12-07). One thread leaves the other core to Galaxy.
+    """
+    from tests import galaxy_run
+
+    torch.set_num_threads(1 if galaxy_run.running() else 2)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from tests import galaxy_run
 

@@ -30,6 +30,11 @@ def start() -> None:
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
+def running() -> bool:
+    """Whether the background run is still going (it shares the cores with the tests meanwhile)."""
+    return _run is not None and _run.poll() is None
+
+
 def wait(timeout: float) -> tuple[int, str] | None:
     """(exit status, output) of the background run, or None when none was started."""
     if _run is None:

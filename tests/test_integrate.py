@@ -286,3 +286,29 @@ def test_rows_taken_from_a_backed_file_come_in_the_order_asked_whether_or_not_th
         assert taken.dtype == np.float32 and taken.shape == (len(rows), backed.n_vars)
         assert (taken != dense[rows]).nnz == 0
     backed.file.close()
+
+
+def test_row_ranges_of_a_backed_csr_file_are_read_from_its_arrays_as_anndata_reads_them():
+    """The direct read of a row range (cellpix.data.inputs.backed_csr_rows) gives anndata's rows, edges included;
+    a CSC or in-memory matrix goes through anndata."""
+    from pathlib import Path
+
+    import h5py
+
+    from cellpix.data.inputs import MatrixSource, backed_csr_rows
+
+    path = Path(__file__).parent / "data" / "zheng_query.h5ad"
+    backed = ad.read_h5ad(path, backed="r")
+    assert isinstance(backed.X.group, h5py.Group) and backed.X.format == "csr"
+    source = MatrixSource(backed.X, backed.var, path.name)
+    n = backed.n_obs
+    for start, stop in ((0, n), (0, 0), (0, 1), (n - 1, n), (7, 131), (n - 5, n + 10)):
+        direct = backed_csr_rows(backed.X, slice(start, stop))
+        assert direct is not None
+        expected = sp.csr_matrix(backed.X[start:stop])
+        assert direct.shape == expected.shape and (direct != expected).nnz == 0
+        assert (source.rows(start, stop) != expected).nnz == 0
+    assert backed_csr_rows(backed.X, slice(40, 30)).shape == (0, backed.n_vars)  # anndata raises IndexError here
+    assert backed_csr_rows(backed.X, slice(0, 10, 2)) is None
+    assert backed_csr_rows(sp.csr_matrix(backed.X[0:5]), slice(0, 5)) is None
+    backed.file.close()

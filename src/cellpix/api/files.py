@@ -12,7 +12,7 @@ command pays only for the modules it uses: ``cellpix --help`` loads neither the 
   cluster consensus to a query annotated per cell), :func:`split_h5ad` / :func:`merge_h5ad` (shards),
   :func:`evaluate`, :func:`plot_annotation`, :func:`annotation_table`, :func:`annotation_summary`.
 - Integration: :func:`prepare_reference`, :func:`query_gene_table`, :func:`integrate_query`, and their reports.
-- Imaging: :func:`image_step` (fit the layout and write it with its preview), :func:`layout_options`.
+- Imaging: :func:`image_step` (fit the layout and write it with its preview).
 - Explanation: :func:`explain_file`.
 - Models: :func:`load_models`, :func:`registered_models`, :func:`fetch`, :func:`install`,
   :func:`package_model`, :func:`resolve_model`, :func:`model_card`, :func:`read_metadata`.
@@ -47,7 +47,6 @@ _MODULES = {  # module → the names it defines that this API hands out
     "cellpix.steps.annotate.whole_query": ("consensus_file",),
     "cellpix.steps.explain.shap_genes": ("ExplainOptions",),
     "cellpix.steps.explain.step": ("explain_file",),
-    "cellpix.steps.imaging.layout": ("layout_options",),
     "cellpix.steps.imaging.step": ("image_step",),
     "cellpix.steps.integrate.query": ("QueryOptions", "describe_mixing", "integrate_query", "load_reference_panel"),
     "cellpix.steps.integrate.reference": ("QCOptions", "prepare_reference", "query_gene_table"),

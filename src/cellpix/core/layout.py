@@ -31,8 +31,10 @@ DEFAULT_PSEUDO_COUNT = 100.0
 # (a convolutional trunk) learns nothing from where a gene sits on them.
 GEOMETRY_FREE_METHODS = ("ordered",)
 
-# A manifold layout: t-SNE of the genes (cosine distance, PCA initialisation), fitted on a stratified sample of
-# 2,000 cells (t-SNE of 5,000 genes is dominated by its cost in cells), then one gene per pixel by assignment.
+# A manifold layout: t-SNE of the genes (cosine distance, PCA initialisation), each gene described by its values in
+# a stratified sample of 2,000 cells, then one gene per pixel by assignment. The sample bounds the gene-gene
+# distances (1.1 s for 5,000 genes); t-SNE's 1,000 iterations over the genes take the rest, 22-29 s on 2 cores
+# (python -m benchmarks.probe_tsne).
 MANIFOLD_LAYOUT: dict[str, Any] = {"method": "tsne", "discretization": "lsa", "max_cells": 2000}
 # The published layout (scHDeepInsight; docs in ../shared/docs/method.md): 224 px, one gene per pixel, t-SNE with
 # cosine distance (the built-in t-SNE's metric), perplexity 70, early exaggeration 8, PCA initialisation, fitted on
