@@ -572,10 +572,15 @@ def test_a_scheduler_slot_count_beyond_the_machine_is_capped(monkeypatch):
 
     from cellpix.data.runtime import available_cores, configure_threads
 
-    before = torch.get_num_threads()
+    before = torch.get_num_threads()  # 1 while the background Galaxy run works (conftest.py), else the cores
+    # configure_threads writes these for the libraries it cannot reach; monkeypatch puts them back afterwards, so
+    # no later test finds NUMBA_NUM_THREADS changed under a numba that already started its threads
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("GALAXY_SLOTS", "99999")
     try:
         assert configure_threads() == available_cores() and os.environ["OMP_NUM_THREADS"] == str(available_cores())
         assert configure_threads(4096) == available_cores()
     finally:
-        configure_threads(before)
+        configure_threads(available_cores())
+        torch.set_num_threads(before)
