@@ -171,16 +171,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """One torch thread per test while the background Galaxy run works, two after it (set before the test's
-    fixtures, some of which train).
+    """One thread per test, torch's and BLAS's, while the background Galaxy run works, two after it (set before the
+    test's fixtures, some of which train).
 
-    On CI's two cores the Galaxy install and run keep one core busy for about ten minutes. torch's two OpenMP
-    threads then wait on each other at every operation: the first trainings of the suite took about 1,000 s there
-    against 125 s alone (2026-12-07). One thread leaves the other core to Galaxy.
+    On CI's two cores the Galaxy install and run keep one core busy for about ten minutes. Two threads then wait
+    on each other at every operation: the first trainings of the suite took about 1,000 s there against 125 s
+    alone (2026-12-07); with torch and BLAS on one thread beside the run, the whole suite took 28 minutes instead
+    of 37-41. Environment variables are left alone: a ``NUMBA_NUM_THREADS`` changed under a numba that has
+    started its threads makes every later numba call fail.
     """
+    from threadpoolctl import threadpool_limits
+
     from tests import galaxy_run
 
-    torch.set_num_threads(1 if galaxy_run.running() else 2)
+    threads = 1 if galaxy_run.running() else 2
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def child_environment(**extra: str) -> dict[str, str]:
+    """The environment of a process a test starts, with ``extra``: while the background Galaxy run works, every
+    thread pool of the child (torch, BLAS, numba) has one thread from its start, as this process's have
+    (:func:`pytest_runtest_setup`). Set from the start, numba's count never changes under it."""
+    from tests import galaxy_run
+
+    environment = {**os.environ, **extra}
+    if galaxy_run.running():
+        environment.update(dict.fromkeys(THREAD_VARIABLES, "1"))
+    return environment
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

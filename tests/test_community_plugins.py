@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import site
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cellpix.plugin_docs import render
-from tests.conftest import ROOT, SHARED, require
+from tests.conftest import ROOT, SHARED, child_environment, require
 
 PLUGINS = sorted(p for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists())
 
@@ -43,7 +42,7 @@ def test_plugin_passes_its_own_tests_when_installed(plugin, tmp_path):
     pip_install_target(plugin, tmp_path / "site")
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", str(plugin / "tests")],
                          capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": str(tmp_path / "site"), "CELLPIX_SHARED_DATA": str(SHARED)})
+                         env=child_environment(PYTHONPATH=str(tmp_path / "site"), CELLPIX_SHARED_DATA=str(SHARED)))
     print(run.stdout[-2000:])
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout.splitlines()[-1] and "failed" not in run.stdout.splitlines()[-1]

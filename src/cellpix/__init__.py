@@ -29,8 +29,8 @@ _PUBLIC = {
     "integrate": "cellpix.api", "fit_layout": "cellpix.api", "train": "cellpix.api", "annotate": "cellpix.api",
     "explain": "cellpix.api", "probabilities": "cellpix.api", "load_model": "cellpix.api", "hierarchy": "cellpix.api",
     "Hierarchy": "cellpix.core.hierarchy", "GeneLayout": "cellpix.core.layout", "TrainedModel": "cellpix.core.trained",
-    "QCOptions": "cellpix.steps.integrate.reference", "TrainConfig": "cellpix.steps.train.trainer",
-    "AnnotateOptions": "cellpix.steps.annotate.options", "ExplainOptions": "cellpix.steps.explain.shap_genes",
+    "QCOptions": "cellpix.steps.integrate.options", "TrainConfig": "cellpix.steps.train.config",
+    "AnnotateOptions": "cellpix.steps.annotate.options", "ExplainOptions": "cellpix.steps.explain.options",
     "CellpixError": "cellpix.errors",
 }
 

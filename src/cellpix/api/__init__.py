@@ -31,9 +31,10 @@ if TYPE_CHECKING:  # the heavy modules load when a function is first called, not
     from cellpix.core.layout import GeneLayout
     from cellpix.core.trained import TrainedModel
     from cellpix.steps.annotate.options import AnnotateOptions
-    from cellpix.steps.explain.shap_genes import ExplainOptions, Explanation
-    from cellpix.steps.integrate.reference import QCOptions
-    from cellpix.steps.train.trainer import TrainConfig
+    from cellpix.steps.explain.options import ExplainOptions
+    from cellpix.steps.explain.shap_genes import Explanation
+    from cellpix.steps.integrate.options import QCOptions
+    from cellpix.steps.train.config import TrainConfig
 
 
 def integrate(adata: ad.AnnData, options: QCOptions | None = None, *, genes_from: Sequence[ad.AnnData] = (),
@@ -45,7 +46,7 @@ def integrate(adata: ad.AnnData, options: QCOptions | None = None, *, genes_from
     adata
         The reference: raw counts (in X, a ``counts`` layer or ``.raw``) or log-normalised values.
     options
-        QC and panel options (:class:`cellpix.steps.integrate.reference.QCOptions`: minimum genes and cells, the
+        QC and panel options (:class:`cellpix.steps.integrate.options.QCOptions`: minimum genes and cells, the
         mitochondrial cut, the panel size and gene ranking).
     genes_from
         The queries the model is for. The panel is chosen among the genes every one of them has, so none
@@ -119,7 +120,7 @@ def train(reference: ad.AnnData, layout: GeneLayout, hierarchy: Hierarchy | str,
     label_key
         obs column of the final (subtype) labels.
     config
-        Training options (:class:`cellpix.steps.train.trainer.TrainConfig`; ``TrainConfig.from_preset("paper")`` is the
+        Training options (:class:`cellpix.steps.train.config.TrainConfig`; ``TrainConfig.from_preset("paper")`` is the
         published configuration).
     progress
         Show a progress bar.
@@ -237,7 +238,7 @@ def explain(adata: ad.AnnData, model: TrainedModel | str | Path, options: Explai
     model
         The trained model or its bundle's path.
     options
-        :class:`cellpix.steps.explain.shap_genes.ExplainOptions` (levels, cells per class, samples, background; the
+        :class:`cellpix.steps.explain.options.ExplainOptions` (levels, cells per class, samples, background; the
         gene column, layer, ``.raw`` and minimum gene coverage the data are read with).
     label_key
         obs column of true labels to group cells by; without it, cells are grouped by the model's call.
@@ -250,7 +251,7 @@ def explain(adata: ad.AnnData, model: TrainedModel | str | Path, options: Explai
     """
     from dataclasses import replace
 
-    from cellpix.steps.explain.shap_genes import ExplainOptions as Options
+    from cellpix.steps.explain.options import ExplainOptions as Options
     from cellpix.steps.explain.step import explain_adata
 
     trained = load_model(model) if isinstance(model, (str, Path)) else model

@@ -66,8 +66,11 @@ def annotation_output_options(command):
 
 def cluster_options(command):
     """``--over-clustering`` and ``--cluster-resolution``: the clusters of the consensus (annotate, consensus)."""
+    from cellpix.api.files import DEFAULT_RESOLUTION
+
+    resolution_help = f"Leiden resolution of the computed clusters (default {DEFAULT_RESOLUTION:g})."
     command = click.option("--cluster-resolution", type=click.FloatRange(min=0, min_open=True), default=None,
-                           help="Leiden resolution of the computed clusters (default 1.0).")(command)
+                           help=resolution_help)(command)
     return click.option("--over-clustering", default=None,
                         help="obs column of query clusters for the consensus and unknown-cluster checks (default: "
                              "cellpix clusters the query's own expression with Leiden).")(command)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from cellpix.api.files import BACKGROUNDS, CHUNK_SIZE, NOVELTY_RULES, OUTPUTS, PRECISIONS
 from cellpix.cli.group import cli
 from cellpix.cli.options import (
     INPUT_FILE,
@@ -34,18 +35,18 @@ from cellpix.cli.options import (
 @coverage_option("Stop when less than this share of the model's genes is found.")
 @click.option("--restrict-to", default=None, help="Comma-separated base types or subtypes allowed as answers.")
 @click.option("--novelty-rule", default="calibrated", show_default=True,
-              type=click.Choice(["calibrated", "percentile"]),
+              type=click.Choice(NOVELTY_RULES),
               help="calibrated: per-cell thresholds set on the reference's held-out cells, plus the out-of-reference "
                    "distance; percentile: the published per-query rule (subtype score only).")
 @cluster_options
 @click.option("--no-consensus", is_flag=True,
               help="Per-cell calls only: no clusters, no consensus label, no unknown-cluster flags.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=None,
-              help="Cells read and predicted at a time (default 2,048: peak memory stays near 1 GB).")
+              help=f"Cells read and predicted at a time (default {CHUNK_SIZE:,}: peak memory stays near 1 GB).")
 @device_option("auto", "Where a network with a convolutional trunk runs: auto (a CUDA GPU when there is one, else "
                        "the CPU), cpu, cuda, cuda:1…. The default read-out runs in NumPy on the CPU whatever this "
                        "says.", hardware=False)
-@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16"]),
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(PRECISIONS),
               help="Arithmetic of a trunk's forward passes. auto: bfloat16 where the hardware computes it natively "
                    "(CUDA; CPUs with AVX512-BF16 or AMX), about 2x faster; float32 elsewhere. The read-out always "
                    "computes in float32.")
@@ -159,13 +160,13 @@ def _cluster_summary(metadata: dict) -> str:
 @click.option("--labels", "label_key", default=None,
               help="obs column of true final labels; without it, cells are grouped by the model's prediction.")
 @click.option("--levels", default="base,subtype", show_default=True, help="Heads to explain: base, subtype or both.")
-@click.option("--background", type=click.Choice(["mean", "zeros", "data"]), default="mean", show_default=True,
+@click.option("--background", type=click.Choice(BACKGROUNDS), default="mean", show_default=True,
               help="SHAP reference: the mean image of a label-stratified sample (credit to genes above the average "
                    "cell), an empty image (credit to whatever a cell expresses most: housekeeping genes) or the "
                    "sample itself.")
 @click.option("--background-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Cells in the SHAP background sample.")
-@click.option("--target", type=click.Choice(["centred-logit", "logit"]), default="centred-logit", show_default=True,
+@click.option("--target", type=click.Choice(OUTPUTS), default="centred-logit", show_default=True,
               help="What SHAP explains: the class's logit minus its head's mean logit (what sets the class apart), "
                    "or the raw logit.")
 @click.option("--cells-per-class", type=click.IntRange(min=1), default=40, show_default=True,

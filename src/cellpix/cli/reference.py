@@ -8,7 +8,18 @@ from pathlib import Path
 import click
 
 from cellpix import plugins
-from cellpix.api.files import DEFAULT_LAYOUT_PRESET, DISCRETIZATIONS, LAYOUT_PRESETS
+from cellpix.api.files import (
+    DEFAULT_LAYOUT_PRESET,
+    DEFAULT_LR,
+    DISCRETIZATIONS,
+    HVG_FLAVORS,
+    KEEPS,
+    LAYOUT_PRESETS,
+    LOSSES,
+    OPTIMIZERS,
+    PRESETS,
+    TrainConfig,
+)
 from cellpix.cli.group import cli
 from cellpix.cli.options import (
     INPUT_FILE,
@@ -51,7 +62,7 @@ from cellpix.errors import CellpixError, warn
 @click.option("--n-top-genes", type=click.IntRange(min=10), default=5000, show_default=True,
               help="Reference mode: size of the gene panel.")
 @click.option("--hvg-flavor", default="auto", show_default=True,
-              type=click.Choice(["auto", "seurat", "cell_ranger", "pearson_residuals"]),
+              type=click.Choice(HVG_FLAVORS),
               help="Reference mode: gene ranking. auto: pearson_residuals on raw counts (keeps sparse lineage "
                    "markers; +0.034 subtype macro-F1 over 5 Zheng folds), seurat on log-normalised input.")
 @click.option("--keep-genes", default="",
@@ -207,7 +218,7 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
               help="Derive the hierarchy from two obs columns instead.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Model bundle to write (.cellpix: safetensors + metadata).")
-@click.option("--preset", default="cpu", show_default=True, type=click.Choice(["cpu", "trunk", "paper"]),
+@click.option("--preset", default="cpu", show_default=True, type=click.Choice(list(PRESETS)),
               help="cpu: the per-pixel read-out alone, SGD (seconds per epoch). trunk: the read-out beside a "
                    "resnet10t trunk. paper: efficientnet_b5, 224 px, 3 channels, AdamW.")
 @click.option("--wide/--no-wide", default=None, help="The per-pixel read-out path (on in the cpu and trunk presets).")
@@ -221,22 +232,24 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
 @click.option("--pretrained", default=None, help="Local checkpoint file, or 'hub' to download (needs network).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Epochs (default: the preset's; trunk and paper may stop earlier, see --keep).")
-@click.option("--keep", type=click.Choice(["best", "last"]), default=None,
+@click.option("--keep", type=click.Choice(KEEPS), default=None,
               help="last: train every epoch and keep the annealed end (the cpu preset); best: early stopping, the "
                    "best epoch on the validation split (trunk and paper).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None)
-@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None,
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None,
               help="sgd (Nesterov momentum; the cpu and trunk presets) or adamw (the paper preset).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Peak learning rate (default 0.1 for sgd, 0.001 for adamw).")
-@click.option("--loss", type=click.Choice(["ahfl", "focal", "ce"]), default=None,
-              help="ahfl (adaptive α, default), focal (static α) or ce (cross-entropy).")
+              help="Peak learning rate (default " + ", ".join(f"{lr:g} for {name}" for name, lr in DEFAULT_LR.items())
+                   + ").")
+@click.option("--loss", type=click.Choice(LOSSES), default=None,
+              help=f"ahfl (adaptive α), focal (static α) or ce (cross-entropy); default {TrainConfig.loss}.")
 @click.option("--class-weights/--no-class-weights", default=None,
               help="scTab balanced class weights in the loss (on in the cpu and trunk presets).")
 @click.option("--readout-decay", type=click.FloatRange(min=0), default=None,
               help="L2 weight decay on the per-pixel read-out (default: the preset's).")
 @click.option("--mask-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Share of gene pixels zeroed per training image (random-masking augmentation; default 0.1). "
+              help="Share of gene pixels zeroed per training image (random-masking augmentation; default "
+                   f"{TrainConfig.mask_fraction:g}). "
                    "0 turns it off: a tie on Zheng's own folds, 0.026 lineage accuracy lost on a cut 2,000-gene "
                    "panel (docs/benchmarks.md, pixel probe).")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
@@ -272,7 +285,7 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
     Works under `torchrun --nproc_per_node N` for multi-GPU (or CPU gloo) DDP.
     """
     from cellpix.api import train
-    from cellpix.api.files import GeneLayout, TrainConfig, hierarchy_for_training, is_main_process, read_h5ad
+    from cellpix.api.files import GeneLayout, hierarchy_for_training, is_main_process, read_h5ad
 
     adata = read_h5ad(reference)
     tree = hierarchy_for_training(adata.obs, label_key, hierarchy, hierarchy_from_obs, reference.stem)

@@ -22,6 +22,9 @@ from cellpix.errors import GeneMatchError
 ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$", re.IGNORECASE)
 # The paper's queries covered 91-99.8 % of the panel; below half, images lose most of their content.
 DEFAULT_MIN_COVERAGE = 0.5
+# A reference read back onto the panel of a layout fitted on it (its preview, training) holds every panel gene; one
+# that lacks more than a tenth was not the reference the layout was fitted on.
+OWN_PANEL_COVERAGE = 0.9
 
 
 def id_type(names: Any) -> str:

@@ -14,6 +14,10 @@ import scipy.sparse as sp
 from cellpix.data.genes import DEFAULT_MIN_COVERAGE, GeneMatch, match_genes
 from cellpix.data.inputs import MatrixSource, check_block, check_cells, choose_source, normalise_rows, row_chunks
 
+# Rows read at a time when a step passes over a whole reference (the layout preview's mean image, donor augmentation,
+# the query gene check of integrate): the per-read cost vanishes, memory stays bounded.
+READ_CHUNK = 4096
+
 
 @dataclass
 class PanelReader:

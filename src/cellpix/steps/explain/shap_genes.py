@@ -46,13 +46,10 @@ from tqdm.auto import tqdm
 from cellpix.core.label_space import LabelSpace
 from cellpix.core.predict import predict_matrix
 from cellpix.core.trained import TrainedModel
-from cellpix.data.genes import DEFAULT_MIN_COVERAGE
 from cellpix.data.panel import PanelReader
 from cellpix.errors import CellpixError, import_extra
+from cellpix.steps.explain.options import BACKGROUNDS, LEVELS, OUTPUTS, ExplainOptions
 
-LEVELS = ("base", "subtype")
-BACKGROUNDS = ("mean", "zeros", "data")
-OUTPUTS = ("centred-logit", "logit")
 TABLE_COLUMNS = ["level", "class", "gene", "gene_symbol", "marker_shap", "mean_abs_shap", "mean_shap", "broad",
                  "n_cells", "rank"]
 # A gene detected in at least this share of the cells of *every* base type is broadly expressed (ribosomal
@@ -60,31 +57,6 @@ TABLE_COLUMNS = ["level", "class", "gene", "gene_symbol", "marker_shap", "mean_a
 # base-type detection of RPL4 is 0.53 (CD14+), of RPS21 0.64, of B2M 0.98; of CD74 0.36, of S100A4 0.20.
 BROAD_DETECTION = 0.5
 BROAD_CELLS_PER_TYPE = 50
-
-
-@dataclass(kw_only=True)
-class ExplainOptions:
-    """Which cells and classes are explained, the bounds that keep SHAP's cost fixed whatever the size of the
-    data, and how the data are read onto the model's panel (``gene_column``, ``layer``, ``use_raw``,
-    ``min_gene_coverage``, as in annotation)."""
-
-    label_key: str | None = None
-    levels: tuple[str, ...] = LEVELS
-    background: str = "mean"
-    background_size: int = 64
-    output: str = "centred-logit"
-    cells_per_class: int = 40
-    nsamples: int = 32
-    max_cells: int = 20000
-    top_n: int = 20
-    batch_size: int = 256
-    seed: int = 0
-    device: str = "cpu"
-    progress: bool = True
-    gene_column: str | None = None
-    layer: str | None = None
-    use_raw: bool | None = None
-    min_gene_coverage: float = DEFAULT_MIN_COVERAGE
 
 
 @dataclass

@@ -12,9 +12,9 @@ import torch
 
 from cellpix.core.layout import GeneLayout
 from cellpix.core.render import ImageRenderer
-from cellpix.data.genes import find_symbol_column
+from cellpix.data.genes import OWN_PANEL_COVERAGE, find_symbol_column
 from cellpix.data.io import atomic_path, write_text_atomic
-from cellpix.data.panel import open_on_panel
+from cellpix.data.panel import READ_CHUNK, open_on_panel
 from cellpix.steps.imaging.layout import fit_layout
 from cellpix.steps.imaging.preview import plot_layout
 
@@ -27,10 +27,10 @@ def image_step(reference: ad.AnnData, outdir: str | Path, prefix: str = "layout"
     layout = fit_layout(reference, symbol_column=symbol_column, **fit_options)
     layout.save(outdir / f"{prefix}.json")
     write_text_atomic(outdir / f"{prefix}_collisions.json", json.dumps(layout.collision_report(), indent=2))
-    reader = open_on_panel(reference, layout.genes, layout.symbols, min_coverage=0.9)
+    reader = open_on_panel(reference, layout.genes, layout.symbols, min_coverage=OWN_PANEL_COVERAGE)
     renderer = ImageRenderer(layout)
     total = np.zeros(layout.n_genes)
-    for _, _, block in reader.chunks(4096):
+    for _, _, block in reader.chunks(READ_CHUNK):
         total += renderer.inverse(renderer.render_csr(block)).sum(0).numpy()
     plot_layout(layout, total / max(1, reader.n_obs), outdir / f"{prefix}.png")
     if write_images:

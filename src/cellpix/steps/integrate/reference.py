@@ -9,7 +9,7 @@ records what was filtered and why.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import anndata as ad
@@ -20,7 +20,9 @@ import scipy.sparse as sp
 
 from cellpix.data.genes import find_symbol_column, match_genes
 from cellpix.data.inputs import TARGET_SUM, check_block, check_cells, choose_source, normalise_rows
+from cellpix.data.panel import READ_CHUNK
 from cellpix.errors import InputDataError
+from cellpix.steps.integrate.options import HVG_FLAVORS, QCOptions
 
 # Fewer panel candidates than this once restricted to the queries' genes: no panel worth imaging.
 MIN_SHARED_GENES = 200
@@ -30,30 +32,6 @@ FEW_GENES_FOR_TOTALS = 10_000
 # QC removing more than this share of the cells usually means the gene counts were taken on a cut-down panel.
 MOST_CELLS_REMOVED = 0.5
 
-
-
-@dataclass(kw_only=True)
-class QCOptions:
-    """Reference QC and panel options; the defaults are common scanpy practice."""
-
-    min_genes: int = 200
-    min_cells: int = 3
-    max_mito_fraction: float = 0.2
-    n_top_genes: int = 5000
-    batch_key: str | None = None
-    # "auto": Pearson residuals of the raw counts when the reference has them, else seurat dispersion. On the
-    # Zheng sorted PBMC the Pearson panel lifted subtype macro-F1 from 0.801 to 0.840 for a logistic regression on
-    # the panel alone (fold 0; 0.847 on every gene), and from 0.688 to 0.722 for cellpix over 5 folds.
-    hvg_flavor: str = "auto"
-    # An integration method applied across the reference's own batches (``batch_key``); "auto": ComBat when there
-    # is a batch key, else none.
-    correction: str = "auto"
-    # Genes (symbols or IDs) kept in the panel whether or not they are highly variable: markers people want
-    # imaged and explained. Sparse lineage markers often miss the HVG cut (CD34 is not among Zheng's top 5,000).
-    keep_genes: tuple[str, ...] = ()
-
-
-HVG_FLAVORS = ("auto", "seurat", "cell_ranger", "pearson_residuals")
 
 
 def _symbols(var: pd.DataFrame) -> pd.Series:
@@ -171,7 +149,7 @@ def _qc_warnings(keep_cells: np.ndarray, n_genes: int, kind: str, options: QCOpt
 
 
 def query_gene_table(query: ad.AnnData, layer: str | None = None, use_raw: bool | None = None,
-                     check_values: bool = False, chunk_size: int = 4096) -> pd.DataFrame:
+                     check_values: bool = False, chunk_size: int = READ_CHUNK) -> pd.DataFrame:
     """The ``var`` of the matrix annotation will read from a query (X, a counts layer or ``.raw``).
 
     With ``check_values`` every chunk of the query is checked as annotation will check it, so that a query

@@ -11,6 +11,8 @@ from cellpix.errors import CellpixError
 LOSSES = ("ahfl", "focal", "ce")
 
 OPTIMIZERS = ("sgd", "adamw")
+# "last": every epoch, keeping the annealed end; "best": early stopping on the validation split (TrainConfig.keep)
+KEEPS = ("last", "best")
 # Each optimiser's learning rate when none is given. SGD with Nesterov momentum at 0.1 fits the per-pixel read-out
 # to what a logistic regression reaches; AdamW at 1e-3 (the paper's) left it 0.04 subtype macro-F1 lower on Zheng
 # fold 0 however it was regularised (docs/benchmarks.md, "Design probes").
@@ -109,8 +111,8 @@ class TrainConfig:
             raise CellpixError("--channels must be 1 or 3")
         if not 0 <= self.mask_fraction < 1:
             raise CellpixError("--mask-fraction must be in [0, 1)")
-        if self.keep not in ("last", "best"):
-            raise CellpixError(f"unknown --keep {self.keep!r}; choose last or best")
+        if self.keep not in KEEPS:
+            raise CellpixError(f"unknown --keep {self.keep!r}; choose from {', '.join(KEEPS)}")
         if self.epochs < 1:
             raise CellpixError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 2:

@@ -10,7 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellpix.core.label_space import LabelSpace
-from cellpix.data.panel import PanelReader
+from cellpix.data.panel import READ_CHUNK, PanelReader
 from cellpix.errors import CellpixError
 
 BLOCK = 64  # consecutive rows read together; blocks are shuffled, then rows within a chunk
@@ -126,7 +126,7 @@ def donor_differences(data: ReferenceData, n_labels: int, max_vectors: int = 16,
     rng = np.random.default_rng(seed)
     sums: dict[tuple[int, str], np.ndarray] = {}
     counts: dict[tuple[int, str], int] = {}
-    for start, stop, block in data.reader.chunks(4096):
+    for start, stop, block in data.reader.chunks(READ_CHUNK):
         rows = np.arange(start, stop)
         rows = rows[np.isin(rows, data.train_idx)]
         for lab in np.unique(data.label_index[rows]):

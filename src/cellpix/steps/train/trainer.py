@@ -33,6 +33,7 @@ from cellpix.core.novelty import calibrate
 from cellpix.core.predict import predict_matrix
 from cellpix.core.render import ImageRenderer
 from cellpix.core.trained import TrainedModel
+from cellpix.data.genes import OWN_PANEL_COVERAGE
 from cellpix.data.io import atomic_path
 from cellpix.data.panel import open_on_panel
 from cellpix.errors import CellpixError, warn
@@ -75,7 +76,7 @@ __all__ = ["DEFAULT_LR", "LOSSES", "OPTIMIZERS", "PRESETS", "TrainConfig", "Trai
 def prepare_reference(adata: ad.AnnData, layout: GeneLayout, space: LabelSpace, label_key: str,
                       config: TrainConfig) -> ReferenceData:
     check_label_column(adata, label_key)
-    reader = open_on_panel(adata, layout.genes, layout.symbols, min_coverage=0.9)
+    reader = open_on_panel(adata, layout.genes, layout.symbols, min_coverage=OWN_PANEL_COVERAGE)
     label_index, base_index, within_index = encode_labels(space, adata.obs[label_key])
     groups = None
     if config.val_key:
