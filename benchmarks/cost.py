@@ -28,6 +28,12 @@ import pandas as pd
 from benchmarks.common import ROOT, ZHENG, require, synthetic_query
 
 SIZES = (10_000, 100_000)
+# cellpix's runs: the annotated h5ad (a copy of the query with the annotation), and the annotation alone as a CSV,
+# which is what the celltypist CLI writes (its tables); "--table" comes last, its file is appended
+CELLPIX_RUNS = (("cellpix annotate (default: consensus on)", []),
+                ("cellpix annotate --no-consensus", ["--no-consensus"]),
+                ("cellpix annotate --table (consensus on, no h5ad)", ["--table"]),
+                ("cellpix annotate --no-consensus --table (no h5ad)", ["--no-consensus", "--table"]))
 PHASES = {  # cProfile function names → the phase they belong to (cumulative time of each, summed)
     "load model": ["load_models"],
     "read chunks": ["row_chunks"],  # MatrixSource.chunks hands back this generator
@@ -155,11 +161,12 @@ def run(on_row=None, sizes: tuple[int, ...] = SIZES) -> pd.DataFrame:
             record({"tool": "bare read (anndata.read_h5ad, fresh interpreter)", "cells": n, **timed(
                 [sys.executable, "-c", f"import anndata; anndata.read_h5ad({str(query)!r})"], folder)})
             for repeat in range(2):
-                for name, extra in (("cellpix annotate (default: consensus on)", []),
-                                    ("cellpix annotate --no-consensus", ["--no-consensus"])):
+                for name, extra in CELLPIX_RUNS:
+                    outputs = ["-o", str(folder / f"out_{n}_{repeat}.h5ad")] if "--table" not in extra \
+                        else [str(folder / f"out_{n}_{repeat}.csv")]
                     record({"tool": name, "repeat": repeat, "cells": n, "model_train_s": round(train_s, 1),
-                            **timed([cellpix_bin, "annotate", str(query), "-m", str(bundle), "-o",
-                                     str(folder / f"out_{n}_{repeat}.h5ad"), "--quiet", *extra], folder)})
+                            **timed([cellpix_bin, "annotate", str(query), "-m", str(bundle), "--quiet", *extra,
+                                     *outputs], folder)})
                 for name, extra in (("celltypist CLI (retrained on Zheng)", []),
                                     ("celltypist CLI --majority-voting", ["--majority-voting"])):
                     outdir = folder / f"typist{n}_{repeat}{''.join(extra)}"
@@ -169,7 +176,7 @@ def run(on_row=None, sizes: tuple[int, ...] = SIZES) -> pd.DataFrame:
                                      str(outdir), *extra], folder, may_fail=bool(extra))})
             record({"tool": "cellpix annotate, where the time goes (s)", "cells": n,
                     **phases(bundle, query, folder)})
-            for path in folder.glob("out_*.h5ad"):
+            for path in folder.glob("out_*"):
                 path.unlink()
     return pd.DataFrame(rows)
 

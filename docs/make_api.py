@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 PAGE = Path(__file__).resolve().parent / "api.md"
@@ -26,13 +27,28 @@ def render() -> str:
     lines += ["## Classes", ""]
     for name in CLASSES:
         cls = getattr(cx, name)
-        doc = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0]
-        lines += [f"### `cx.{name}` ({cls.__module__})", "", doc, ""]
+        doc = inspect.cleandoc(cls.__doc__ or "")
+        lines += [f"### `cx.{name}` ({cls.__module__})", "", doc.split("\n\n")[0], "", *attributes(cls, doc)]
     from cellpix.api import files
 
     lines += ["## File-level API (`cellpix.api.files`)", "", inspect.cleandoc(files.__doc__ or ""), "",
               "Names: " + ", ".join(f"`{name}`" for name in files.__all__) + ".", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def attributes(cls: type, doc: str) -> list[str]:
+    """A numpydoc Attributes section as a Markdown table: each option, its type and default, what it does and why
+    (the options dataclasses, where each default is defined once)."""
+    import dataclasses
+
+    if "\nAttributes\n----------\n" not in doc or not dataclasses.is_dataclass(cls):
+        return []
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    section = doc.split("\nAttributes\n----------\n", 1)[1]
+    items = re.findall(r"^(\w+) : (.+)\n((?:    .+\n?)+)", section, re.M)
+    return ["| option | type | default | what it does |", "|---|---|---|---|",
+            *(f"| `{name}` | {kind} | `{defaults[name]!r}` | {' '.join(text.split())} |" for name, kind, text in items),
+            ""]
 
 
 if __name__ == "__main__":

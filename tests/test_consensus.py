@@ -122,6 +122,27 @@ def test_the_file_path_equals_the_memory_path_and_the_table_survives_any_label(s
     assert np.allclose(disk.obsm["X_cellpix_pca"], memory.obsm["X_cellpix_pca"], atol=1e-5)
 
 
+def test_a_table_only_annotation_writes_the_table_alone_and_says_what_it_needs(small_model, tmp_path):
+    """`cellpix annotate --table` without `-o` writes the CSV an annotated h5ad's run writes, byte for byte, and no
+    h5ad (the query's matrices are not copied); asked for nothing, or for pictures without the h5ad they are drawn
+    from, it stops in one line before any work."""
+    _, path = small_model
+    cli = [sys.executable, "-m", "cellpix", "annotate", str(DATA / "zheng_query.h5ad"), "-m", str(path), "--quiet"]
+    run = subprocess.run([*cli, "-o", str(tmp_path / "out.h5ad"), "--table", str(tmp_path / "with.csv")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    run = subprocess.run([*cli, "--table", str(tmp_path / "alone.csv"), "--summary", str(tmp_path / "s.json")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "alone.csv").read_bytes() == (tmp_path / "with.csv").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alone.csv", "out.h5ad", "s.json", "with.csv"]
+    for extra, message in (([], "give --output"), (["--table", str(tmp_path / "t.csv"), "--plots",
+                                                    str(tmp_path / "plots")], "--plots draws from")):
+        run = subprocess.run([*cli, *extra], capture_output=True, text=True)
+        assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
+        assert not (tmp_path / "t.csv").exists() and not (tmp_path / "plots").exists()
+
+
 def test_user_clusters_are_used_as_given_and_a_missing_column_is_refused(small_model, tmp_path):
     model, path = small_model
     query = ad.read_h5ad(DATA / "zheng_query.h5ad")
@@ -438,6 +459,44 @@ def test_variable_genes_and_leiden_clusters_are_scanpys_without_scanpy(name):
         assert np.array_equal(leiden(graph, 1.0, seed), view.obs["leiden"].astype(int).to_numpy())
 
 
+@pytest.mark.parametrize("name", ["zheng_query.h5ad", "kang_ifnb.h5ad"])
+@pytest.mark.parametrize("n_genes", [500, 40])
+def test_the_sparse_pca_is_scikit_learns_randomized_pca_of_the_dense_scaled_rows(name, n_genes):
+    """The query's principal components come from the scaled rows' stored values (cellpix.core.pca), never from
+    the dense matrix (0.75 s and 160 MB of a 10,000-cell annotation): on real cells, with more genes than cells
+    (the SVD then runs on the transpose) and fewer, the moments, the scaled rows, the axes for two seeds and the
+    coordinates are those of scikit-learn's randomized PCA of the dense, scaled and clipped rows, to float32
+    rounding."""
+    import scanpy as sc
+    import scipy.sparse as sp
+    from sklearn.decomposition import PCA
+
+    from cellpix.core.clusters import SCALE_CLIP, _variable_genes, n_pcs
+    from cellpix.core.pca import ScaledRows, column_moments, principal_axes
+    from tests.conftest import ROOT
+
+    query = ad.read_h5ad(ROOT / "tests" / "data" / name)
+    sc.pp.normalize_total(query, target_sum=1e4)
+    sc.pp.log1p(query)
+    rows = sp.csr_matrix(query.X, dtype=np.float32)
+    block = rows[:, _variable_genes(rows, n_genes)]
+    mean, scale = column_moments(block)
+    dense = block.toarray()
+    assert np.allclose(mean, dense.mean(axis=0), atol=1e-6) and np.allclose(scale, dense.std(axis=0), atol=1e-5)
+    scale[scale == 0] = 1.0
+    x = np.clip((dense - mean) / scale, -SCALE_CLIP, SCALE_CLIP)
+    scaled = ScaledRows.of(block, mean, scale, SCALE_CLIP)
+    assert np.abs(scaled.dot(np.eye(block.shape[1], dtype=np.float32)) - x).max() < 1e-5
+    k = n_pcs(block.shape[0], block.shape[1])
+    for seed in (0, 1):
+        theirs = PCA(n_components=k, svd_solver="randomized", random_state=seed).fit(x).components_.T
+        ours = principal_axes(scaled, k, seed)
+        print(f"{name}, {block.shape} rows and genes, seed {seed}: largest axis difference "
+              f"{np.abs(ours - theirs).max():.1e}")
+        assert ours.shape == theirs.shape and np.abs(ours - theirs).max() < 1e-3
+        assert np.abs(scaled.dot(ours) - x @ theirs).max() < 1e-3 * np.abs(x @ theirs).max()
+
+
 def test_unsampled_cells_are_placed_by_a_bounded_set_of_voters(zheng_raw, monkeypatch):
     """Cells outside the cluster sample are placed among at most MAX_VOTERS sampled cells, every cluster keeping
     some: on Zheng's 3,774 real cells, 1,000 voters put at least 90 % of the other sampled cells back in their
@@ -468,8 +527,8 @@ def test_unsampled_cells_are_placed_by_a_bounded_set_of_voters(zheng_raw, monkey
 
 def test_streamed_cells_are_projected_as_the_sampled_cells_were(zheng_raw):
     """A streamed chunk is projected through its stored values (each undetected gene at zero's clipped z-score,
-    one constant): on Zheng's real cells it gives the coordinates the fit computed from the dense, scaled and
-    clipped sample, to float32 rounding, and so the same placements."""
+    one constant), as the fit computed the sample's coordinates: on Zheng's real cells the same coordinates, and
+    the dense, scaled and clipped rows give them to float32 rounding, and so the same placements."""
     import scanpy as sc
     import scipy.sparse as sp
 
@@ -481,9 +540,9 @@ def test_streamed_cells_are_projected_as_the_sampled_cells_were(zheng_raw):
     rows = sp.csr_matrix(query.X, dtype=np.float32)
     fitted = fit_clusters(rows, np.arange(query.n_obs))
     projected = fitted.project(rows)
+    assert np.array_equal(projected, fitted.coords)  # sparse input: the fit's own arithmetic
     scale = np.abs(fitted.coords).max()
-    assert np.abs(projected - fitted.coords).max() < 1e-5 * scale
-    assert np.array_equal(fitted.project(rows.toarray()), fitted.coords)  # dense input: the fit's own arithmetic
+    assert np.abs(fitted.project(rows.toarray()) - fitted.coords).max() < 1e-5 * scale
     clipped = (rows[:, fitted.genes].data - fitted.mean[rows[:, fitted.genes].indices]) \
         / fitted.scale[rows[:, fitted.genes].indices] > SCALE_CLIP
     assert clipped.any()  # the clip is exercised on real cells

@@ -221,3 +221,27 @@ def test_layout_defaults_live_in_the_presets_alone(zheng_ref):
     trunk = step.fit_layout(zheng_ref, preset="trunk", method="pca", max_cells=300)
     assert trunk.method == "pca" and trunk.fit_info["n_cells_fit"] == 300
     assert trunk.discretization == LAYOUT_PRESETS["trunk"]["discretization"]
+
+
+OPTION_CLASSES = ("cellpix.steps.integrate.options:QCOptions", "cellpix.steps.integrate.options:QueryOptions",
+                  "cellpix.steps.annotate.options:AnnotateOptions", "cellpix.steps.explain.options:ExplainOptions",
+                  "cellpix.steps.train.config:TrainConfig")
+
+
+@pytest.mark.parametrize("path", OPTION_CLASSES, ids=lambda p: p.split(":")[1])
+def test_each_steps_options_document_every_field_where_its_default_is(path):
+    """Each step's options dataclass, the one place of its defaults, documents every field, in order, in a numpydoc
+    Attributes section (name, type, what it does and, where it was measured, why its default), so that docs/api.md
+    and ``help()`` say what each option does without the command line's help."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    module, name = path.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    doc = inspect.getdoc(cls)
+    assert "\nAttributes\n----------\n" in doc, f"{name} has no Attributes section"
+    section = doc.split("\nAttributes\n----------\n", 1)[1]
+    entries = re.findall(r"^(\w+) : (.+)\n((?:    .+\n?)+)", section, re.M)
+    assert [entry[0] for entry in entries] == [f.name for f in dataclasses.fields(cls)]
+    assert all(len(description.split()) >= 3 for _, _, description in entries)

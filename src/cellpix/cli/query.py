@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from cellpix.api.files import BACKGROUNDS, CHUNK_SIZE, NOVELTY_RULES, OUTPUTS, PRECISIONS
+from cellpix.api.files import (
+    BACKGROUNDS,
+    CELLS_PER_SHARD,
+    CHUNK_SIZE,
+    NOVELTY_RULES,
+    OUTPUTS,
+    PRECISIONS,
+    ExplainOptions,
+)
 from cellpix.cli.group import cli
 from cellpix.cli.options import (
     INPUT_FILE,
@@ -26,8 +34,9 @@ from cellpix.cli.options import (
 @click.argument("query", type=INPUT_FILE)
 @click.option("-m", "--model", "models", required=True, multiple=True, type=MODEL,
               help="Model bundle; repeat for an ensemble (probabilities are averaged).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Annotated h5ad (the input plus cellpix_* obs/obsm/uns).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Annotated h5ad (the input plus cellpix_* obs/obsm/uns). Leave it out to write only --table "
+                   "and --summary: the query's matrices are then not copied.")
 @annotation_output_options
 @click.option("--gene-column", default=None, help="var column holding the gene names to match (auto by default).")
 @click.option("--layer", default=None, help="Read expression from this layer.")
@@ -54,7 +63,7 @@ from cellpix.cli.options import (
               help="Annotate even a query whose values are on another scale than the reference's, or whose gene "
                    "symbols are written as another species' (recorded in uns).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | None, plots: Path | None,
+def annotate(query: Path, models: tuple[Path, ...], output: Path | None, table: Path | None, plots: Path | None,
              summary: Path | None, gene_column: str | None, layer: str | None, use_raw: bool | None,
              min_gene_coverage: float,
              restrict_to: str | None, novelty_rule: str, over_clustering: str | None,
@@ -65,6 +74,7 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
     The query is streamed in chunks, so memory does not grow with its size.
     Genes are matched by Ensembl ID or symbol (var_names or a var column).
     """
+    _check_annotate_outputs(output, table, summary, plots)
     # Only what annotation needs: the pipeline module would pull scikit-learn, matplotlib and scanpy into the
     # process (about 150 MB of peak RSS on 10,000 cells) before the stream starts.
     from cellpix.api.files import AnnotateOptions, annotate_file, load_models
@@ -81,7 +91,7 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
         options.chunk_size = chunk_size
     result = annotate_file(query, output, load_models(list(models), device), options)
     coverage = result.metadata["gene_matching"]["model_0"]
-    click.echo(f"{result.metadata['n_cells']} cells annotated → {output}; gene coverage "
+    click.echo(f"{result.metadata['n_cells']} cells annotated → {output or table or summary}; gene coverage "
                f"{coverage['coverage']:.1%} ({coverage['matched_genes']}/{coverage['panel_genes']}); "
                f"{int(result.obs['cellpix_is_novel'].sum())} flagged novel/rare ("
                f"{int(result.obs['cellpix_novelty_reason'].astype(str).str.contains('out_of_reference').sum())} "
@@ -91,7 +101,17 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path, table: Path | 
     _annotation_outputs(result, output, table, summary, plots)
 
 
-def _annotation_outputs(result, output: Path, table: Path | None, summary: Path | None, plots: Path | None) -> None:
+def _check_annotate_outputs(output: Path | None, table: Path | None, summary: Path | None,
+                            plots: Path | None) -> None:
+    """An annotation writes the h5ad, a table or a summary; its pictures are drawn from the h5ad."""
+    if output is None and table is None and summary is None:
+        raise click.UsageError("give --output (the annotated h5ad), --table or --summary: nothing would be written")
+    if output is None and plots is not None:
+        raise click.UsageError("--plots draws from the annotated h5ad: give --output too")
+
+
+def _annotation_outputs(result, output: Path | None, table: Path | None, summary: Path | None,
+                        plots: Path | None) -> None:
     """The CSV, JSON summary and pictures beside an annotated h5ad (annotate and consensus)."""
     from cellpix.api.files import annotation_summary, annotation_table, read_h5ad, write_text_atomic
 
@@ -146,6 +166,9 @@ def _cluster_summary(metadata: dict) -> str:
 
 
 # -- explain ---------------------------------------------------------------------
+_EXPLAIN = ExplainOptions()  # the defaults the options below show: each defined there once
+
+
 @cli.command("explain")
 @threads_option
 @click.argument("data", type=INPUT_FILE)
@@ -159,26 +182,30 @@ def _cluster_summary(metadata: dict) -> str:
               help="Also write DATA plus the table in uns['cellpix_explain'].")
 @click.option("--labels", "label_key", default=None,
               help="obs column of true final labels; without it, cells are grouped by the model's prediction.")
-@click.option("--levels", default="base,subtype", show_default=True, help="Heads to explain: base, subtype or both.")
-@click.option("--background", type=click.Choice(BACKGROUNDS), default="mean", show_default=True,
+@click.option("--levels", default=",".join(_EXPLAIN.levels), show_default=True,
+              help="Heads to explain: base, subtype or both.")
+@click.option("--background", type=click.Choice(BACKGROUNDS), default=_EXPLAIN.background, show_default=True,
               help="SHAP reference: the mean image of a label-stratified sample (credit to genes above the average "
                    "cell), an empty image (credit to whatever a cell expresses most: housekeeping genes) or the "
                    "sample itself.")
-@click.option("--background-size", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--background-size", type=click.IntRange(min=1), default=_EXPLAIN.background_size,
+              show_default=True,
               help="Cells in the SHAP background sample.")
-@click.option("--target", type=click.Choice(OUTPUTS), default="centred-logit", show_default=True,
+@click.option("--target", type=click.Choice(OUTPUTS), default=_EXPLAIN.output, show_default=True,
               help="What SHAP explains: the class's logit minus its head's mean logit (what sets the class apart), "
                    "or the raw logit.")
-@click.option("--cells-per-class", type=click.IntRange(min=1), default=40, show_default=True,
+@click.option("--cells-per-class", type=click.IntRange(min=1), default=_EXPLAIN.cells_per_class,
+              show_default=True,
               help="Cells explained per class (caps runtime).")
-@click.option("--nsamples", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--nsamples", type=click.IntRange(min=1), default=_EXPLAIN.nsamples, show_default=True,
               help="Expected-gradients samples per cell.")
-@click.option("--top-n", type=click.IntRange(min=1), default=20, show_default=True, help="Genes per bar plot.")
+@click.option("--top-n", type=click.IntRange(min=1), default=_EXPLAIN.top_n, show_default=True,
+              help="Genes per bar plot.")
 @click.option("--gene-column", default=None, help="var column holding the gene names to match (auto by default).")
 @click.option("--layer", default=None, help="Read expression from this layer.")
 @click.option("--use-raw", is_flag=True, default=None, help="Read expression from .raw.")
 @coverage_option("Stop when less than this share of the model's genes is found.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=_EXPLAIN.seed, show_default=True)
 @device_option("auto", "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:1…")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def explain_command(data: Path, model: Path, table: Path, plots: Path | None, output_h5ad: Path | None,
@@ -210,7 +237,7 @@ def explain_command(data: Path, model: Path, table: Path, plots: Path | None, ou
 @cli.command("split")
 @click.argument("query", type=INPUT_FILE)
 @click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("-n", "--cells-per-shard", default=100_000, show_default=True, help="Cells per shard.")
+@click.option("-n", "--cells-per-shard", default=CELLS_PER_SHARD, show_default=True, help="Cells per shard.")
 @click.option("--prefix", default="shard", show_default=True, help="Shard file names: PREFIX.00000.h5ad, …")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def split_command(query: Path, outdir: Path, cells_per_shard: int, prefix: str, quiet: bool) -> None:

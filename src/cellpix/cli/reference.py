@@ -18,6 +18,8 @@ from cellpix.api.files import (
     LOSSES,
     OPTIMIZERS,
     PRESETS,
+    QCOptions,
+    QueryOptions,
     TrainConfig,
 )
 from cellpix.cli.group import cli
@@ -32,8 +34,10 @@ from cellpix.cli.options import (
 )
 from cellpix.errors import CellpixError, warn
 
-
 # -- integrate -------------------------------------------------------------------
+_QC, _QUERY = QCOptions(), QueryOptions()  # the defaults the options below show: each defined there once
+
+
 @cli.command()
 @threads_option
 @click.argument("data", type=INPUT_FILE)
@@ -43,7 +47,7 @@ from cellpix.errors import CellpixError, warn
 @click.option("--reference", type=MODEL, default=None,
               help="Query mode: the integrated reference h5ad, or a model bundle or model name, whose panel DATA is "
                    "brought to.")
-@click.option("--method", default="auto", show_default=True,
+@click.option("--method", default=_QUERY.method, show_default=True,
               help="Batch correction: auto (combat across the --batch-key batches when there are two or more, "
                    "else none; in query mode the reference's cells are not one of them, since ComBat assumes "
                    "batches of one composition), or none, combat, scanorama, harmony, seurat, or a plugin's "
@@ -53,15 +57,15 @@ from cellpix.errors import CellpixError, warn
                    "query's own batches (query mode).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the report: qc.json + qc.png (reference), integration.json + mixing.png (query).")
-@click.option("--min-genes", type=click.IntRange(min=0), default=200, show_default=True,
+@click.option("--min-genes", type=click.IntRange(min=0), default=_QC.min_genes, show_default=True,
               help="Reference mode: drop cells with fewer genes.")
-@click.option("--min-cells", type=click.IntRange(min=0), default=3, show_default=True,
+@click.option("--min-cells", type=click.IntRange(min=0), default=_QC.min_cells, show_default=True,
               help="Reference mode: drop genes in fewer cells.")
-@click.option("--max-mito", type=Fraction(), default=0.2, show_default=True,
+@click.option("--max-mito", type=Fraction(), default=_QC.max_mito_fraction, show_default=True,
               help="Reference mode: drop cells above this mitochondrial fraction.")
-@click.option("--n-top-genes", type=click.IntRange(min=10), default=5000, show_default=True,
+@click.option("--n-top-genes", type=click.IntRange(min=10), default=_QC.n_top_genes, show_default=True,
               help="Reference mode: size of the gene panel.")
-@click.option("--hvg-flavor", default="auto", show_default=True,
+@click.option("--hvg-flavor", default=_QC.hvg_flavor, show_default=True,
               type=click.Choice(HVG_FLAVORS),
               help="Reference mode: gene ranking. auto: pearson_residuals on raw counts (keeps sparse lineage "
                    "markers; +0.034 subtype macro-F1 over 5 Zheng folds), seurat on log-normalised input.")
@@ -71,13 +75,14 @@ from cellpix.errors import CellpixError, warn
 @click.option("--genes-from", "genes_from", multiple=True, type=INPUT_FILE,
               help="Reference mode: choose the panel among the genes this query has (repeatable: every query). "
                    "QC and normalisation still use all of the reference's genes.")
-@click.option("--max-reference-cells", type=click.IntRange(min=50), default=20_000, show_default=True,
+@click.option("--max-reference-cells", type=click.IntRange(min=50), default=_QUERY.max_reference_cells,
+              show_default=True,
               help="Query mode: reference cells (random sample) that join the correction.")
 @click.option("--gene-column", default=None, help="Query mode: var column with gene names to match (auto by default).")
 @coverage_option("Query mode: stop when less than this share of the panel is found.")
 @click.option("--layer", default=None, help="Read expression from this layer instead of X.")
 @click.option("--use-raw", is_flag=True, default=None, help="Read expression from .raw.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=_QUERY.seed, show_default=True)
 def integrate(data: Path, output: Path, reference: Path | None, method: str, batch_key: str | None,
               report_dir: Path | None, min_genes: int, min_cells: int, max_mito: float, n_top_genes: int,
               hvg_flavor: str, keep_genes: str, genes_from: tuple[Path, ...], max_reference_cells: int,

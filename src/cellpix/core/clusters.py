@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from cellpix.core.neighbours import NeighbourIndex, connectivities
+from cellpix.core.pca import ScaledRows, column_moments, principal_axes
 
 MAX_CLUSTER_CELLS = 20000
 N_TOP_GENES = 2000
@@ -62,12 +63,8 @@ class QueryClusters:
         if not sp.issparse(rows):
             x = np.clip((_dense(rows)[:, self.genes] - self.mean) / self.scale, -SCALE_CLIP, SCALE_CLIP)
             return (x @ self.components).astype(np.float32)
-        block = sp.csr_matrix(rows[:, self.genes], dtype=np.float32)
-        zero = np.clip(-self.mean / self.scale, -SCALE_CLIP, SCALE_CLIP)
-        genes = block.indices
-        z = np.clip((block.data - self.mean[genes]) / self.scale[genes], -SCALE_CLIP, SCALE_CLIP)
-        change = sp.csr_matrix((z - zero[genes], genes, block.indptr), shape=block.shape)
-        return (change @ self.components + zero @ self.components).astype(np.float32)
+        scaled = ScaledRows.of(rows[:, self.genes], self.mean, self.scale, SCALE_CLIP)
+        return scaled.dot(self.components).astype(np.float32)
 
     def voters(self, seed: int = 0) -> np.ndarray:
         """The sampled cells whose clusters place other cells: at most :data:`MAX_VOTERS`, every cluster keeping
@@ -122,23 +119,17 @@ def fit_clusters(rows: sp.csr_matrix, sample: np.ndarray, resolution: float = DE
         return QueryClusters(sample, np.zeros(n, dtype=np.int64), np.arange(0), np.zeros(0), np.ones(0),
                              np.zeros((0, 1), np.float32), np.zeros((n, 1), np.float32))
     genes = _variable_genes(rows, N_TOP_GENES)
-    x = _dense(rows[:, genes])
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
+    block = rows[:, genes]
+    mean, scale = column_moments(block)
     scale[scale == 0] = 1.0
-    x = np.clip((x - mean) / scale, -SCALE_CLIP, SCALE_CLIP)
-    n_components = n_pcs(n, len(genes))
-    from sklearn.decomposition import PCA
-
-    pca = PCA(n_components=n_components, svd_solver="randomized", random_state=seed).fit(x)
-    components = pca.components_.T.astype(np.float32)
-    # no re-centring on the PCA's own mean: x is centred already (its mean is 0 up to clipping)
-    coords = (x @ components).astype(np.float32)
+    scaled = ScaledRows.of(block, mean, scale, SCALE_CLIP)
+    components = principal_axes(scaled, n_pcs(n, len(genes)), seed)
+    # no re-centring on the columns' means: the scaled rows are centred already (their mean is 0 up to clipping)
+    coords = scaled.dot(components).astype(np.float32)
     # the graph scanpy's pp.neighbors builds, without its numba compilation (cellpix.core.neighbours)
     graph = connectivities(coords, n_neighbours(n))
     labels = _ordered_by_size(leiden(graph, resolution, seed))
-    return QueryClusters(sample, labels, genes, mean.astype(np.float32), scale.astype(np.float32), components,
-                         coords)
+    return QueryClusters(sample, labels, genes, mean, scale, components, coords)
 
 
 def n_pcs(n: int, n_genes: int) -> int:

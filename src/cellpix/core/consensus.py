@@ -79,7 +79,7 @@ estimated half of Kang's silver NK cells are T cells, ``python -m benchmarks.pro
 Kang's FCGR3A+ monocytes, dendritic cells, megakaryocytes and erythrocytes, which the sorted reference lacks, in
 81 % (control) and 80 % (stimulated) of cells. Known cells flagged by the cluster verdict: 1.5-3.7 % in Kang
 control, 1.2-2.2 % in pbmc68k_reduced, 0.1-1.6 % in Kang stimulated where the state rule above reads the
-interferon-stimulated CD14+ monocytes as CD14+ monocytes (17-21 % without it), and 16 % there with NK cells held
+interferon-stimulated CD14+ monocytes as CD14+ monocytes (17-21 % without it), and 17 % there with NK cells held
 out, where the stimulated monocytes split in two clusters. Figures: docs/design.md (Novelty), docs/benchmarks.md.
 """
 

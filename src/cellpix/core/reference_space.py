@@ -290,10 +290,11 @@ def _mean_nearest_others(coords: np.ndarray, k: int) -> np.ndarray:
 def unit_rows(panel: sp.spmatrix | np.ndarray) -> sp.csr_matrix | np.ndarray:
     """Each cell's panel row divided by its length: the distance then compares which genes a cell expresses and
     in what proportions (cosine geometry), not how deeply it was sequenced, which moves every cell of a query."""
-    if sp.issparse(panel):
+    if sp.issparse(panel):  # each stored value times its row's reciprocal length: a third of a diagonal product
         panel = sp.csr_matrix(panel, dtype=np.float32)
         norms = np.sqrt(np.asarray(panel.multiply(panel).sum(axis=1)).ravel())
-        return sp.csr_matrix(sp.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ panel)
+        scale = np.repeat(1.0 / np.where(norms > 0, norms, 1.0), np.diff(panel.indptr))
+        return sp.csr_matrix((panel.data * scale, panel.indices, panel.indptr), shape=panel.shape)
     panel = np.asarray(panel, dtype=np.float32)
     norms = np.linalg.norm(panel, axis=1, keepdims=True)
     return panel / np.where(norms > 0, norms, 1.0)

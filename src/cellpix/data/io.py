@@ -152,6 +152,9 @@ def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     spreadsheets show as text; numbers are left alone. Cell names and labels come from users' files.
     """
     def neutral(values: pd.Index | pd.Series) -> pd.Index | pd.Series:
+        if isinstance(values.dtype, pd.CategoricalDtype) and neutral(values.cat.categories) is \
+                values.cat.categories:
+            return values  # no category is risky: checked once per category, not once per cell
         text = values.astype(str)
         risky = np.asarray(text.str.match(r"^[=+\-@\t\r]")) & np.asarray(pd.notna(values))
         if not risky.any():

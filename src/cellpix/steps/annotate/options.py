@@ -16,13 +16,58 @@ GPU_BATCH = 512
 # Cells read, normalised and predicted at a time. Annotating 10,000 cells with resnet18 on 2 cores peaked at
 # 1,044 MB with 8,192 and 991 MB with 2,048 (971 MB with 1,024), within a few seconds of the same wall time.
 CHUNK_SIZE = 2048
+# Cells per shard of ``cellpix split`` (the Nextflow pipeline's unit of parallel annotation): a shard this size is
+# annotated per cell in about 6 s on 2 cores (docs/benchmarks.md, Cost).
+CELLS_PER_SHARD = 100_000
 
 
 @dataclass(kw_only=True)
 class AnnotateOptions:
-    """How a query is read (gene column, layer, ``.raw``, minimum gene coverage), what may be answered
-    (``restrict_to``), the novelty rule, the streaming chunk and batch sizes, the device and arithmetic, and
-    ``force`` to annotate a query whose values are on another scale than the reference's."""
+    """How a query is read, what may be answered, and how annotation runs (``cellpix annotate``).
+
+    Attributes
+    ----------
+    gene_column : str or None
+        var column holding the gene names to match (``--gene-column``); None: var_names, or a column found
+        automatically (Ensembl IDs or symbols).
+    layer : str or None
+        Read the expression from this layer instead of X (``--layer``).
+    use_raw : bool or None
+        Read the expression from ``.raw`` (``--use-raw``); None: decided from the data.
+    min_gene_coverage : float
+        Refuse a query that holds less than this share of the model's genes (``--min-gene-coverage``).
+    restrict_to : list of str or None
+        Base types or subtypes allowed as answers (``--restrict-to``); None: all of the model's.
+    novelty_rule : str
+        One of :data:`NOVELTY_RULES` (``--novelty-rule``): "calibrated", per-cell thresholds set on the reference's
+        held-out cells plus the out-of-reference distance; "percentile", the published per-query rule.
+    chunk_size : int
+        Cells read, normalised and predicted at a time (``--chunk-size``): memory is bounded by it.
+    batch_size : int or None
+        Images per forward pass of a network with a convolutional trunk; None: :attr:`inference_batch`.
+    device : str
+        Where such a network runs ("cpu", "cuda", "cuda:1", ...; ``--device``). The default read-out runs in
+        NumPy on the CPU whatever this says.
+    precision : str
+        A trunk's arithmetic, one of :data:`cellpix.core.predict.PRECISIONS` (``--precision``).
+    progress : bool
+        Show a progress bar (``--quiet`` turns it off).
+    force : bool
+        Annotate even a query whose values are on another scale than the reference's, or whose gene symbols are
+        another species' (``--force``); recorded in ``uns``.
+    consensus : bool
+        Cluster the query and add the cluster-level consensus and unknown-cluster flags
+        (:mod:`cellpix.core.consensus`); ``--no-consensus`` turns it off.
+    over_clustering : str or None
+        obs column of the user's own query clusters to use instead of computed ones (``--over-clustering``).
+    corrected_by : str or None
+        Set by annotation itself from the query's ``uns``: the method of a cellpix-integrated, batch-corrected
+        query.
+    cluster_resolution : float
+        Leiden resolution of the computed clusters (``--cluster-resolution``).
+    max_cluster_cells : int
+        Cells clustered at most (a random sample); every other cell joins its nearest sampled cells' cluster.
+    """
 
     gene_column: str | None = None
     layer: str | None = None
@@ -31,17 +76,13 @@ class AnnotateOptions:
     restrict_to: list[str] | None = None
     novelty_rule: str = "calibrated"
     chunk_size: int = CHUNK_SIZE
-    batch_size: int | None = None  # None: CPU_BATCH on the CPU, GPU_BATCH on an accelerator
+    batch_size: int | None = None
     device: str = "cpu"
-    precision: str = "auto"  # see cellpix.core.predict.PRECISIONS
+    precision: str = "auto"
     progress: bool = True
-    force: bool = False  # annotate a query whose values are on another scale than the reference's
-    # cluster-level consensus and unknown-cluster novelty (cellpix.core.consensus), over the query's own clusters
-    # or the obs column ``over_clustering``; ``cluster_resolution`` is Leiden's for computed clusters, of at most
-    # ``max_cluster_cells`` sampled cells (the others join their nearest sampled cells' cluster)
+    force: bool = False
     consensus: bool = True
     over_clustering: str | None = None
-    # set by annotation itself from the query's uns: the method of a cellpix-integrated, batch-corrected query
     corrected_by: str | None = None
     cluster_resolution: float = DEFAULT_RESOLUTION
     max_cluster_cells: int = MAX_CLUSTER_CELLS

@@ -21,13 +21,14 @@ from tqdm.auto import tqdm
 
 from cellpix.data.io import atomic_path, check_h5ad_path, read_h5ad, write_uns_entry
 from cellpix.errors import CellpixError, InputDataError, warn
+from cellpix.steps.annotate.options import CELLS_PER_SHARD
 from cellpix.steps.annotate.query_wide import PANEL_DETECTED, PANEL_MEAN_NONZERO, query_wide
 from cellpix.steps.annotate.query_wide import apply as apply_query_wide
 
 SHARD_DIGITS = 5
 
 
-def split_h5ad(query: str | Path, outdir: str | Path, cells_per_shard: int, prefix: str = "shard",
+def split_h5ad(query: str | Path, outdir: str | Path, cells_per_shard: int = CELLS_PER_SHARD, prefix: str = "shard",
                progress: bool = True) -> list[Path]:
     """Write ``prefix.00000.h5ad`` … with at most ``cells_per_shard`` cells each (rows in order)."""
     if cells_per_shard < 1:

@@ -17,8 +17,50 @@ OUTPUTS = ("centred-logit", "logit")
 @dataclass(kw_only=True)
 class ExplainOptions:
     """Which cells and classes are explained, the bounds that keep SHAP's cost fixed whatever the size of the
-    data, and how the data are read onto the model's panel (``gene_column``, ``layer``, ``use_raw``,
-    ``min_gene_coverage``, as in annotation)."""
+    data, and how the data are read onto the model's panel (``cellpix explain``;
+    :mod:`cellpix.steps.explain.shap_genes` says why each default).
+
+    Attributes
+    ----------
+    label_key : str or None
+        obs column of true final labels (``--labels``); None: cells are grouped by the model's prediction.
+    levels : tuple of str
+        Heads to explain, among :data:`LEVELS` (``--levels``).
+    background : str
+        SHAP's reference, one of :data:`BACKGROUNDS` (``--background``): "mean", the mean image of a
+        label-stratified sample (credit to genes above the average cell); "zeros", an empty image (credit to
+        whatever a cell expresses most: housekeeping genes); "data", the sample itself.
+    background_size : int
+        Cells in the background sample (``--background-size``).
+    output : str
+        What SHAP explains, one of :data:`OUTPUTS` (``--target``): the class's logit less its head's mean logit
+        (what sets the class apart), or the raw logit.
+    cells_per_class : int
+        Cells explained per class (``--cells-per-class``): the cost is fixed by it, not by the data's size.
+    nsamples : int
+        Expected-gradients samples per cell (``--nsamples``).
+    max_cells : int
+        Cells considered at most (a random sample, predicted when there is no ``label_key``) before the per-class
+        draw, so that the cost stays bounded on a large query.
+    top_n : int
+        Genes per bar plot (``--top-n``).
+    batch_size : int
+        Images per forward pass when the sample's cells are predicted.
+    seed : int
+        Seed of the cell and background samples (``--seed``).
+    device : str
+        Where the network runs ("cpu", "cuda", ...; ``--device``).
+    progress : bool
+        Show a progress bar (``--quiet`` turns it off).
+    gene_column : str or None
+        var column holding the gene names to match (``--gene-column``).
+    layer : str or None
+        Read the expression from this layer instead of X (``--layer``).
+    use_raw : bool or None
+        Read the expression from ``.raw`` (``--use-raw``); None: decided from the data.
+    min_gene_coverage : float
+        Refuse data that hold less than this share of the model's genes (``--min-gene-coverage``).
+    """
 
     label_key: str | None = None
     levels: tuple[str, ...] = LEVELS

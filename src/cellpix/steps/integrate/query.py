@@ -21,12 +21,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellpix import plugins
-from cellpix.data.genes import DEFAULT_MIN_COVERAGE
 from cellpix.data.io import check_h5ad_path, read_h5ad
 from cellpix.data.panel import open_on_panel
 from cellpix.errors import CellpixError, InputDataError
 from cellpix.steps.integrate.methods import IntegrationMethod, IntegrationTask, correct
 from cellpix.steps.integrate.mixing import batch_mixing
+from cellpix.steps.integrate.options import QueryOptions  # re-exported: the step's public names
 
 REFERENCE_BATCH = "reference"
 DEFAULT_METHOD = "none"
@@ -72,23 +72,6 @@ class ReferencePanel:
         return self.expression is not None
 
 
-@dataclass(kw_only=True)
-class QueryOptions:
-    """How a query is brought to a reference: the correction (``"auto"``: :func:`resolve_method`), the query's batch
-    column, how many reference cells join the correction, where the expression is read, the gene coverage
-    refused below, and the PCs and seed of the correction."""
-
-    method: str = "auto"
-    batch_key: str | None = None
-    max_reference_cells: int = 20_000
-    gene_column: str | None = None
-    layer: str | None = None
-    use_raw: bool | None = None
-    min_gene_coverage: float = DEFAULT_MIN_COVERAGE
-    n_pcs: int = 30
-    seed: int = 0
-
-
 @dataclass
 class QueryIntegration:
     adata: ad.AnnData
@@ -100,7 +83,8 @@ def integration_method(name: str) -> IntegrationMethod:
     return plugins.lookup("integration_methods", name, "integration method")
 
 
-def load_reference_panel(path: str | Path, max_cells: int = 20_000, seed: int = 0) -> ReferencePanel:
+def load_reference_panel(path: str | Path, max_cells: int = QueryOptions.max_reference_cells,
+                         seed: int = QueryOptions.seed) -> ReferencePanel:
     """Read the panel (and a sample of cells) from an integrated reference h5ad, or the panel from a bundle."""
     path = Path(path)
     if not path.is_file():

@@ -45,56 +45,129 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    """Training options; the defaults are the CPU preset."""
+    """Training options (``cellpix train``); the defaults are the CPU preset (:data:`PRESETS`).
+
+    Attributes
+    ----------
+    backbone : str
+        The trunk: a timm model name or a plugin backbone (``--backbone``).
+    wide : bool
+        The per-pixel read-out path of :class:`cellpix.core.network.HierarchicalClassifier` (``--wide``); the CPU
+        preset uses it alone.
+    deep : bool
+        The convolutional trunk path (``--deep``; the trunk and paper presets).
+    in_chans : int
+        Image channels, 1 or 3 (``--channels``).
+    pixels : int or None
+        Required layout size (the paper preset needs a 224-px layout); None: any.
+    hidden : int
+        Width of the heads' hidden layer on the trunk's features.
+    dropout : float
+        Dropout on the trunk's features.
+    drop_path : float
+        The trunk's stochastic depth, for timm backbones (``--drop-path``).
+    epochs : int
+        Epochs (``--epochs``). The read-out is a convex-like problem whose regularisation is weight decay and
+        masking, not stopping early: it gains from training to the end of an annealed schedule. On Zheng (5 folds,
+        in memory) 10, 20 and 40 epochs gave subtype macro-F1 0.860 / 0.865 / 0.866 and base macro-F1 0.980 /
+        0.986 / 0.990, with the spread over seeds shrinking from 0.007 to 0.001; early stopping on a 300-cell
+        validation split stopped at 10-16 epochs.
+    keep : str
+        One of :data:`KEEPS` (``--keep``): "last" trains every epoch and keeps the annealed end (the read-out);
+        "best" stops early on the validation subtype macro-F1 and keeps the best epoch (the trunk presets, whose
+        epochs cost a hundred times more).
+    batch_size : int
+        Images per optimiser step (``--batch-size``).
+    optimizer : str
+        One of :data:`OPTIMIZERS` (``--optimizer``).
+    lr : float or None
+        Peak learning rate (``--lr``); None: the optimiser's :data:`DEFAULT_LR`.
+    weight_decay : float
+        L2 weight decay on the trunk and heads.
+    readout_weight_decay : float
+        L2 on the per-pixel read-out alone, weights and biases (``--readout-decay``). On log1p(CP10k) pixels a
+        strong decay (1e-2) was what made the read-out transfer across datasets, at a cost on the reference's own
+        cells (base macro-F1 0.966); on the shifted-log pixels the transfer no longer needs it: 1e-4 transfers
+        nearly as well (lineage accuracy Kang 0.91 / 0.89, pbmc68k 0.88, against 0.93 / 0.91 and 0.90 with 1e-2)
+        and 1e-2 costs Zheng subtype macro-F1 0.015 and base macro-F1 0.023 (python -m benchmarks.probe_pixels,
+        seed 0).
+    warmup_epochs : float
+        Epochs of linear learning-rate warm-up before the cosine annealing.
+    loss : str
+        One of :data:`LOSSES` (``--loss``): AHFL (adaptive α), focal (static α) or cross-entropy.
+    gamma : float
+        The focal losses' focusing exponent.
+    alpha : float
+        The weight of the base level's loss against the subtypes': fixed for the focal loss, AHFL's start.
+    beta : float
+        AHFL's smoothing of its adaptive α after each optimiser step (:mod:`cellpix.steps.train.loss`).
+    class_weights : bool
+        scTab's balanced class weights in the loss (``--class-weights``): a rare reference class should not become
+        the one that shifted cells of a common class fall into (pbmc68k's CD14+ monocytes called CD34+
+        progenitors, without them).
+    mask_fraction : float
+        Share of gene pixels zeroed per training image (``--mask-fraction``; random-masking augmentation).
+    val_fraction : float
+        Validation share, stratified by label (``--val-fraction``).
+    refit : bool or None
+        After the run that holds the validation split out (which scores the model, calibrates novelty and, with
+        keep "best", chooses the epoch count), train once more on every cell (``--refit``): the split then costs
+        the shipped model nothing. None: on for the read-out alone, off when a trunk runs, where it would double a
+        cost a hundred times higher.
+    val_key : str or None
+        obs column (donor, batch) whose groups form the validation split instead of a stratified sample
+        (``--val-key``).
+    patience : int
+        Epochs without improvement before early stopping, with keep "best" (``--patience``).
+    min_epochs : int
+        Epochs trained before early stopping may stop.
+    min_epoch_steps : int
+        An epoch takes at least this many optimiser steps, passing over a small reference several times (each
+        pass with fresh masking): 180 Puram cells make 3 batches a pass, and 30 epochs of 3 steps never left
+        chance.
+    seed : int
+        Seed of the split, the masking and the weights (``--seed``).
+    chunk_size : int
+        Reference cells read and rendered at a time: memory is bounded by it.
+    donor_key : str or None
+        obs column of donors: enables scTab's donor augmentation (``--donor-key``).
+    donor_aug_prob : float
+        Chance that a training image is shifted by a difference between donors of its label, with ``donor_key``.
+    pretrained : str or None
+        A local checkpoint file, or "hub" to download the backbone's weights (``--pretrained``; needs network).
+    device : str
+        Where training runs ("auto", "cpu", "cuda", "cuda:1", ...; ``--device``).
+    novelty_fpr : float
+        Share of the reference's validation cells the calibrated novelty thresholds may flag.
+    """
 
     backbone: str = "resnet10t"
-    # The two paths that read an image (cellpix.core.network.HierarchicalClassifier): the per-pixel read-out
-    # ("wide") and the convolutional trunk ("deep"); the CPU preset uses the first alone.
     wide: bool = True
     deep: bool = False
     in_chans: int = 1
-    pixels: int | None = None  # required layout size (the paper preset needs a 224-px layout)
+    pixels: int | None = None
     hidden: int = 256
     dropout: float = 0.3
-    drop_path: float = 0.0  # the trunk's stochastic depth (timm backbones)
-    # The read-out is a convex-like problem whose regularisation is weight decay and masking, not stopping early: it
-    # gains from training to the end of an annealed schedule. On Zheng (5 folds, in memory) 10, 20 and 40 epochs gave
-    # subtype macro-F1 0.860 / 0.865 / 0.866 and base macro-F1 0.980 / 0.986 / 0.990, with the spread over seeds
-    # shrinking from 0.007 to 0.001; early stopping on a 300-cell validation split stopped at 10-16 epochs.
+    drop_path: float = 0.0
     epochs: int = 40
-    # "last": every epoch, keeping the annealed end (the read-out); "best": early stopping on the validation subtype
-    # macro-F1, keeping the best epoch (the trunk presets, whose epochs cost a hundred times more).
     keep: str = "last"
     batch_size: int = 64
     optimizer: str = "sgd"
-    lr: float | None = None  # None: the optimiser's DEFAULT_LR
+    lr: float | None = None
     weight_decay: float = 1e-4
-    # L2 on the per-pixel read-out alone (weights and biases). On log1p(CP10k) pixels a strong decay (1e-2) was what
-    # made the read-out transfer across datasets, at a cost on the reference's own cells (base macro-F1 0.966); on
-    # the shifted-log pixels the transfer no longer needs it: 1e-4 transfers nearly as well (lineage accuracy Kang
-    # 0.91 / 0.89, pbmc68k 0.88, against 0.93 / 0.91 and 0.90 with 1e-2) and 1e-2 costs Zheng subtype macro-F1 0.015
-    # and base macro-F1 0.023 (python -m benchmarks.probe_pixels, seed 0).
     readout_weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     loss: str = "ahfl"
     gamma: float = 2.0
     alpha: float = 0.5
     beta: float = 0.9
-    # scTab's balanced class weights in the loss: a rare reference class should not become the one that shifted
-    # cells of a common class fall into (pbmc68k's CD14+ monocytes called CD34+ progenitors, without them).
     class_weights: bool = True
     mask_fraction: float = 0.1
     val_fraction: float = 0.1
-    # After the run that holds the validation split out (which scores the model, calibrates novelty and, with keep
-    # "best", chooses the epoch count), train once more on every cell (refit_on_all_cells): the split then costs the
-    # shipped model nothing. None: on for the read-out alone, off when a trunk runs, where it would double a cost a
-    # hundred times higher.
     refit: bool | None = None
     val_key: str | None = None
     patience: int = 6
     min_epochs: int = 3
-    # An epoch takes at least this many optimiser steps, passing over a small reference several times (each pass
-    # with fresh masking): 180 Puram cells make 3 batches a pass, and 30 epochs of 3 steps never left chance.
     min_epoch_steps: int = 40
     seed: int = 0
     chunk_size: int = 4096
