@@ -89,34 +89,44 @@ def accuracies(obs: pd.DataFrame, truth: np.ndarray, known: np.ndarray) -> dict[
     return row
 
 
-def rows_for(held: str | None, raw: ad.AnnData, seed: int) -> list[dict]:
+def annotated_settings(held: str | None, raw: ad.AnnData, seed: int):
+    """Each cross-dataset query annotated by the default model trained without ``held`` (None: every cell):
+    yields (query, annotated AnnData, the model and its panel, unseen and known masks, lineage truth)."""
     import cellpix as cx
 
     reference = raw if held is None else raw[raw.obs[LABEL].astype(str) != held].copy()
-    models, rows = {}, []
+    models = {}
     for query in cross_queries():
         key = tuple(query.adata.var_names[:50])  # Kang control and stimulated share their genes
         if key not in models:
             models[key] = train_as_run(reference, [query.adata], LABEL, cx.TrainConfig(seed=seed))
         panel, model = models[key]
         annotated = cx.annotate(query.adata, model, cx.AnnotateOptions(use_raw=query.use_raw, progress=False))
-        values = panel_log_values(query.adata, panel, use_raw=query.use_raw)
-        detection = np.asarray(model.reference_space.detection)
         unseen, known = masks(query, held)
         truth = query.truth.astype(str)
+        yield query, annotated, (panel, model), unseen, known, truth if query.labels_are_lineages else lineage(truth)
+
+
+def rows_for(held: str | None, raw: ad.AnnData, seed: int) -> list[dict]:
+    rows = []
+    for query, annotated, (panel, model), unseen, known, truth in annotated_settings(held, raw, seed):
+        values = panel_log_values(query.adata, panel, use_raw=query.use_raw)
+        detection = np.asarray(model.reference_space.detection)
         row = {"held_out": held or "none", "query": query.name}
         for how in SUMMARIES:
             flag = flagged(annotated, values, detection, list(model.space.labels), how)
             row[f"flag_{how}_unseen"] = float(flag[unseen].mean()) if unseen.any() else None
             row[f"flag_{how}_known"] = float(flag[known].mean())
-        row.update(accuracies(annotated.obs, truth if query.labels_are_lineages else lineage(truth), known))
+        row.update(accuracies(annotated.obs, truth, known))
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
         rows.append(row)
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.probe_support", description=__doc__.split("\n\n")[0])
+def over_settings(prog: str, description: str, rows_for, csv_name: str, argv: list[str] | None = None) -> None:
+    """The command line of the probes over the unseen-types settings: ``--holdouts`` and ``--seed``, the rows of
+    each setting (``rows_for(held, raw, seed)``), one CSV in ``benchmarks/results``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--holdouts", default=HOLDOUTS, help="Zheng cell types held out, separated by ;")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -124,7 +134,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for held in (h.strip() for h in args.holdouts.split(";") if h.strip()):
         rows += rows_for(None if held == "none" else held, raw, args.seed)
-    write_csv(pd.DataFrame(rows), "probe_support.csv")
+    write_csv(pd.DataFrame(rows), csv_name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    over_settings("python -m benchmarks.probe_support", __doc__.split("\n\n")[0], rows_for, "probe_support.csv",
+                  argv)
 
 
 if __name__ == "__main__":

@@ -44,11 +44,25 @@ def attributes(cls: type, doc: str) -> list[str]:
     if "\nAttributes\n----------\n" not in doc or not dataclasses.is_dataclass(cls):
         return []
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    ranges = {f.name: span(f.metadata.get("bounds")) for f in dataclasses.fields(cls)}
     section = doc.split("\nAttributes\n----------\n", 1)[1]
     items = re.findall(r"^(\w+) : (.+)\n((?:    .+\n?)+)", section, re.M)
-    return ["| option | type | default | what it does |", "|---|---|---|---|",
-            *(f"| `{name}` | {kind} | `{defaults[name]!r}` | {' '.join(text.split())} |" for name, kind, text in items),
-            ""]
+    return ["| option | type | default | range | what it does |", "|---|---|---|---|---|",
+            *(f"| `{name}` | {kind} | `{defaults[name]!r}` | {ranges[name]} | {' '.join(text.split())} |"
+              for name, kind, text in items), ""]
+
+
+def span(bounds) -> str:
+    """A field's bounds (cellpix.core.fields.Bounds) as an interval, or nothing."""
+    import math
+
+    if bounds is None:
+        return ""
+    if bounds.high == math.inf:
+        return f"{'>' if bounds.open_low else '≥'} {bounds.low:g}"
+    if bounds.low == -math.inf:
+        return f"{'<' if bounds.open_high else '≤'} {bounds.high:g}"
+    return f"{'(' if bounds.open_low else '['}{bounds.low:g}, {bounds.high:g}{')' if bounds.open_high else ']'}"
 
 
 if __name__ == "__main__":

@@ -245,3 +245,59 @@ def test_each_steps_options_document_every_field_where_its_default_is(path):
     entries = re.findall(r"^(\w+) : (.+)\n((?:    .+\n?)+)", section, re.M)
     assert [entry[0] for entry in entries] == [f.name for f in dataclasses.fields(cls)]
     assert all(len(description.split()) >= 3 for _, _, description in entries)
+
+
+RANGED_COMMANDS = {"integrate": ("QCOptions", "QueryOptions"), "annotate": ("AnnotateOptions",),
+                   "consensus": ("AnnotateOptions",), "explain": ("ExplainOptions",), "train": ("TrainConfig",)}
+
+
+def option_classes(names: tuple[str, ...]) -> list[type]:
+    import importlib
+
+    modules = dict(path.split(":")[::-1] for path in OPTION_CLASSES)
+    return [getattr(importlib.import_module(modules[name]), name) for name in names]
+
+
+@pytest.mark.parametrize("command", sorted(RANGED_COMMANDS))
+def test_every_range_the_cli_checks_is_its_options_field_bounds(command):
+    """A number's range is written once, on its options dataclass's field (cellpix.core.fields.bounded): every
+    ranged option of the command line is a bounded field, with the same ends, so the API refuses what the command
+    line refuses."""
+    import math
+
+    from cellpix.core.fields import bounds_of
+
+    classes = option_classes(RANGED_COMMANDS[command])
+    checked = 0
+    for param in cli.commands[command].params:
+        if not isinstance(param, click.Option) or not isinstance(param.type, (click.IntRange, click.FloatRange)) \
+                or param.name == "threads":  # the process's cores, not an option of the step
+            continue
+        name = FIELD_OF.get((command, param.name), param.name)
+        bounds = next((bounds_of(cls, name) for cls in classes if bounds_of(cls, name) is not None), None)
+        assert bounds is not None, f"--{param.name} has a range that no options field of {command} bounds"
+        low = None if bounds.low == -math.inf else bounds.low
+        high = None if bounds.high == math.inf else bounds.high
+        assert (param.type.min, param.type.max, param.type.min_open, param.type.max_open) == \
+            (low, high, bounds.open_low, bounds.open_high), f"--{param.name}"
+        checked += 1
+    assert checked >= 1
+
+
+@pytest.mark.parametrize(("name", "field", "value"), [
+    ("QCOptions", "min_genes", -1), ("QCOptions", "max_mito_fraction", 1.5), ("QCOptions", "n_top_genes", 2.5),
+    ("QueryOptions", "max_reference_cells", 10), ("AnnotateOptions", "chunk_size", 0),
+    ("AnnotateOptions", "cluster_resolution", 0.0), ("AnnotateOptions", "min_gene_coverage", float("nan")),
+    ("ExplainOptions", "nsamples", 0), ("ExplainOptions", "seed", -1), ("TrainConfig", "epochs", 0),
+    ("TrainConfig", "lr", float("inf")), ("TrainConfig", "mask_fraction", 1.0), ("TrainConfig", "batch_size", 1),
+])
+def test_the_api_refuses_an_option_outside_its_bounds_in_one_line(name, field, value):
+    """``cx.QCOptions(min_genes=-1)`` and its like stop in one line naming the option and its range, as the
+    command line does, instead of running on a value no command would accept."""
+    from cellpix.errors import CellpixError
+
+    cls = option_classes((name,))[0]
+    with pytest.raises(CellpixError, match=rf"^{name}\.{field} is .*; it must be ") as refused:
+        cls(**{field: value})
+    assert "\n" not in str(refused.value)
+    cls()  # the defaults lie within the bounds

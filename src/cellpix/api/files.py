@@ -28,6 +28,7 @@ from typing import Any
 _MODULES = {  # module → the names it defines that this API hands out
     "cellpix.core.bundle": ("read_metadata",),
     "cellpix.core.clusters": ("DEFAULT_RESOLUTION",),
+    "cellpix.core.fields": ("bounds_of",),
     "cellpix.core.hierarchy": ("Hierarchy", "check_ontology", "hierarchy_for_training", "resolve_hierarchy"),
     "cellpix.core.layout": ("DEFAULT_LAYOUT_PRESET", "DEFAULT_PSEUDO_COUNT", "DISCRETIZATIONS", "GeneLayout",
                             "LAYOUT_PRESETS"),
@@ -41,8 +42,8 @@ _MODULES = {  # module → the names it defines that this API hands out
     "cellpix.data.runtime": ("check_device", "check_device_name", "configure_threads", "resolve_device"),
     "cellpix.data.yaml_text": ("read_yaml",),
     "cellpix.scaffold": ("new_plugin",),
-    "cellpix.steps.annotate.annotate": ("AnnotateOptions", "annotate_adata", "annotate_file", "load_models"),
-    "cellpix.steps.annotate.options": ("CELLS_PER_SHARD", "CHUNK_SIZE", "NOVELTY_RULES"),
+    "cellpix.steps.annotate.annotate": ("annotate_adata", "annotate_file", "load_models"),
+    "cellpix.steps.annotate.options": ("AnnotateOptions", "CELLS_PER_SHARD", "CHUNK_SIZE", "NOVELTY_RULES"),
     "cellpix.steps.annotate.evaluate": ("evaluate", "read_mapping", "truth_labels", "write_confusion"),
     "cellpix.steps.annotate.plots": ("plot_annotation",),
     "cellpix.steps.annotate.results": ("annotation_summary", "annotation_table"),

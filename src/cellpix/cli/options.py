@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import click
@@ -50,6 +51,35 @@ class Fraction(click.FloatRange):
         return number
 
 
+class FiniteRange(click.FloatRange):
+    """A finite number within a range: click's FloatRange lets ``nan`` and, without an upper bound, ``inf``
+    through."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def ranged(options: type, name: str) -> click.ParamType:
+    """The command-line type of an option whose field in the ``options`` dataclass has bounds
+    (:func:`cellpix.core.fields.bounded`): the API's range, shown in ``--help`` and checked before any work."""
+    from cellpix.api.files import bounds_of
+
+    bounds = bounds_of(options, name)
+    if bounds is None:
+        raise ValueError(f"{options.__name__}.{name} has no bounds")
+    low = None if bounds.low == -math.inf else bounds.low
+    high = None if bounds.high == math.inf else bounds.high
+    if bounds.integer:
+        return click.IntRange(None if low is None else int(low), None if high is None else int(high),
+                              min_open=bounds.open_low, max_open=bounds.open_high)
+    if (low, high, bounds.open_low, bounds.open_high) == (0, 1, False, False):
+        return Fraction()
+    return FiniteRange(low, high, min_open=bounds.open_low, max_open=bounds.open_high)
+
+
 def annotation_output_options(command):
     """``--table``, ``--plots`` and ``--summary``: the files beside an annotated h5ad (annotate, consensus)."""
     for option in reversed([
@@ -66,10 +96,10 @@ def annotation_output_options(command):
 
 def cluster_options(command):
     """``--over-clustering`` and ``--cluster-resolution``: the clusters of the consensus (annotate, consensus)."""
-    from cellpix.api.files import DEFAULT_RESOLUTION
+    from cellpix.api.files import DEFAULT_RESOLUTION, AnnotateOptions
 
     resolution_help = f"Leiden resolution of the computed clusters (default {DEFAULT_RESOLUTION:g})."
-    command = click.option("--cluster-resolution", type=click.FloatRange(min=0, min_open=True), default=None,
+    command = click.option("--cluster-resolution", type=ranged(AnnotateOptions, "cluster_resolution"), default=None,
                            help=resolution_help)(command)
     return click.option("--over-clustering", default=None,
                         help="obs column of query clusters for the consensus and unknown-cluster checks (default: "

@@ -14,6 +14,7 @@ from cellpix.api.files import (
     NOVELTY_RULES,
     OUTPUTS,
     PRECISIONS,
+    AnnotateOptions,
     ExplainOptions,
 )
 from cellpix.cli.group import cli
@@ -24,6 +25,7 @@ from cellpix.cli.options import (
     cluster_options,
     coverage_option,
     device_option,
+    ranged,
     threads_option,
 )
 
@@ -50,7 +52,7 @@ from cellpix.cli.options import (
 @cluster_options
 @click.option("--no-consensus", is_flag=True,
               help="Per-cell calls only: no clusters, no consensus label, no unknown-cluster flags.")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+@click.option("--chunk-size", type=ranged(AnnotateOptions, "chunk_size"), default=None,
               help=f"Cells read and predicted at a time (default {CHUNK_SIZE:,}: peak memory stays near 1 GB).")
 @device_option("auto", "Where a network with a convolutional trunk runs: auto (a CUDA GPU when there is one, else "
                        "the CPU), cpu, cuda, cuda:1…. The default read-out runs in NumPy on the CPU whatever this "
@@ -77,18 +79,15 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path | None, table: 
     _check_annotate_outputs(output, table, summary, plots)
     # Only what annotation needs: the pipeline module would pull scikit-learn, matplotlib and scanpy into the
     # process (about 150 MB of peak RSS on 10,000 cells) before the stream starts.
-    from cellpix.api.files import AnnotateOptions, annotate_file, load_models
+    from cellpix.api.files import annotate_file, load_models
 
+    unset = {"cluster_resolution": cluster_resolution, "chunk_size": chunk_size}  # None: the API's default
     options = AnnotateOptions(gene_column=gene_column, layer=layer, use_raw=use_raw,
                               min_gene_coverage=min_gene_coverage,
                               restrict_to=[s.strip() for s in restrict_to.split(",")] if restrict_to else None,
                               novelty_rule=novelty_rule, device=device, precision=precision, progress=not quiet,
-                              force=force)
-    options.consensus, options.over_clustering = not no_consensus, over_clustering
-    if cluster_resolution is not None:
-        options.cluster_resolution = cluster_resolution
-    if chunk_size is not None:
-        options.chunk_size = chunk_size
+                              force=force, consensus=not no_consensus, over_clustering=over_clustering,
+                              **{name: value for name, value in unset.items() if value is not None})
     result = annotate_file(query, output, load_models(list(models), device), options)
     coverage = result.metadata["gene_matching"]["model_0"]
     click.echo(f"{result.metadata['n_cells']} cells annotated → {output or table or summary}; gene coverage "
@@ -146,11 +145,10 @@ def consensus_command(annotated: Path, model: Path, output: Path, table: Path | 
     For a query annotated in shards (`split`, `annotate --no-consensus` per shard, `merge`): clusters belong to
     the whole query, so they are found once, on the merged file.
     """
-    from cellpix.api.files import AnnotateOptions, consensus_file, load_models
+    from cellpix.api.files import consensus_file, load_models
 
-    options = AnnotateOptions(over_clustering=over_clustering, progress=not quiet)
-    if cluster_resolution is not None:
-        options.cluster_resolution = cluster_resolution
+    options = AnnotateOptions(over_clustering=over_clustering, progress=not quiet,
+                              **({} if cluster_resolution is None else {"cluster_resolution": cluster_resolution}))
     result = consensus_file(annotated, output, load_models([model])[0], options)
     click.echo(f"{len(result.obs)} cells → {output}" + _cluster_summary(result.metadata))
     _annotation_outputs(result, output, table, summary, plots)
@@ -188,24 +186,24 @@ _EXPLAIN = ExplainOptions()  # the defaults the options below show: each defined
               help="SHAP reference: the mean image of a label-stratified sample (credit to genes above the average "
                    "cell), an empty image (credit to whatever a cell expresses most: housekeeping genes) or the "
                    "sample itself.")
-@click.option("--background-size", type=click.IntRange(min=1), default=_EXPLAIN.background_size,
+@click.option("--background-size", type=ranged(ExplainOptions, "background_size"), default=_EXPLAIN.background_size,
               show_default=True,
               help="Cells in the SHAP background sample.")
 @click.option("--target", type=click.Choice(OUTPUTS), default=_EXPLAIN.output, show_default=True,
               help="What SHAP explains: the class's logit minus its head's mean logit (what sets the class apart), "
                    "or the raw logit.")
-@click.option("--cells-per-class", type=click.IntRange(min=1), default=_EXPLAIN.cells_per_class,
+@click.option("--cells-per-class", type=ranged(ExplainOptions, "cells_per_class"), default=_EXPLAIN.cells_per_class,
               show_default=True,
               help="Cells explained per class (caps runtime).")
-@click.option("--nsamples", type=click.IntRange(min=1), default=_EXPLAIN.nsamples, show_default=True,
+@click.option("--nsamples", type=ranged(ExplainOptions, "nsamples"), default=_EXPLAIN.nsamples, show_default=True,
               help="Expected-gradients samples per cell.")
-@click.option("--top-n", type=click.IntRange(min=1), default=_EXPLAIN.top_n, show_default=True,
+@click.option("--top-n", type=ranged(ExplainOptions, "top_n"), default=_EXPLAIN.top_n, show_default=True,
               help="Genes per bar plot.")
 @click.option("--gene-column", default=None, help="var column holding the gene names to match (auto by default).")
 @click.option("--layer", default=None, help="Read expression from this layer.")
 @click.option("--use-raw", is_flag=True, default=None, help="Read expression from .raw.")
 @coverage_option("Stop when less than this share of the model's genes is found.")
-@click.option("--seed", type=click.IntRange(min=0), default=_EXPLAIN.seed, show_default=True)
+@click.option("--seed", type=ranged(ExplainOptions, "seed"), default=_EXPLAIN.seed, show_default=True)
 @device_option("auto", "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:1…")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def explain_command(data: Path, model: Path, table: Path, plots: Path | None, output_h5ad: Path | None,
@@ -218,7 +216,7 @@ def explain_command(data: Path, model: Path, table: Path, plots: Path | None, ou
     mapped back to genes through the layout; each class is explained on its
     own cells for its own (centred) logit.
     """
-    from cellpix.api.files import ExplainOptions, TrainedModel, explain_file, resolve_device
+    from cellpix.api.files import TrainedModel, explain_file, resolve_device
 
     device = resolve_device(device)
     options = ExplainOptions(label_key=label_key, levels=tuple(x.strip() for x in levels.split(",") if x.strip()),

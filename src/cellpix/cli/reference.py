@@ -26,10 +26,10 @@ from cellpix.cli.group import cli
 from cellpix.cli.options import (
     INPUT_FILE,
     MODEL,
-    Fraction,
     coverage_option,
     device_option,
     pseudo_count_option,
+    ranged,
     threads_option,
 )
 from cellpix.errors import CellpixError, warn
@@ -57,13 +57,14 @@ _QC, _QUERY = QCOptions(), QueryOptions()  # the defaults the options below show
                    "query's own batches (query mode).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the report: qc.json + qc.png (reference), integration.json + mixing.png (query).")
-@click.option("--min-genes", type=click.IntRange(min=0), default=_QC.min_genes, show_default=True,
+@click.option("--min-genes", type=ranged(QCOptions, "min_genes"), default=_QC.min_genes, show_default=True,
               help="Reference mode: drop cells with fewer genes.")
-@click.option("--min-cells", type=click.IntRange(min=0), default=_QC.min_cells, show_default=True,
+@click.option("--min-cells", type=ranged(QCOptions, "min_cells"), default=_QC.min_cells, show_default=True,
               help="Reference mode: drop genes in fewer cells.")
-@click.option("--max-mito", type=Fraction(), default=_QC.max_mito_fraction, show_default=True,
+@click.option("--max-mito", type=ranged(QCOptions, "max_mito_fraction"), default=_QC.max_mito_fraction,
+              show_default=True,
               help="Reference mode: drop cells above this mitochondrial fraction.")
-@click.option("--n-top-genes", type=click.IntRange(min=10), default=_QC.n_top_genes, show_default=True,
+@click.option("--n-top-genes", type=ranged(QCOptions, "n_top_genes"), default=_QC.n_top_genes, show_default=True,
               help="Reference mode: size of the gene panel.")
 @click.option("--hvg-flavor", default=_QC.hvg_flavor, show_default=True,
               type=click.Choice(HVG_FLAVORS),
@@ -75,14 +76,15 @@ _QC, _QUERY = QCOptions(), QueryOptions()  # the defaults the options below show
 @click.option("--genes-from", "genes_from", multiple=True, type=INPUT_FILE,
               help="Reference mode: choose the panel among the genes this query has (repeatable: every query). "
                    "QC and normalisation still use all of the reference's genes.")
-@click.option("--max-reference-cells", type=click.IntRange(min=50), default=_QUERY.max_reference_cells,
+@click.option("--max-reference-cells", type=ranged(QueryOptions, "max_reference_cells"),
+              default=_QUERY.max_reference_cells,
               show_default=True,
               help="Query mode: reference cells (random sample) that join the correction.")
 @click.option("--gene-column", default=None, help="Query mode: var column with gene names to match (auto by default).")
 @coverage_option("Query mode: stop when less than this share of the panel is found.")
 @click.option("--layer", default=None, help="Read expression from this layer instead of X.")
 @click.option("--use-raw", is_flag=True, default=None, help="Read expression from .raw.")
-@click.option("--seed", type=click.IntRange(min=0), default=_QUERY.seed, show_default=True)
+@click.option("--seed", type=ranged(QueryOptions, "seed"), default=_QUERY.seed, show_default=True)
 def integrate(data: Path, output: Path, reference: Path | None, method: str, batch_key: str | None,
               report_dir: Path | None, min_genes: int, min_cells: int, max_mito: float, n_top_genes: int,
               hvg_flavor: str, keep_genes: str, genes_from: tuple[Path, ...], max_reference_cells: int,
@@ -104,7 +106,7 @@ def integrate(data: Path, output: Path, reference: Path | None, method: str, bat
     if genes_from and reference is not None:
         raise CellpixError("--genes-from chooses a reference's panel: it does not apply with --reference")
     if reference is None:
-        from cellpix.api.files import QCOptions, prepare_reference, query_gene_table, write_reference_report
+        from cellpix.api.files import prepare_reference, query_gene_table, write_reference_report
 
         options = QCOptions(min_genes=min_genes, min_cells=min_cells, max_mito_fraction=max_mito,
                             n_top_genes=n_top_genes, batch_key=batch_key, hvg_flavor=hvg_flavor, correction=method,
@@ -126,13 +128,7 @@ def integrate(data: Path, output: Path, reference: Path | None, method: str, bat
         if report_dir:
             write_reference_report(out, report_dir)
         return
-    from cellpix.api.files import (
-        QueryOptions,
-        describe_mixing,
-        integrate_query,
-        load_reference_panel,
-        write_query_report,
-    )
+    from cellpix.api.files import describe_mixing, integrate_query, load_reference_panel, write_query_report
 
     panel = load_reference_panel(reference, max_reference_cells, seed)
     options = QueryOptions(method=method, batch_key=batch_key, max_reference_cells=max_reference_cells,
@@ -232,32 +228,32 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
               help="Trunk: any timm model name or a plugin backbone (see `cellpix backbones`); naming one turns "
                    "the trunk on.")
 @click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="Image channels.")
-@click.option("--drop-path", type=click.FloatRange(0, 1, max_open=True), default=None,
+@click.option("--drop-path", type=ranged(TrainConfig, "drop_path"), default=None,
               help="The trunk's stochastic depth, for timm backbones (the paper preset: 0.2).")
 @click.option("--pretrained", default=None, help="Local checkpoint file, or 'hub' to download (needs network).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
+@click.option("--epochs", type=ranged(TrainConfig, "epochs"), default=None,
               help="Epochs (default: the preset's; trunk and paper may stop earlier, see --keep).")
 @click.option("--keep", type=click.Choice(KEEPS), default=None,
               help="last: train every epoch and keep the annealed end (the cpu preset); best: early stopping, the "
                    "best epoch on the validation split (trunk and paper).")
-@click.option("--batch-size", type=click.IntRange(min=2), default=None)
+@click.option("--batch-size", type=ranged(TrainConfig, "batch_size"), default=None)
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None,
               help="sgd (Nesterov momentum; the cpu and trunk presets) or adamw (the paper preset).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--lr", type=ranged(TrainConfig, "lr"), default=None,
               help="Peak learning rate (default " + ", ".join(f"{lr:g} for {name}" for name, lr in DEFAULT_LR.items())
                    + ").")
 @click.option("--loss", type=click.Choice(LOSSES), default=None,
               help=f"ahfl (adaptive α), focal (static α) or ce (cross-entropy); default {TrainConfig.loss}.")
 @click.option("--class-weights/--no-class-weights", default=None,
               help="scTab balanced class weights in the loss (on in the cpu and trunk presets).")
-@click.option("--readout-decay", type=click.FloatRange(min=0), default=None,
+@click.option("--readout-decay", type=ranged(TrainConfig, "readout_weight_decay"), default=None,
               help="L2 weight decay on the per-pixel read-out (default: the preset's).")
-@click.option("--mask-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+@click.option("--mask-fraction", type=ranged(TrainConfig, "mask_fraction"), default=None,
               help="Share of gene pixels zeroed per training image (random-masking augmentation; default "
                    f"{TrainConfig.mask_fraction:g}). "
                    "0 turns it off: a tie on Zheng's own folds, 0.026 lineage accuracy lost on a cut 2,000-gene "
                    "panel (docs/benchmarks.md, pixel probe).")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+@click.option("--val-fraction", type=ranged(TrainConfig, "val_fraction"), default=None,
               help="Validation share (stratified).")
 @click.option("--val-key", default=None, help="Split validation by this obs column (donor/batch) instead.")
 @click.option("--refit/--no-refit", default=None,
@@ -265,9 +261,9 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
                    "epochs (on for the read-out alone; off when a trunk runs, where it would double a cost a "
                    "hundred times higher).")
 @click.option("--donor-key", default=None, help="obs column of donors: enables scTab donor augmentation.")
-@click.option("--patience", type=click.IntRange(min=1), default=None,
+@click.option("--patience", type=ranged(TrainConfig, "patience"), default=None,
               help="Early stopping on validation subtype macro-F1.")
-@click.option("--seed", type=click.IntRange(min=0), default=None)
+@click.option("--seed", type=ranged(TrainConfig, "seed"), default=None)
 @device_option(None, "auto (default), cpu, cuda, cuda:1…")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to checkpoint each epoch (default: OUTPUT.ckpt/).")

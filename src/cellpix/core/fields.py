@@ -1,4 +1,6 @@
-"""Typed, ranged reads of the fields of files a person can edit: a bundle's metadata and a layout's JSON.
+"""Typed, ranged reads of the fields of files a person can edit (a bundle's metadata and a layout's JSON), and the
+bounds of the options dataclasses' numbers (:func:`bounded`), checked by the API and turned into the command
+line's ranges.
 
 A bundle's checksum proves the file is the one that was written, not that what was written makes sense: anyone can
 edit the metadata and recompute it. Before these checks a bundle with ``reference_space.k`` -1 or a threshold of
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from cellpix.errors import CellpixError
@@ -106,3 +109,38 @@ def non_negative(value: Any, where: str) -> float:
 
 def positive(value: Any, where: str) -> float:
     return float(number(value, where, 0, open_low=True))
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range an option's number must lie in: one place for the API's check (:func:`check_bounds`) and the
+    command line's type (``cellpix.cli.options.ranged``)."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    integer: bool = False
+    open_low: bool = False
+    open_high: bool = False
+
+    def check(self, value: Any, where: str) -> float | int:
+        return number(value, where, self.low, self.high, integer=self.integer, open_low=self.open_low,
+                      open_high=self.open_high)
+
+
+def bounded(default: Any, low: float = -math.inf, high: float = math.inf, *, integer: bool = False,
+            open_low: bool = False, open_high: bool = False) -> Any:
+    """A dataclass field with ``default`` whose value, when not None, must lie within the bounds."""
+    return field(default=default, metadata={"bounds": Bounds(low, high, integer, open_low, open_high)})
+
+
+def bounds_of(options: type | Any, name: str) -> Bounds | None:
+    """The :class:`Bounds` of an options dataclass's field ``name`` (None when it has none)."""
+    return next((f.metadata.get("bounds") for f in fields(options) if f.name == name), None)
+
+
+def check_bounds(options: Any) -> None:
+    """Refuse, in one line naming the option, a value outside its field's bounds (NaN and infinities included)."""
+    for item in fields(options):
+        bounds, value = item.metadata.get("bounds"), getattr(options, item.name)
+        if bounds is not None and value is not None:
+            bounds.check(value, f"{type(options).__name__}.{item.name}")

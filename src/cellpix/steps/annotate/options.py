@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cellpix.core.clusters import DEFAULT_RESOLUTION, MAX_CLUSTER_CELLS
+from cellpix.core.fields import bounded, check_bounds
 from cellpix.data.genes import DEFAULT_MIN_COVERAGE
 
 NOVELTY_RULES = ("calibrated", "percentile")
@@ -72,11 +73,11 @@ class AnnotateOptions:
     gene_column: str | None = None
     layer: str | None = None
     use_raw: bool | None = None
-    min_gene_coverage: float = DEFAULT_MIN_COVERAGE
+    min_gene_coverage: float = bounded(DEFAULT_MIN_COVERAGE, 0, 1)
     restrict_to: list[str] | None = None
     novelty_rule: str = "calibrated"
-    chunk_size: int = CHUNK_SIZE
-    batch_size: int | None = None
+    chunk_size: int = bounded(CHUNK_SIZE, 1, integer=True)
+    batch_size: int | None = bounded(None, 1, integer=True)
     device: str = "cpu"
     precision: str = "auto"
     progress: bool = True
@@ -84,8 +85,11 @@ class AnnotateOptions:
     consensus: bool = True
     over_clustering: str | None = None
     corrected_by: str | None = None
-    cluster_resolution: float = DEFAULT_RESOLUTION
-    max_cluster_cells: int = MAX_CLUSTER_CELLS
+    cluster_resolution: float = bounded(DEFAULT_RESOLUTION, 0, open_low=True)
+    max_cluster_cells: int = bounded(MAX_CLUSTER_CELLS, 1, integer=True)
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
     @property
     def inference_batch(self) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cellpix.core.fields import bounded, check_bounds
 from cellpix.data.genes import DEFAULT_MIN_COVERAGE
 
 LEVELS = ("base", "subtype")
@@ -65,17 +66,20 @@ class ExplainOptions:
     label_key: str | None = None
     levels: tuple[str, ...] = LEVELS
     background: str = "mean"
-    background_size: int = 64
+    background_size: int = bounded(64, 1, integer=True)
     output: str = "centred-logit"
-    cells_per_class: int = 40
-    nsamples: int = 32
-    max_cells: int = 20000
-    top_n: int = 20
-    batch_size: int = 256
-    seed: int = 0
+    cells_per_class: int = bounded(40, 1, integer=True)
+    nsamples: int = bounded(32, 1, integer=True)
+    max_cells: int = bounded(20000, 1, integer=True)
+    top_n: int = bounded(20, 1, integer=True)
+    batch_size: int = bounded(256, 1, integer=True)
+    seed: int = bounded(0, 0, integer=True)
     device: str = "cpu"
     progress: bool = True
     gene_column: str | None = None
     layer: str | None = None
     use_raw: bool | None = None
-    min_gene_coverage: float = DEFAULT_MIN_COVERAGE
+    min_gene_coverage: float = bounded(DEFAULT_MIN_COVERAGE, 0, 1)
+
+    def __post_init__(self) -> None:
+        check_bounds(self)

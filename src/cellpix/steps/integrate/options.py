@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cellpix.core.fields import bounded, check_bounds
 from cellpix.data.genes import DEFAULT_MIN_COVERAGE
 
 HVG_FLAVORS = ("auto", "seurat", "cell_ranger", "pearson_residuals")
@@ -41,14 +42,17 @@ class QCOptions:
         among Zheng's top 5,000).
     """
 
-    min_genes: int = 200
-    min_cells: int = 3
-    max_mito_fraction: float = 0.2
-    n_top_genes: int = 5000
+    min_genes: int = bounded(200, 0, integer=True)
+    min_cells: int = bounded(3, 0, integer=True)
+    max_mito_fraction: float = bounded(0.2, 0, 1)
+    n_top_genes: int = bounded(5000, 10, integer=True)
     batch_key: str | None = None
     hvg_flavor: str = "auto"
     correction: str = "auto"
     keep_genes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
 
 @dataclass(kw_only=True)
@@ -79,10 +83,13 @@ class QueryOptions:
 
     method: str = "auto"
     batch_key: str | None = None
-    max_reference_cells: int = 20_000
+    max_reference_cells: int = bounded(20_000, 50, integer=True)
     gene_column: str | None = None
     layer: str | None = None
     use_raw: bool | None = None
-    min_gene_coverage: float = DEFAULT_MIN_COVERAGE
-    n_pcs: int = 30
-    seed: int = 0
+    min_gene_coverage: float = bounded(DEFAULT_MIN_COVERAGE, 0, 1)
+    n_pcs: int = bounded(30, 1, integer=True)
+    seed: int = bounded(0, 0, integer=True)
+
+    def __post_init__(self) -> None:
+        check_bounds(self)

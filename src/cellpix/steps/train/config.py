@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cellpix.core.fields import bounded, check_bounds
 from cellpix.core.novelty import DEFAULT_FPR
 from cellpix.errors import CellpixError
 
@@ -148,50 +149,43 @@ class TrainConfig:
     pixels: int | None = None
     hidden: int = 256
     dropout: float = 0.3
-    drop_path: float = 0.0
-    epochs: int = 40
+    drop_path: float = bounded(0.0, 0, 1, open_high=True)
+    epochs: int = bounded(40, 1, integer=True)
     keep: str = "last"
-    batch_size: int = 64
+    batch_size: int = bounded(64, 2, integer=True)
     optimizer: str = "sgd"
-    lr: float | None = None
-    weight_decay: float = 1e-4
-    readout_weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
+    lr: float | None = bounded(None, 0, open_low=True)
+    weight_decay: float = bounded(1e-4, 0)
+    readout_weight_decay: float = bounded(1e-4, 0)
+    warmup_epochs: float = bounded(1.0, 0)
     loss: str = "ahfl"
     gamma: float = 2.0
     alpha: float = 0.5
     beta: float = 0.9
     class_weights: bool = True
-    mask_fraction: float = 0.1
-    val_fraction: float = 0.1
+    mask_fraction: float = bounded(0.1, 0, 1, open_high=True)
+    val_fraction: float = bounded(0.1, 0, 1, open_high=True)
     refit: bool | None = None
     val_key: str | None = None
-    patience: int = 6
-    min_epochs: int = 3
-    min_epoch_steps: int = 40
-    seed: int = 0
-    chunk_size: int = 4096
+    patience: int = bounded(6, 1, integer=True)
+    min_epochs: int = bounded(3, 1, integer=True)
+    min_epoch_steps: int = bounded(40, 1, integer=True)
+    seed: int = bounded(0, 0, integer=True)
+    chunk_size: int = bounded(4096, 1, integer=True)
     donor_key: str | None = None
-    donor_aug_prob: float = 0.5
+    donor_aug_prob: float = bounded(0.5, 0, 1)
     pretrained: str | None = None
     device: str = "auto"
-    novelty_fpr: float = DEFAULT_FPR
+    novelty_fpr: float = bounded(DEFAULT_FPR, 0, 1, open_low=True, open_high=True)
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         if self.loss not in LOSSES:
             raise CellpixError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
         if self.in_chans not in (1, 3):
             raise CellpixError("--channels must be 1 or 3")
-        if not 0 <= self.mask_fraction < 1:
-            raise CellpixError("--mask-fraction must be in [0, 1)")
         if self.keep not in KEEPS:
             raise CellpixError(f"unknown --keep {self.keep!r}; choose from {', '.join(KEEPS)}")
-        if self.epochs < 1:
-            raise CellpixError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 2:
-            raise CellpixError(f"--batch-size must be at least 2, got {self.batch_size}")
-        if not 0 <= self.val_fraction < 1:
-            raise CellpixError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.optimizer not in OPTIMIZERS:
             raise CellpixError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         if not (self.wide or self.deep):
@@ -200,15 +194,9 @@ class TrainConfig:
             self.lr = DEFAULT_LR[self.optimizer]
         if self.refit is None:
             self.refit = not self.deep
-        if not self.lr > 0:
-            raise CellpixError("--lr must be positive")
-        if not 0 <= self.drop_path < 1:
-            raise CellpixError(f"--drop-path must be in [0, 1), got {self.drop_path}")
         if self.drop_path and not self.deep:
             raise CellpixError("--drop-path is the trunk's stochastic depth: it needs a trunk (--deep, --backbone "
                                "or --preset trunk/paper)")
-        if self.weight_decay < 0 or self.readout_weight_decay < 0:
-            raise CellpixError("weight decay must not be negative")
 
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> TrainConfig:
