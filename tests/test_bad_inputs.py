@@ -144,7 +144,7 @@ CASES = [
     ([*EXPLAIN, "--nsamples", "0"], 2, "--nsamples"),
     ([*EXPLAIN, "--background-size", "0"], 2, "--background-size"),
     ([*EXPLAIN, "--top-n", "0"], 2, "--top-n"),
-    ([*EXPLAIN, "--levels", "nonsense"], 1, "unknown level(s) nonsense"),
+    ([*EXPLAIN, "--levels", "nonsense"], 1, "unknown level 'nonsense'; choose from base, subtype"),
     ([*INTEGRATE, "--n-top-genes", "0"], 2, "--n-top-genes"),
     ([*INTEGRATE, "--n-top-genes", "-10"], 2, "--n-top-genes"),
     ([*INTEGRATE, "--max-mito", "2"], 2, "--max-mito"),

@@ -301,3 +301,23 @@ def test_the_api_refuses_an_option_outside_its_bounds_in_one_line(name, field, v
         cls(**{field: value})
     assert "\n" not in str(refused.value)
     cls()  # the defaults lie within the bounds
+
+
+@pytest.mark.parametrize(("name", "field", "value", "message"), [
+    ("QCOptions", "hvg_flavor", "tsne", "unknown HVG flavour 'tsne'; choose from auto, seurat"),
+    ("AnnotateOptions", "novelty_rule", "strict", "unknown novelty rule 'strict'; choose from calibrated"),
+    ("ExplainOptions", "background", "noise", "unknown background 'noise'; choose from mean, zeros, data"),
+    ("ExplainOptions", "levels", ("base", "leaf"), "unknown level 'leaf'; choose from base, subtype"),
+])
+def test_the_api_refuses_a_choice_its_options_do_not_offer_in_one_line(name, field, value, message):
+    """A choice is checked where its list is defined, the options dataclass, when the options are built and again
+    where they are used (a field set afterwards), in one line listing what may be chosen."""
+    from cellpix.errors import CellpixError
+
+    cls = option_classes((name,))[0]
+    with pytest.raises(CellpixError, match=re.escape(message)):
+        cls(**{field: value})
+    options = cls()
+    setattr(options, field, value)
+    with pytest.raises(CellpixError, match=re.escape(message)):
+        options.check()

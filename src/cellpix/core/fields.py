@@ -144,3 +144,9 @@ def check_bounds(options: Any) -> None:
         bounds, value = item.metadata.get("bounds"), getattr(options, item.name)
         if bounds is not None and value is not None:
             bounds.check(value, f"{type(options).__name__}.{item.name}")
+
+
+def one_of(value: Any, choices: tuple[str, ...], what: str) -> None:
+    """Refuse, in one line listing the choices, a value an option does not offer."""
+    if value not in choices:
+        raise CellpixError(f"unknown {what} {value!r}; choose from {', '.join(choices)}")

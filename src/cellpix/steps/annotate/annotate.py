@@ -43,7 +43,7 @@ from cellpix.steps.annotate.clustering import (
     plan_clusters,
 )
 from cellpix.steps.annotate.options import (  # re-exported: the step's public names
-    NOVELTY_RULES,
+    NOVELTY_RULES,  # noqa: F401
     AnnotateOptions,
 )
 from cellpix.steps.annotate.query_wide import (
@@ -395,5 +395,4 @@ def _concat(parts: list[Predictions]) -> Predictions:
 
 def _check_rule(options: AnnotateOptions) -> None:
     check_precision(options.precision)  # an unknown precision stops before any output exists
-    if options.novelty_rule not in NOVELTY_RULES:
-        raise CellpixError(f"unknown novelty rule {options.novelty_rule!r}; choose from {', '.join(NOVELTY_RULES)}")
+    options.check()

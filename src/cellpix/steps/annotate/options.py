@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cellpix.core.clusters import DEFAULT_RESOLUTION, MAX_CLUSTER_CELLS
-from cellpix.core.fields import bounded, check_bounds
+from cellpix.core.fields import bounded, check_bounds, one_of
 from cellpix.data.genes import DEFAULT_MIN_COVERAGE
 
 NOVELTY_RULES = ("calibrated", "percentile")
@@ -89,7 +89,13 @@ class AnnotateOptions:
     max_cluster_cells: int = bounded(MAX_CLUSTER_CELLS, 1, integer=True)
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Refuse a value outside an option's bounds or choices, in one line naming it: at construction, and again
+        where the options are used (a field set afterwards is checked too)."""
         check_bounds(self)
+        one_of(self.novelty_rule, NOVELTY_RULES, "novelty rule")
 
     @property
     def inference_batch(self) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cellpix.core.fields import bounded, check_bounds
+from cellpix.core.fields import bounded, check_bounds, one_of
 from cellpix.data.genes import DEFAULT_MIN_COVERAGE
 
 LEVELS = ("base", "subtype")
@@ -82,4 +82,13 @@ class ExplainOptions:
     min_gene_coverage: float = bounded(DEFAULT_MIN_COVERAGE, 0, 1)
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Refuse a value outside an option's bounds or choices, in one line naming it: at construction, and again
+        where the options are used (a field set afterwards is checked too)."""
         check_bounds(self)
+        one_of(self.background, BACKGROUNDS, "background")
+        one_of(self.output, OUTPUTS, "output")
+        for level in self.levels:
+            one_of(level, LEVELS, "level")

@@ -48,7 +48,12 @@ from cellpix.core.predict import predict_matrix
 from cellpix.core.trained import TrainedModel
 from cellpix.data.panel import PanelReader
 from cellpix.errors import CellpixError, import_extra
-from cellpix.steps.explain.options import BACKGROUNDS, LEVELS, OUTPUTS, ExplainOptions
+from cellpix.steps.explain.options import (  # re-exported: the step's public names
+    BACKGROUNDS,  # noqa: F401
+    LEVELS,  # noqa: F401
+    OUTPUTS,  # noqa: F401
+    ExplainOptions,
+)
 
 TABLE_COLUMNS = ["level", "class", "gene", "gene_symbol", "marker_shap", "mean_abs_shap", "mean_shap", "broad",
                  "n_cells", "rank"]
@@ -213,13 +218,7 @@ def explain(reader: PanelReader, trained: TrainedModel, labels: np.ndarray | Non
             options: ExplainOptions | None = None) -> Explanation:
     """Explain every class at the requested levels on a bounded, stratified sample of ``reader``'s cells."""
     options = options or ExplainOptions()
-    if options.background not in BACKGROUNDS:
-        raise CellpixError(f"unknown background {options.background!r}; choose from {', '.join(BACKGROUNDS)}")
-    if options.output not in OUTPUTS:
-        raise CellpixError(f"unknown output {options.output!r}; choose from {', '.join(OUTPUTS)}")
-    bad = set(options.levels) - set(LEVELS)
-    if bad:
-        raise CellpixError(f"unknown level(s) {', '.join(sorted(bad))}; choose from {', '.join(LEVELS)}")
+    options.check()
     trained.model.eval()
     rng = np.random.default_rng(options.seed)
     rows, row_labels, source = cell_labels(reader, trained, labels, options)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cellpix.core.fields import bounded, check_bounds
+from cellpix.core.fields import bounded, check_bounds, one_of
 from cellpix.data.genes import DEFAULT_MIN_COVERAGE
 
 HVG_FLAVORS = ("auto", "seurat", "cell_ranger", "pearson_residuals")
@@ -52,7 +52,13 @@ class QCOptions:
     keep_genes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Refuse a value outside an option's bounds or choices, in one line naming it: at construction, and again
+        where the options are used (a field set afterwards is checked too)."""
         check_bounds(self)
+        one_of(self.hvg_flavor, HVG_FLAVORS, "HVG flavour")
 
 
 @dataclass(kw_only=True)

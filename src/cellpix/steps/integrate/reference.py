@@ -22,7 +22,7 @@ from cellpix.data.genes import find_symbol_column, match_genes
 from cellpix.data.inputs import TARGET_SUM, check_block, check_cells, choose_source, normalise_rows
 from cellpix.data.panel import READ_CHUNK
 from cellpix.errors import InputDataError
-from cellpix.steps.integrate.options import HVG_FLAVORS, QCOptions
+from cellpix.steps.integrate.options import HVG_FLAVORS, QCOptions  # noqa: F401 (re-exported)
 
 # Fewer panel candidates than this once restricted to the queries' genes: no panel worth imaging.
 MIN_SHARED_GENES = 200
@@ -227,8 +227,7 @@ def select_variable_genes(log: ad.AnnData, counts: sp.csr_matrix | None, options
     dispersion ranks push down on small references. ``auto`` takes Pearson
     residuals when raw counts are at hand and seurat otherwise.
     """
-    if options.hvg_flavor not in HVG_FLAVORS:
-        raise InputDataError(f"unknown HVG flavour {options.hvg_flavor!r}; choose from {', '.join(HVG_FLAVORS)}")
+    options.check()
     flavor = resolve_hvg_flavor(options.hvg_flavor, has_counts=counts is not None)
     if flavor == "pearson_residuals":
         if counts is None:
