@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from cellpix.errors import CellpixError
 
@@ -150,3 +150,25 @@ def one_of(value: Any, choices: tuple[str, ...], what: str) -> None:
     """Refuse, in one line listing the choices, a value an option does not offer."""
     if value not in choices:
         raise CellpixError(f"unknown {what} {value!r}; choose from {', '.join(choices)}")
+
+
+Choices = dict[str, tuple[str, tuple[str, ...]]]  # an option's field → (what it is called, what may be chosen)
+
+
+class CheckedOptions:
+    """The base of the steps' options dataclasses: each field's bounds (:func:`bounded`) and the choice lists in
+    :attr:`CHOICES` are checked when the options are built, and by :meth:`check` where they are used."""
+
+    CHOICES: ClassVar[Choices] = {}
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Refuse a value outside an option's bounds or choices, in one line naming it: at construction, and again
+        where the options are used (a field set afterwards is checked too). A tuple's every item is a choice."""
+        check_bounds(self)
+        for name, (what, choices) in self.CHOICES.items():
+            value = getattr(self, name)
+            for item in value if isinstance(value, tuple) else (value,):
+                one_of(item, choices, what)

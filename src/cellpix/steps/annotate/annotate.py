@@ -329,7 +329,7 @@ def annotate_file(query: str | Path, output: str | Path | None, models: list[Tra
     The annotated h5ad is a copy of the query with cellpix's obs, obsm and uns entries added, as
     :func:`annotate_adata` adds them. With ``output`` None nothing is written: the returned obs columns and run
     metadata are the whole answer (a table-only run, ``cellpix annotate --table``), and the query's matrices are
-    not copied, which is 1.6 s of 7.4 at 100,000 cells (docs/benchmarks.md, Cost).
+    not copied (600 MB at 100,000 cells; docs/benchmarks.md, Cost).
     """
     options = options or AnnotateOptions()
     _check_rule(options)

@@ -4,9 +4,10 @@ defaults (the command line, Galaxy and Nextflow pass only what a user sets), and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from cellpix.core.clusters import DEFAULT_RESOLUTION, MAX_CLUSTER_CELLS
-from cellpix.core.fields import bounded, check_bounds, one_of
+from cellpix.core.fields import CheckedOptions, Choices, bounded
 from cellpix.data.genes import DEFAULT_MIN_COVERAGE
 
 NOVELTY_RULES = ("calibrated", "percentile")
@@ -23,7 +24,7 @@ CELLS_PER_SHARD = 100_000
 
 
 @dataclass(kw_only=True)
-class AnnotateOptions:
+class AnnotateOptions(CheckedOptions):
     """How a query is read, what may be answered, and how annotation runs (``cellpix annotate``).
 
     Attributes
@@ -88,14 +89,7 @@ class AnnotateOptions:
     cluster_resolution: float = bounded(DEFAULT_RESOLUTION, 0, open_low=True)
     max_cluster_cells: int = bounded(MAX_CLUSTER_CELLS, 1, integer=True)
 
-    def __post_init__(self) -> None:
-        self.check()
-
-    def check(self) -> None:
-        """Refuse a value outside an option's bounds or choices, in one line naming it: at construction, and again
-        where the options are used (a field set afterwards is checked too)."""
-        check_bounds(self)
-        one_of(self.novelty_rule, NOVELTY_RULES, "novelty rule")
+    CHOICES: ClassVar[Choices] = {"novelty_rule": ("novelty rule", NOVELTY_RULES)}
 
     @property
     def inference_batch(self) -> int:

@@ -6,8 +6,9 @@ them without it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from cellpix.core.fields import bounded, check_bounds, one_of
+from cellpix.core.fields import CheckedOptions, Choices, bounded
 from cellpix.data.genes import DEFAULT_MIN_COVERAGE
 
 LEVELS = ("base", "subtype")
@@ -16,7 +17,7 @@ OUTPUTS = ("centred-logit", "logit")
 
 
 @dataclass(kw_only=True)
-class ExplainOptions:
+class ExplainOptions(CheckedOptions):
     """Which cells and classes are explained, the bounds that keep SHAP's cost fixed whatever the size of the
     data, and how the data are read onto the model's panel (``cellpix explain``;
     :mod:`cellpix.steps.explain.shap_genes` says why each default).
@@ -81,14 +82,5 @@ class ExplainOptions:
     use_raw: bool | None = None
     min_gene_coverage: float = bounded(DEFAULT_MIN_COVERAGE, 0, 1)
 
-    def __post_init__(self) -> None:
-        self.check()
-
-    def check(self) -> None:
-        """Refuse a value outside an option's bounds or choices, in one line naming it: at construction, and again
-        where the options are used (a field set afterwards is checked too)."""
-        check_bounds(self)
-        one_of(self.background, BACKGROUNDS, "background")
-        one_of(self.output, OUTPUTS, "output")
-        for level in self.levels:
-            one_of(level, LEVELS, "level")
+    CHOICES: ClassVar[Choices] = {"levels": ("level", LEVELS), "background": ("background", BACKGROUNDS),
+                                  "output": ("output", OUTPUTS)}

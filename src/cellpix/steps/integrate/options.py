@@ -5,15 +5,16 @@ the one place of their defaults, and the highly variable gene flavours it accept
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from cellpix.core.fields import bounded, check_bounds, one_of
+from cellpix.core.fields import CheckedOptions, Choices, bounded
 from cellpix.data.genes import DEFAULT_MIN_COVERAGE
 
 HVG_FLAVORS = ("auto", "seurat", "cell_ranger", "pearson_residuals")
 
 
 @dataclass(kw_only=True)
-class QCOptions:
+class QCOptions(CheckedOptions):
     """Reference QC and panel options; the defaults are common scanpy practice.
 
     Attributes
@@ -51,18 +52,11 @@ class QCOptions:
     correction: str = "auto"
     keep_genes: tuple[str, ...] = ()
 
-    def __post_init__(self) -> None:
-        self.check()
-
-    def check(self) -> None:
-        """Refuse a value outside an option's bounds or choices, in one line naming it: at construction, and again
-        where the options are used (a field set afterwards is checked too)."""
-        check_bounds(self)
-        one_of(self.hvg_flavor, HVG_FLAVORS, "HVG flavour")
+    CHOICES: ClassVar[Choices] = {"hvg_flavor": ("HVG flavour", HVG_FLAVORS)}
 
 
 @dataclass(kw_only=True)
-class QueryOptions:
+class QueryOptions(CheckedOptions):
     """How a query is brought to a reference (``cellpix integrate --reference``).
 
     Attributes
@@ -96,6 +90,3 @@ class QueryOptions:
     min_gene_coverage: float = bounded(DEFAULT_MIN_COVERAGE, 0, 1)
     n_pcs: int = bounded(30, 1, integer=True)
     seed: int = bounded(0, 0, integer=True)
-
-    def __post_init__(self) -> None:
-        check_bounds(self)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from cellpix.core.fields import bounded, check_bounds
+from cellpix.core.fields import CheckedOptions, Choices, bounded
 from cellpix.core.novelty import DEFAULT_FPR
 from cellpix.errors import CellpixError
 
@@ -45,7 +45,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass(kw_only=True)
-class TrainConfig:
+class TrainConfig(CheckedOptions):
     """Training options (``cellpix train``); the defaults are the CPU preset (:data:`PRESETS`).
 
     Attributes
@@ -178,16 +178,13 @@ class TrainConfig:
     device: str = "auto"
     novelty_fpr: float = bounded(DEFAULT_FPR, 0, 1, open_low=True, open_high=True)
 
+    CHOICES: ClassVar[Choices] = {"loss": ("loss", LOSSES), "keep": ("keep", KEEPS),
+                                  "optimizer": ("optimizer", OPTIMIZERS)}
+
     def __post_init__(self) -> None:
-        check_bounds(self)
-        if self.loss not in LOSSES:
-            raise CellpixError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
+        self.check()
         if self.in_chans not in (1, 3):
             raise CellpixError("--channels must be 1 or 3")
-        if self.keep not in KEEPS:
-            raise CellpixError(f"unknown --keep {self.keep!r}; choose from {', '.join(KEEPS)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise CellpixError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         if not (self.wide or self.deep):
             raise CellpixError("a model needs the per-pixel read-out (--wide), the trunk (--deep) or both")
         if self.lr is None:
