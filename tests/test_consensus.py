@@ -596,3 +596,82 @@ def test_cluster_markers_of_real_sorts_are_those_of_a_baseline_recomputed_per_cl
         assert set(found[c]) == set(expected), names[c]
     symbols = zheng_raw.var["gene_symbol"].astype(str).to_numpy()
     assert "CD79A" in symbols[found[names.index("CD19+ B")]] and len(found[-1]) == 0
+
+
+def test_batches_are_judged_apart_with_the_querys_clusters_and_consensus(small_model, tmp_path):
+    """``batch_key``: each cell's cluster is its (batch, cluster) piece, named ``batch:cluster``; the clusters and
+    their consensus stay those of the whole query; a missing column or a cell without a batch is refused in one
+    line; a query ``cellpix integrate`` corrected across batches is judged by them unless the caller says ""."""
+    model, path = small_model
+    query = ad.read_h5ad(DATA / "zheng_query.h5ad")
+    query.obs["sample"] = np.where(np.arange(query.n_obs) % 2 == 0, "a", "b")
+    whole = annotate_adata(query, [model], AnnotateOptions(progress=False))
+    apart = annotate_adata(query, [model], AnnotateOptions(progress=False, batch_key="sample"))
+    pieces = apart.obs["cellpix_cluster"].astype(str).to_numpy()
+    expected = query.obs["sample"].astype(str).to_numpy() + ":" + whole.obs["cellpix_cluster"].astype(str).to_numpy()
+    assert (pieces == expected).all()
+    assert (apart.obs["cellpix_consensus_subtype"].astype(str).to_numpy()
+            == whole.obs["cellpix_consensus_subtype"].astype(str).to_numpy()).all()
+    table = apart.uns["cellpix"]["clusters"]
+    assert table["batch_key"] == "sample" and set(np.asarray(table["batch"])) == {"a", "b"}
+    sizes = dict(zip(np.asarray(table["cluster"]).astype(str), np.asarray(table["n_cells"]), strict=True))
+    assert all(sizes[name] == (pieces == name).sum() for name in set(pieces))
+
+    with pytest.raises(CellpixError, match="--batch-key 'donor' is not an obs column"):
+        annotate_adata(query, [model], AnnotateOptions(progress=False, batch_key="donor"))
+    gaps = query.copy()
+    gaps.obs["sample"] = gaps.obs["sample"].astype(object)
+    gaps.obs.iloc[3, gaps.obs.columns.get_loc("sample")] = None
+    with pytest.raises(CellpixError, match="1 cells without a batch"):
+        annotate_adata(gaps, [model], AnnotateOptions(progress=False, batch_key="sample"))
+
+    query.uns["cellpix_integrate"] = {"mode": "query", "method": "combat", "batch_key": "sample"}
+    recorded = annotate_adata(query, [model], AnnotateOptions(progress=False))
+    assert recorded.uns["cellpix"]["clusters"]["batch_key"] == "sample"
+    one = annotate_adata(query, [model], AnnotateOptions(progress=False, batch_key=""))
+    assert one.uns["cellpix"]["clusters"]["batch_key"] == "" and "batch" not in one.uns["cellpix"]["clusters"]
+
+    file = tmp_path / "query.h5ad"
+    gaps.write_h5ad(file)
+    done = subprocess.run([sys.executable, "-m", "cellpix", "annotate", str(file), "-m", str(path), "--quiet",
+                           "--batch-key", "sample", "--table", str(tmp_path / "cells.csv")],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and done.stderr.strip().count("\n") == 0 and "without a batch" in done.stderr
+    assert not (tmp_path / "cells.csv").exists()
+    run = subprocess.run([sys.executable, "-m", "cellpix", "run", str(DATA / "zheng_reference.h5ad"), str(file),
+                          "--labels", "cell_type", "--hierarchy", "pbmc-sorted", "-o", str(tmp_path / "run"),
+                          "--batch-key", "donor"], capture_output=True, text=True)
+    assert run.returncode != 0 and "--batch-key 'donor' is not an obs column" in run.stderr
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_stimulated_cells_beside_their_controls_are_not_flagged_when_batches_are_judged_apart(zheng_raw, seed):
+    """Kang 2018's control and stimulated PBMC as one query (the shared file as it comes), the full Zheng model
+    as ``cellpix run`` trains it: with ``batch_key="condition"`` neither condition's known cells are flagged
+    wholesale, while the types the sorted reference lacks (FCGR3A+ monocytes, dendritic cells, megakaryocytes)
+    are, in each condition."""
+    from conftest import SHARED, require
+
+    import cellpix as cx
+    from benchmarks.kang_labels import kang_with_labels
+
+    require(SHARED / "kang2018_pbmc_ifnb.h5ad")
+    query = kang_with_labels()
+    panel = cx.integrate(zheng_raw, genes_from=[query])
+    model = cx.train(panel, cx.fit_layout(panel, groupby="cell_type"), "pbmc-sorted", "cell_type",
+                     cx.TrainConfig(seed=seed), progress=False)
+    annotated = annotate_adata(query, [model], AnnotateOptions(progress=False, batch_key="condition"))
+    lineage = query.obs["lineage"].astype(str).to_numpy()
+    condition = query.obs["condition"].astype(str).to_numpy()
+    novel = annotated.obs["cellpix_is_novel"].to_numpy()
+    known = np.isin(lineage, ["T cell", "B cell", "NK cell", "CD14+"])
+    unseen = np.char.startswith(lineage.astype(str), "unseen")
+    for name in ("ctrl", "stim"):
+        here = condition == name
+        print(f"seed {seed}, {name}: known flagged {novel[here & known].mean():.1%}, unseen "
+              f"{novel[here & unseen].mean():.1%}")
+        assert novel[here & known].mean() <= 0.1
+        assert novel[here & unseen].mean() >= 0.5
+        assert novel[here & unseen].mean() >= 3 * novel[here & known].mean()

@@ -23,6 +23,7 @@ from cellpix.api.files import (
     TrainedModel,
     annotate_adata,
     annotation_table,
+    batch_codes,
     evaluate,
     image_step,
     plot_annotation,
@@ -49,14 +50,16 @@ class PipelineResult:
 def run_pipeline(reference: ad.AnnData, query: ad.AnnData, label_key: str, hierarchy: Hierarchy, outdir: str | Path,
                  qc: QCOptions | None = None, config: TrainConfig | None = None, use_raw: bool | None = None,
                  layout_options: dict[str, Any] | None = None, truth_key: str | None = None,
-                 progress: bool = True, truth_mapping: dict[str, str] | None = None) -> PipelineResult:
+                 progress: bool = True, truth_mapping: dict[str, str] | None = None,
+                 batch_key: str | None = None) -> PipelineResult:
     """Run every step and write the reference, layout, bundle, annotated query, CSV, plots and metrics.
 
     The query is checked first (readable, its values of a kind annotation accepts, in every chunk), and the
     reference panel is chosen among the genes the query has: a model trained for genes the query lacks would
     image them as zero. The truth column (``truth_key``, its labels mapped by ``truth_mapping``) is checked against
     the hierarchy before any work too: a wrong column or a missing mapping stopped the run after training before.
-    Warnings from integration and annotation go to ``summary.json['warnings']``.
+    Warnings from integration and annotation go to ``summary.json['warnings']``. ``batch_key``: the query's
+    batches, each judged apart by the cluster consensus (:attr:`AnnotateOptions.batch_key`), checked first too.
     """
     outdir = Path(outdir)
     timings: dict[str, float] = {}
@@ -64,6 +67,7 @@ def run_pipeline(reference: ad.AnnData, query: ad.AnnData, label_key: str, hiera
         truth_labels(query, truth_key, truth_mapping, hierarchy.labels,
                      ("`cellpix evaluate --truth-base` after the run (run scores subtypes)", hierarchy.base_names))
 
+    batch_codes(query, batch_key)
     started = time.perf_counter()
     query_genes = query_gene_table(query, use_raw=use_raw, check_values=True)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +89,8 @@ def run_pipeline(reference: ad.AnnData, query: ad.AnnData, label_key: str, hiera
     timings["train_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    annotated = annotate_adata(query, [model], AnnotateOptions(use_raw=use_raw, progress=progress))
+    annotated = annotate_adata(query, [model], AnnotateOptions(use_raw=use_raw, progress=progress,
+                                                                        batch_key=batch_key))
     timings["annotate_s"] = time.perf_counter() - started
     write_h5ad_atomic(annotated, outdir / "annotated.h5ad")
     write_text_atomic(outdir / "annotations.csv", annotation_table(annotated.obs))

@@ -44,6 +44,7 @@ _MODULES = {  # module → the names it defines that this API hands out
     "cellpix.scaffold": ("new_plugin",),
     "cellpix.steps.annotate.annotate": ("annotate_adata", "annotate_file", "load_models"),
     "cellpix.steps.annotate.options": ("AnnotateOptions", "CELLS_PER_SHARD", "CHUNK_SIZE", "NOVELTY_RULES"),
+    "cellpix.steps.annotate.clustering": ("batch_codes",),
     "cellpix.steps.annotate.evaluate": ("evaluate", "read_mapping", "truth_labels", "write_confusion"),
     "cellpix.steps.annotate.plots": ("plot_annotation",),
     "cellpix.steps.annotate.results": ("annotation_summary", "annotation_table"),

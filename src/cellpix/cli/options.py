@@ -95,12 +95,18 @@ def annotation_output_options(command):
 
 
 def cluster_options(command):
-    """``--over-clustering`` and ``--cluster-resolution``: the clusters of the consensus (annotate, consensus)."""
+    """``--over-clustering``, ``--cluster-resolution`` and ``--batch-key``: the clusters of the consensus and how
+    they are judged (annotate, consensus)."""
     from cellpix.api.files import DEFAULT_RESOLUTION, AnnotateOptions
 
     resolution_help = f"Leiden resolution of the computed clusters (default {DEFAULT_RESOLUTION:g})."
     command = click.option("--cluster-resolution", type=ranged(AnnotateOptions, "cluster_resolution"), default=None,
                            help=resolution_help)(command)
+    command = click.option("--batch-key", default=None,
+                           help="obs column of the query's batches (samples, donors, conditions): each batch's "
+                                "clusters are judged against its own, as if annotated alone, so that a stimulated "
+                                "sample's cells are not flagged as types the reference lacks beside their controls "
+                                "(default: the batch key cellpix integrate recorded, if any).")(command)
     return click.option("--over-clustering", default=None,
                         help="obs column of query clusters for the consensus and unknown-cluster checks (default: "
                              "cellpix clusters the query's own expression with Leiden).")(command)

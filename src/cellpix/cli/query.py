@@ -69,8 +69,8 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path | None, table: 
              summary: Path | None, gene_column: str | None, layer: str | None, use_raw: bool | None,
              min_gene_coverage: float,
              restrict_to: str | None, novelty_rule: str, over_clustering: str | None,
-             cluster_resolution: float | None, no_consensus: bool, chunk_size: int | None, device: str,
-             precision: str, force: bool, quiet: bool) -> None:
+             cluster_resolution: float | None, batch_key: str | None, no_consensus: bool, chunk_size: int | None,
+             device: str, precision: str, force: bool, quiet: bool) -> None:
     """Annotate QUERY (h5ad) with base types, subtypes, probabilities and novelty flags.
 
     The query is streamed in chunks, so memory does not grow with its size.
@@ -87,6 +87,7 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path | None, table: 
                               restrict_to=[s.strip() for s in restrict_to.split(",")] if restrict_to else None,
                               novelty_rule=novelty_rule, device=device, precision=precision, progress=not quiet,
                               force=force, consensus=not no_consensus, over_clustering=over_clustering,
+                              batch_key=batch_key,
                               **{name: value for name, value in unset.items() if value is not None})
     result = annotate_file(query, output, load_models(list(models), device), options)
     coverage = result.metadata["gene_matching"]["model_0"]
@@ -139,7 +140,7 @@ def _annotation_outputs(result, output: Path | None, table: Path | None, summary
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def consensus_command(annotated: Path, model: Path, output: Path, table: Path | None, summary: Path | None,
                       plots: Path | None, over_clustering: str | None, cluster_resolution: float | None,
-                      quiet: bool) -> None:
+                      batch_key: str | None, quiet: bool) -> None:
     """Cluster consensus and unknown-cluster flags over a whole ANNOTATED query (h5ad).
 
     For a query annotated in shards (`split`, `annotate --no-consensus` per shard, `merge`): clusters belong to
@@ -147,7 +148,7 @@ def consensus_command(annotated: Path, model: Path, output: Path, table: Path | 
     """
     from cellpix.api.files import consensus_file, load_models
 
-    options = AnnotateOptions(over_clustering=over_clustering, progress=not quiet,
+    options = AnnotateOptions(over_clustering=over_clustering, batch_key=batch_key, progress=not quiet,
                               **({} if cluster_resolution is None else {"cluster_resolution": cluster_resolution}))
     result = consensus_file(annotated, output, load_models([model])[0], options)
     click.echo(f"{len(result.obs)} cells → {output}" + _cluster_summary(result.metadata))

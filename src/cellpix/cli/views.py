@@ -52,8 +52,10 @@ def inspect(bundle: Path, as_json: bool) -> None:
               help="Two-column CSV/TSV: --truth label → model label (checked before any work).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (default: the cpu preset's).")
 @click.option("--use-raw", is_flag=True, default=None, help="Read both datasets from .raw.")
+@click.option("--batch-key", default=None,
+              help="Query obs column of its batches (samples, conditions): each batch's clusters are judged apart.")
 def run(reference: Path, query: Path, label_key: str, hierarchy: str, outdir: Path, truth: str | None,
-        mapping: Path | None, epochs: int | None, use_raw: bool | None) -> None:
+        mapping: Path | None, epochs: int | None, use_raw: bool | None, batch_key: str | None) -> None:
     """All steps: integrate, image and train on REFERENCE, then annotate (and evaluate) QUERY."""
     from cellpix.api.files import TrainConfig, read_h5ad, read_mapping, resolve_hierarchy
     from cellpix.pipeline import run_pipeline
@@ -62,7 +64,7 @@ def run(reference: Path, query: Path, label_key: str, hierarchy: str, outdir: Pa
         raise CellpixError("--mapping maps the --truth column's labels; give --truth too")
     result = run_pipeline(read_h5ad(reference), read_h5ad(query), label_key, resolve_hierarchy(hierarchy), outdir,
                           config=TrainConfig.from_preset("cpu", epochs=epochs), use_raw=use_raw, truth_key=truth,
-                          truth_mapping=read_mapping(mapping) if mapping else None)
+                          truth_mapping=read_mapping(mapping) if mapping else None, batch_key=batch_key)
     click.echo(json.dumps(result.metrics, indent=2, default=float))
 
 

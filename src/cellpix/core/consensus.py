@@ -233,12 +233,13 @@ def closest_of_label(label: np.ndarray, score: np.ndarray, sizes: np.ndarray) ->
     return closest
 
 
-def consensus_votes(pred: Predictions, codes: np.ndarray, n_clusters: int, space: LabelSpace
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(consensus label index, agreement share, mean confidence of the final calls) per cluster."""
+def consensus_votes(pred: Predictions, codes: np.ndarray, n_clusters: int, space: LabelSpace,
+                    label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(consensus label index, agreement share, mean confidence of the final calls) per cluster; ``label`` given:
+    the agreement with that label (a vote taken over more cells than these)."""
     votes = np.zeros((n_clusters, len(space.labels)), dtype=np.int64)
     np.add.at(votes, (codes, pred.label_index), 1)
-    label = votes.argmax(axis=1)
+    label = votes.argmax(axis=1) if label is None else np.asarray(label, dtype=np.int64)
     sizes = votes.sum(axis=1)
     agreement = votes[np.arange(n_clusters), label] / np.maximum(sizes, 1)
     terminal = ~np.isin(pred.base_index, space.branching)
@@ -249,12 +250,13 @@ def consensus_votes(pred: Predictions, codes: np.ndarray, n_clusters: int, space
 
 def judge_clusters(pred: Predictions, codes: np.ndarray, names: list[str], space: LabelSpace,
                    class_distance: np.ndarray | None, rates: np.ndarray | None, reference_detection: np.ndarray | None,
-                   symbols: list[str] | None = None) -> ClusterEvidence:
+                   symbols: list[str] | None = None, consensus: np.ndarray | None = None) -> ClusterEvidence:
     """The per-cluster table of the module docstring. ``class_distance`` (cells × base types) and the detection
     rates (``rates``: clusters × genes, ``reference_detection``: final labels × genes) may be None (a bundle
-    without them): then the table has the consensus and no verdict."""
+    without them): then the table has the consensus and no verdict. ``consensus``: each cluster's label when it
+    was voted on more cells than these (a cluster's piece in one batch), None: these cells' majority."""
     n = len(names)
-    label, agreement, mean_conf = consensus_votes(pred, codes, n, space)
+    label, agreement, mean_conf = consensus_votes(pred, codes, n, space, consensus)
     sizes = np.bincount(codes, minlength=n)
     base = space.label_base[label]
     table = pd.DataFrame({"cluster": names, "n_cells": sizes, "consensus_base": [space.bases[b] for b in base],

@@ -55,6 +55,18 @@ class Predictions:
     novelty_score: np.ndarray
     uncertainty: np.ndarray
 
+    @classmethod
+    def concat(cls, parts: list[Predictions]) -> Predictions:
+        """The predictions of consecutive chunks, as one."""
+        return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in cls.__dataclass_fields__})
+
+    def take(self, rows: np.ndarray) -> Predictions:
+        """The predictions of ``rows`` only. A probability matrix already written out and dropped (empty, as the
+        streaming path leaves it to keep memory flat) stays empty."""
+        n = len(self.label_index)
+        return Predictions(**{name: value[rows] if len(value) == n else value
+                              for name, value in vars(self).items()})
+
 
 def softmax(logits: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
     """Row-wise softmax in float64; columns outside ``allowed`` (a boolean mask) get probability 0."""

@@ -254,7 +254,7 @@ def _finish(models: list[TrainedModel], readers: list[PanelReader], options: Ann
     """Per-cell columns, the query-wide answers (guards, novelty), consensus and the run metadata: one finish for
     the in-memory and the streaming path."""
     space = models[0].space
-    pred = _concat([c.pred for c in chunks])
+    pred = Predictions.concat([c.pred for c in chunks])
     stats = np.vstack([c.stats for c in chunks])
     frame = _obs_frame(pred, space, models, index, stats)
     meta = _run_metadata(models, readers, options, len(index))
@@ -272,7 +272,8 @@ def _finish(models: list[TrainedModel], readers: list[PanelReader], options: Ann
         clusters = evidence(plan, codes, pred, space, models[0], by_class)
         meta["warnings"] = _note(meta["warnings"], cluster_warnings(clusters))
         add_cluster_columns(frame, clusters, stats[:, 0] == 0, flagging_threshold(meta))
-        meta["clusters"] = cluster_table(clusters, options.over_clustering, options.cluster_resolution)
+        meta["clusters"] = cluster_table(clusters, options.over_clustering, options.cluster_resolution,
+                                         options.batch_key)
     return Finished(frame, meta, coords)
 
 
@@ -305,13 +306,16 @@ def annotate_adata(adata: ad.AnnData, models: list[TrainedModel], options: Annot
 
 
 def _run_options(options: AnnotateOptions, adata: ad.AnnData, models: list[TrainedModel]) -> AnnotateOptions:
-    """The options, with what the query's own metadata says (the correction ``cellpix integrate`` applied) and the
-    device the models run on (:func:`inference_device`)."""
+    """The options, with what the query's own metadata says (the correction ``cellpix integrate`` applied, and the
+    batch key it corrected across when none is given) and the device the models run on (:func:`inference_device`)."""
     from dataclasses import replace
 
     report = adata.uns.get("cellpix_integrate") if hasattr(adata, "uns") else None
-    method = report.get("method") if isinstance(report, dict) and report.get("mode") == "query" else None
+    report = report if isinstance(report, dict) and report.get("mode") == "query" else {}
+    method, batch_key = report.get("method"), report.get("batch_key")
     return replace(options, corrected_by=str(method) if method and method != "none" else None,
+                   batch_key=options.batch_key if options.batch_key is not None else
+                   (str(batch_key) if batch_key and batch_key != "none" else None),
                    device=inference_device(models, options.device))
 
 
@@ -319,7 +323,7 @@ def _plan(adata: ad.AnnData, readers: list[PanelReader], options: AnnotateOption
     if not options.consensus or adata.n_obs == 0:
         return None
     return plan_clusters(adata, readers[0], options.over_clustering, options.cluster_resolution,
-                         options.max_cluster_cells)
+                         options.max_cluster_cells, batch_key=options.batch_key)
 
 
 def annotate_file(query: str | Path, output: str | Path | None, models: list[TrainedModel],
@@ -386,11 +390,6 @@ def _write_annotation(f: h5py.File, query_obs: pd.DataFrame, done: Finished) -> 
     elif f"obsm/{PCA_KEY}" in f:  # an earlier run's clusters, which this run did not make
         del f[f"obsm/{PCA_KEY}"]
     write_uns_entry(f, "cellpix", done.metadata)
-
-
-def _concat(parts: list[Predictions]) -> Predictions:
-    fields = Predictions.__dataclass_fields__
-    return Predictions(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in fields})
 
 
 def _check_rule(options: AnnotateOptions) -> None:

@@ -62,6 +62,12 @@ class AnnotateOptions(CheckedOptions):
         (:mod:`cellpix.core.consensus`); ``--no-consensus`` turns it off.
     over_clustering : str or None
         obs column of the user's own query clusters to use instead of computed ones (``--over-clustering``).
+    batch_key : str or None
+        obs column of the query's batches: samples, donors, conditions (``--batch-key``). Each batch's clusters are
+        then judged against that batch's own clusters, as if the batch were annotated alone: interferon-stimulated
+        cells annotated beside their controls are a known type in another state, not a type the reference lacks
+        (:func:`cellpix.steps.annotate.clustering.evidence`). None: the batch key ``cellpix integrate`` recorded
+        for the query, if any; "": the query is one batch.
     corrected_by : str or None
         Set by annotation itself from the query's ``uns``: the method of a cellpix-integrated, batch-corrected
         query.
@@ -85,6 +91,7 @@ class AnnotateOptions(CheckedOptions):
     force: bool = False
     consensus: bool = True
     over_clustering: str | None = None
+    batch_key: str | None = None
     corrected_by: str | None = None
     cluster_resolution: float = bounded(DEFAULT_RESOLUTION, 0, open_low=True)
     max_cluster_cells: int = bounded(MAX_CLUSTER_CELLS, 1, integer=True)

@@ -48,7 +48,7 @@ def consensus_file(annotated: str | Path, output: str | Path, model: TrainedMode
         _check_annotated_by(adata, model, annotated)
         reader = _readers(adata, [model], options, check_scale=False)[0]
         plan = plan_clusters(adata, reader, options.over_clustering, options.cluster_resolution,
-                             options.max_cluster_cells)
+                             options.max_cluster_cells, batch_key=options.batch_key)
         coords, by_class = [], []
         for start, stop, raw in reader.source.chunks(options.chunk_size):
             block = reader.align(reader.check(raw, start))
@@ -69,7 +69,8 @@ def consensus_file(annotated: str | Path, output: str | Path, model: TrainedMode
             warn(line)
         meta = dict(adata.uns["cellpix"])
         meta["warnings"] = [*list(meta.get("warnings", [])), *new_warnings]
-        meta["clusters"] = cluster_table(clusters, options.over_clustering, options.cluster_resolution)
+        meta["clusters"] = cluster_table(clusters, options.over_clustering, options.cluster_resolution,
+                                         options.batch_key)
         with atomic_path(output) as tmp:
             shutil.copyfile(annotated, tmp)
             with h5py.File(tmp, "r+") as f:
