@@ -107,6 +107,9 @@ MARKER_MIN_DETECTION = 0.3  # a marker is detected in at least this share of the
 BASE_MARKER_DETECTION = 0.5  # a base type's marker is detected in at least this share of each of its labels' cells
 N_MARKERS = 20
 MIN_MARKERS = 5  # fewer markers than this: no support figure
+# A base type defined by fewer genes than this has no presence figure. T cells have three in the Zheng reference
+# (CD3D, CD3E, JUNB: NK cells share the rest), and with five required no T cluster had a presence.
+MIN_BASE_MARKERS = 3
 MIN_CLUSTER_CELLS = 5  # smaller clusters are reported, never judged unknown
 MIN_CLUSTERS_RELATIVE = 3
 TYPICAL_DISTANCE = 1.0  # a reference type's own spread
@@ -194,7 +197,7 @@ def marker_presence(rates: np.ndarray, base: np.ndarray, sizes: np.ndarray, floo
     type (a gene a whole query detects less, by depth, chemistry or a stimulated state, is no evidence against
     one cluster). Capped at 1, the ratios' lowest quarter is averaged: one defining marker missing is the
     evidence (NK cells called T cells detect LCK, CD2, CD247 and CD7 like T cells, and lack CD3D, CD3E, CD3G).
-    NaN with fewer than :data:`MIN_MARKERS` markers. ``lacking``: markers at under half of expected.
+    NaN with fewer than :data:`MIN_BASE_MARKERS` markers. ``lacking``: markers at under half of expected.
     """
     presence = np.full(len(rates), np.nan, dtype=np.float32)
     lacking = []
@@ -206,7 +209,7 @@ def marker_presence(rates: np.ndarray, base: np.ndarray, sizes: np.ndarray, floo
         if peers.any():
             expected = np.minimum(expected, rates[peers][:, genes].max(axis=0))
         ratio = np.minimum(1.0, rates[c, genes] / np.maximum(expected, 1e-6))
-        if len(genes) >= MIN_MARKERS:
+        if len(genes) >= MIN_BASE_MARKERS:
             presence[c] = np.sort(ratio)[: max(1, len(genes) // 4)].mean()
         lacking.append(genes[np.argsort(ratio, kind="stable")][: int((ratio < 0.5).sum())])
     return presence, lacking
