@@ -646,6 +646,11 @@ def test_batches_are_judged_apart_with_the_querys_clusters_and_consensus(small_m
                           "--batch-key", "donor"], capture_output=True, text=True)
     assert run.returncode != 0 and "--batch-key 'donor' is not an obs column" in run.stderr
     assert not (tmp_path / "run").exists()  # refused before any work
+    ignored = subprocess.run([sys.executable, "-m", "cellpix", "annotate", str(file), "-m", str(path), "--quiet",
+                              "--no-consensus", "--batch-key", "sample", "--table", str(tmp_path / "cells.csv")],
+                             capture_output=True, text=True)
+    assert ignored.returncode == 2 and "--batch-key shapes the cluster consensus" in ignored.stderr
+    assert not (tmp_path / "cells.csv").exists()
 
 
 @pytest.mark.slow

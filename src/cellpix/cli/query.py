@@ -77,6 +77,13 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path | None, table: 
     Genes are matched by Ensembl ID or symbol (var_names or a var column).
     """
     _check_annotate_outputs(output, table, summary, plots)
+    shaping = {"--over-clustering": over_clustering, "--cluster-resolution": cluster_resolution,
+               "--batch-key": batch_key}
+    if no_consensus and any(value is not None for value in shaping.values()):
+        given = [name for name, value in shaping.items() if value is not None]
+        raise click.UsageError(f"{', '.join(given)} {'shape' if len(given) > 1 else 'shapes'} the cluster "
+                               "consensus, which --no-consensus turns off (a sharded run gives them to cellpix "
+                               "consensus)")
     # Only what annotation needs: the pipeline module would pull scikit-learn, matplotlib and scanpy into the
     # process (about 150 MB of peak RSS on 10,000 cells) before the stream starts.
     from cellpix.api.files import annotate_file, load_models
