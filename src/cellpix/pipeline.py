@@ -89,8 +89,8 @@ def run_pipeline(reference: ad.AnnData, query: ad.AnnData, label_key: str, hiera
     timings["train_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    annotated = annotate_adata(query, [model], AnnotateOptions(use_raw=use_raw, progress=progress,
-                                                                        batch_key=batch_key))
+    options = AnnotateOptions(use_raw=use_raw, progress=progress, batch_key=batch_key)
+    annotated = annotate_adata(query, [model], options)
     timings["annotate_s"] = time.perf_counter() - started
     write_h5ad_atomic(annotated, outdir / "annotated.h5ad")
     write_text_atomic(outdir / "annotations.csv", annotation_table(annotated.obs))

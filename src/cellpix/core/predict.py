@@ -64,8 +64,8 @@ class Predictions:
         """The predictions of ``rows`` only. A probability matrix already written out and dropped (empty, as the
         streaming path leaves it to keep memory flat) stays empty."""
         n = len(self.label_index)
-        return Predictions(**{name: value[rows] if len(value) == n else value
-                              for name, value in vars(self).items()})
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return Predictions(**{name: value[rows] if len(value) == n else value for name, value in values.items()})
 
 
 def softmax(logits: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:

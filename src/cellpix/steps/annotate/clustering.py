@@ -51,7 +51,7 @@ class ClusterPlan:
     """What the stream needs to place cells, and the sampled cells' detection rates."""
 
     names: list[str]
-    rates: np.ndarray  # clusters × panel genes; with batches, (cluster, batch) pieces × genes (:meth:`piece`)
+    rates: np.ndarray  # clusters × panel genes; with batches, (cluster, batch) pieces × genes (:func:`_pieces`)
     sample: np.ndarray  # rows the rates (and a computed clustering) came from
     given: np.ndarray | None = None  # every cell's code, when known before the stream
     clusters: QueryClusters | None = None  # a computed clustering (None: the user's column)
@@ -79,13 +79,6 @@ class ClusterPlan:
         codes[sampled] = self.clusters.labels
         return codes
 
-    def piece(self, codes: np.ndarray, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
-        """The (cluster, batch) piece of each of ``rows`` whose clusters are ``codes``: the rows of :attr:`rates`."""
-        if self.batches is None:
-            return codes
-        return codes * len(self.batch_names) + self.batches[rows]
-
-
 def plan_clusters(adata: ad.AnnData, reader: PanelReader, column: str | None, resolution: float,
                   max_cells: int = MAX_CLUSTER_CELLS, seed: int = 0, batch_key: str | None = None) -> ClusterPlan:
     """Read the sample once; cluster it (or take the user's ``column``) and measure each cluster's detection (each
@@ -94,19 +87,24 @@ def plan_clusters(adata: ad.AnnData, reader: PanelReader, column: str | None, re
     sample = sample_rows(n, max_cells, seed=seed)
     rows = reader.take(sample)
     batches, batch_names = batch_codes(adata, batch_key)
+    clusters = None
     if column is not None:
-        codes, names = _given_codes(adata, column)
-        plan = ClusterPlan(names, np.zeros(0), sample, given=codes, batches=batches, batch_names=batch_names)
-        sampled_codes = codes[sample]
+        given, names = _given_codes(adata, column)
+        sampled = given[sample]
     else:
         clusters = fit_clusters(rows, sample, resolution=resolution, seed=seed)
-        plan = ClusterPlan([str(i) for i in range(clusters.n_clusters)], np.zeros(0), sample,
-                           given=clusters.labels if len(sample) == n else None, clusters=clusters, batches=batches,
-                           batch_names=batch_names)
-        sampled_codes = clusters.labels
-    n_pieces = len(plan.names) * (len(batch_names) if batch_names else 1)
-    plan.rates, _ = cluster_detection(rows, plan.piece(sampled_codes, sample), n_pieces)
-    return plan
+        names = [str(i) for i in range(clusters.n_clusters)]
+        sampled = clusters.labels
+        given = clusters.labels if len(sample) == n else None
+    n_batches = len(batch_names) if batch_names else 1
+    rates, _ = cluster_detection(rows, _pieces(sampled, None if batches is None else batches[sample], n_batches),
+                                 len(names) * n_batches)
+    return ClusterPlan(names, rates, sample, given=given, clusters=clusters, batches=batches, batch_names=batch_names)
+
+
+def _pieces(codes: np.ndarray, batches: np.ndarray | None, n_batches: int) -> np.ndarray:
+    """Each cell's (cluster, batch) piece, the row of :attr:`ClusterPlan.rates`; its cluster without batches."""
+    return codes if batches is None else codes * n_batches + batches
 
 
 def _given_codes(adata: ad.AnnData, column: str, option: str = "--over-clustering") -> tuple[np.ndarray, list[str]]:
@@ -155,16 +153,17 @@ def _by_batch(plan: ClusterPlan, codes: np.ndarray, pred: Predictions, space: La
     one, lost the NK label their cluster's stimulated half gave them).
     """
     label = consensus_votes(pred, codes, len(plan.names), space)[0]
-    pieces = plan.piece(codes)
+    n_batches = len(plan.batch_names)
+    pieces = _pieces(codes, plan.batches, n_batches)
     out_codes = np.empty(len(codes), dtype=np.int64)
     tables, offset = [], 0
     for b, batch in enumerate(plan.batch_names):
         cells = np.flatnonzero(plan.batches == b)
         present, local = np.unique(pieces[cells], return_inverse=True)
-        names = [f"{batch}:{plan.names[p // len(plan.batch_names)]}" for p in present]
+        names = [f"{batch}:{plan.names[p // n_batches]}" for p in present]
         judged = judge_clusters(pred.take(cells), local, names, space,
                                 None if distances is None else distances[cells], plan.rates[present], detection,
-                                symbols=symbols, consensus=label[present // len(plan.batch_names)])
+                                symbols=symbols, consensus=label[present // n_batches])
         judged.table.insert(1, "batch", batch)
         tables.append(judged.table)
         out_codes[cells] = local + offset
