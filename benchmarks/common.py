@@ -54,15 +54,20 @@ def resample_rows(matrix: sp.csr_matrix, n: int, rng: np.random.Generator) -> sp
     return sp.csr_matrix(matrix[rng.integers(0, matrix.shape[0], size=n)])
 
 
-def synthetic_query(source: ad.AnnData, n: int, path: Path, seed: int = 0, chunk: int = 200_000) -> Path:
+def synthetic_query(source: ad.AnnData, n: int, path: Path, seed: int = 0, chunk: int = 200_000,
+                    record_sources: bool = False) -> Path:
     """Write an h5ad of ``n`` new raw-count cells made from the source's (Ensembl IDs + symbols kept).
 
     Each new cell pools the counts of two source cells of one ``cell_type`` and keeps each UMI with probability
-    1/2 (binomial thinning): the depth, sparsity and expression of that type's cells, and no two cells alike. Cells
-    drawn with replacement instead are copies (100,000 from Zheng's 3,774 hold about 26 of each), and copies
-    cluster into groups of a few whose markers no reference type detects as often (1,615 of 1,660 clusters judged
-    unlike any type); thinning copies alone still left tiny clusters of one cell's copies. Written ``chunk`` cells
-    at a time (appended to the file's matrix), so a million cells need no more memory than 200,000.
+    1/2 (binomial thinning): the depth, sparsity and expression of that type's cells, and no two cells alike
+    (with ``record_sources``, ``obs['source_first']`` and ``obs['source_second']`` name the two source rows).
+    Cells drawn with replacement instead are copies (100,000 from Zheng's 3,774 hold about 26 of each), and
+    copies cluster into groups of a few whose markers no reference type detects as often (1,615 of 1,660 clusters
+    judged unlike any type); thinning copies alone still left tiny clusters of one cell's copies. Pooling leaves
+    fewer, not none: each source cell is in about five of 10,000 new cells, and the small clusters there are such
+    groups, marked by one cell's own genes, so this query times annotation but cannot measure false novelty flags
+    (``python -m benchmarks.probe_small_clusters``). Written ``chunk`` cells at a time (appended to the file's
+    matrix), so a million cells need no more memory than 200,000.
     """
     import h5py
     from anndata.io import sparse_dataset, write_elem
@@ -71,7 +76,7 @@ def synthetic_query(source: ad.AnnData, n: int, path: Path, seed: int = 0, chunk
     counts = sp.csr_matrix(source.X, dtype=np.float32)
     types = source.obs["cell_type"].to_numpy()
     members = {label: np.flatnonzero(types == label) for label in np.unique(types)}
-    labels = []
+    labels, sources = [], []
     for start in range(0, n, chunk):
         first = rng.integers(0, source.n_obs, size=min(chunk, n - start))
         second = np.empty_like(first)
@@ -82,12 +87,15 @@ def synthetic_query(source: ad.AnnData, n: int, path: Path, seed: int = 0, chunk
         block.data = rng.binomial(block.data.astype(np.int64), 0.5).astype(np.float32)
         block.eliminate_zeros()
         labels.append(types[first])
+        sources.append(np.stack([first, second], axis=1))
         if start == 0:
             ad.AnnData(X=block, var=source.var.copy()).write_h5ad(path)
         else:
             with h5py.File(path, "r+") as handle:
                 sparse_dataset(handle["X"]).append(block)
     obs = pd.DataFrame({"cell_type": np.concatenate(labels)}, index=[f"cell{i}" for i in range(n)])
+    if record_sources:
+        obs["source_first"], obs["source_second"] = np.concatenate(sources).T
     with h5py.File(path, "r+") as handle:
         del handle["obs"]
         write_elem(handle, "obs", obs)
