@@ -147,6 +147,7 @@ CASES = [
     ([*EXPLAIN, "--levels", "nonsense"], 1, "unknown level 'nonsense'; choose from base, subtype"),
     ([*INTEGRATE, "--n-top-genes", "0"], 2, "--n-top-genes"),
     ([*INTEGRATE, "--n-top-genes", "-10"], 2, "--n-top-genes"),
+    ([*INTEGRATE, "--max-mito-fraction", "2"], 2, "--max-mito-fraction"),
     ([*INTEGRATE, "--max-mito", "2"], 2, "--max-mito"),
     ([*INTEGRATE, "--min-genes", "-1"], 2, "--min-genes"),
     ([*TRAIN[:5], "no_such_column", *TRAIN[6:]], 1, "no label column 'no_such_column'"),

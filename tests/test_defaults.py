@@ -65,10 +65,8 @@ def test_galaxy_restates_no_default(tool):
 
 # CLI option → (options dataclass, field) where the names differ; every other option is looked up by its name.
 FIELD_OF = {
-    ("integrate", "max_mito"): "max_mito_fraction",
     ("integrate", "method"): "correction",
     ("explain", "target"): "output",
-    ("train", "readout_decay"): "readout_weight_decay",
     ("train", "channels"): "in_chans",
 }
 

@@ -61,7 +61,8 @@ _QC, _QUERY = QCOptions(), QueryOptions()  # the defaults the options below show
               help="Reference mode: drop cells with fewer genes.")
 @click.option("--min-cells", type=ranged(QCOptions, "min_cells"), default=_QC.min_cells, show_default=True,
               help="Reference mode: drop genes in fewer cells.")
-@click.option("--max-mito", type=ranged(QCOptions, "max_mito_fraction"), default=_QC.max_mito_fraction,
+@click.option("--max-mito-fraction", "--max-mito", "max_mito_fraction", type=ranged(QCOptions, "max_mito_fraction"),
+              default=_QC.max_mito_fraction,
               show_default=True,
               help="Reference mode: drop cells above this mitochondrial fraction.")
 @click.option("--n-top-genes", type=ranged(QCOptions, "n_top_genes"), default=_QC.n_top_genes, show_default=True,
@@ -86,7 +87,7 @@ _QC, _QUERY = QCOptions(), QueryOptions()  # the defaults the options below show
 @click.option("--use-raw", is_flag=True, default=None, help="Read expression from .raw.")
 @click.option("--seed", type=ranged(QueryOptions, "seed"), default=_QUERY.seed, show_default=True)
 def integrate(data: Path, output: Path, reference: Path | None, method: str, batch_key: str | None,
-              report_dir: Path | None, min_genes: int, min_cells: int, max_mito: float, n_top_genes: int,
+              report_dir: Path | None, min_genes: int, min_cells: int, max_mito_fraction: float, n_top_genes: int,
               hvg_flavor: str, keep_genes: str, genes_from: tuple[Path, ...], max_reference_cells: int,
               gene_column: str | None, min_gene_coverage: float, layer: str | None, use_raw: bool | None,
               seed: int) -> None:
@@ -108,7 +109,7 @@ def integrate(data: Path, output: Path, reference: Path | None, method: str, bat
     if reference is None:
         from cellpix.api.files import prepare_reference, query_gene_table, write_reference_report
 
-        options = QCOptions(min_genes=min_genes, min_cells=min_cells, max_mito_fraction=max_mito,
+        options = QCOptions(min_genes=min_genes, min_cells=min_cells, max_mito_fraction=max_mito_fraction,
                             n_top_genes=n_top_genes, batch_key=batch_key, hvg_flavor=hvg_flavor, correction=method,
                             keep_genes=tuple(g.strip() for g in keep_genes.split(",") if g.strip()))
         tables = []
@@ -246,7 +247,8 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
               help=f"ahfl (adaptive α), focal (static α) or ce (cross-entropy); default {TrainConfig.loss}.")
 @click.option("--class-weights/--no-class-weights", default=None,
               help="scTab balanced class weights in the loss (on in the cpu and trunk presets).")
-@click.option("--readout-decay", type=ranged(TrainConfig, "readout_weight_decay"), default=None,
+@click.option("--readout-weight-decay", "--readout-decay", "readout_weight_decay",
+              type=ranged(TrainConfig, "readout_weight_decay"), default=None,
               help="L2 weight decay on the per-pixel read-out (default: the preset's).")
 @click.option("--mask-fraction", type=ranged(TrainConfig, "mask_fraction"), default=None,
               help="Share of gene pixels zeroed per training image (random-masking augmentation; default "
@@ -277,7 +279,7 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
                   channels: str | None, drop_path: float | None, pretrained: str | None, epochs: int | None,
                   keep: str | None, batch_size: int | None,
                   optimizer: str | None, lr: float | None, loss: str | None, class_weights: bool | None,
-                  readout_decay: float | None, mask_fraction: float | None,
+                  readout_weight_decay: float | None, mask_fraction: float | None,
                   val_fraction: float | None, val_key: str | None, refit: bool | None, donor_key: str | None,
                   patience: int | None, seed: int | None, device: str | None, checkpoint_dir: Path | None, resume: bool,
                   report_dir: Path | None, quiet: bool) -> None:
@@ -294,7 +296,7 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
         preset, wide=wide, deep=deep, backbone=backbone, in_chans=int(channels) if channels else None,
         drop_path=drop_path, pretrained=pretrained, epochs=epochs, keep=keep, batch_size=batch_size,
         optimizer=optimizer, lr=lr, loss=loss,
-        class_weights=class_weights, readout_weight_decay=readout_decay, mask_fraction=mask_fraction,
+        class_weights=class_weights, readout_weight_decay=readout_weight_decay, mask_fraction=mask_fraction,
         val_fraction=val_fraction, val_key=val_key, refit=refit, donor_key=donor_key,
         patience=patience, seed=seed, device=device)
     checkpoint_dir = checkpoint_dir or output.with_name(output.name + ".ckpt")

@@ -24,7 +24,7 @@ class QCOptions(CheckedOptions):
     min_cells : int
         Genes detected in fewer cells are dropped (``--min-cells``).
     max_mito_fraction : float
-        Cells with a larger share of mitochondrial counts are dropped (``--max-mito``).
+        Cells with a larger share of mitochondrial counts are dropped (``--max-mito-fraction``).
     n_top_genes : int
         Size of the gene panel: the most variable genes (``--n-top-genes``).
     batch_key : str or None

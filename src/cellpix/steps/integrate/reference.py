@@ -143,7 +143,7 @@ def _qc_warnings(keep_cells: np.ndarray, n_genes: int, kind: str, options: QCOpt
                      "and --genes-from QUERY for a query's genes)")
     removed = 1.0 - float(keep_cells.mean())
     if removed > MOST_CELLS_REMOVED:
-        found.append(f"QC removed {removed:.0%} of the cells (--min-genes {options.min_genes}, --max-mito "
+        found.append(f"QC removed {removed:.0%} of the cells (--min-genes {options.min_genes}, --max-mito-fraction "
                      f"{options.max_mito_fraction:g}) over {n_genes} genes; check that the input holds all genes")
     return found
 

@@ -31,7 +31,8 @@ def write_reference_report(adata: ad.AnnData, folder: str | Path) -> list[Path]:
     mito = adata.obs["cellpix_mito_fraction"].to_numpy(dtype=float)
     if np.isfinite(mito).any():
         axes[1].hist(mito[np.isfinite(mito)], bins=60, color="#dd8452")
-        axes[1].axvline(float(options.get("max_mito_fraction", 1)), color="red", linestyle="--", label="--max-mito")
+        axes[1].axvline(float(options.get("max_mito_fraction", 1)), color="red", linestyle="--",
+                        label="--max-mito-fraction")
         axes[1].legend()
     else:
         axes[1].text(0.5, 0.5, str(report.get("mito_filter", "no mitochondrial genes")), ha="center", wrap=True)

@@ -86,7 +86,7 @@ class TrainConfig(CheckedOptions):
     weight_decay : float
         L2 weight decay on the trunk and heads.
     readout_weight_decay : float
-        L2 on the per-pixel read-out alone, weights and biases (``--readout-decay``). On log1p(CP10k) pixels a
+        L2 on the per-pixel read-out alone, weights and biases (``--readout-weight-decay``). On log1p(CP10k) pixels a
         strong decay (1e-2) was what made the read-out transfer across datasets, at a cost on the reference's own
         cells (base macro-F1 0.966); on the shifted-log pixels the transfer no longer needs it: 1e-4 transfers
         nearly as well (lineage accuracy Kang 0.91 / 0.89, pbmc68k 0.88, against 0.93 / 0.91 and 0.90 with 1e-2)
