@@ -40,7 +40,7 @@ import numpy as np
 
 from benchmarks.accuracy import LABEL, panel_log_values
 from benchmarks.common import synthetic_query
-from benchmarks.probe_support import annotated_settings, over_settings
+from benchmarks.probe_support import annotated_settings, over_settings, verdict_from_support
 
 VARIANTS = ("shipped", "wilson", "subgroups_4", "subgroups_8")
 WILSON_Z = 1.645
@@ -98,13 +98,7 @@ def verdicts(annotated: ad.AnnData, values, detection, subgroups, labels: list[s
     rates, sizes = consensus.cluster_detection(values, codes, len(table["cluster"]))
     label = np.array([labels.index(str(name)) for name in table["consensus_subtype"]])
     support = support_of(variant, rates, sizes, consensus.marker_genes(rates, sizes), label, detection, subgroups)
-    relative = support / consensus.weighted_quantile(support, sizes, consensus.SUPPORT_QUANTILE)
-    ratio = np.asarray(table["distance_ratio"], dtype=float)
-    score = np.where(np.isfinite(relative), ratio / np.maximum(relative, 1e-3), ratio)
-    past = (score > consensus.UNKNOWN_SCORE) & (sizes >= consensus.MIN_CLUSTER_CELLS)
-    state = past & (np.asarray(table["marker_presence"], dtype=float) >= consensus.STATE_MIN_PRESENCE) \
-        & consensus.closest_of_label(label, score, sizes)
-    return past & ~state
+    return verdict_from_support(table, support, sizes, label)
 
 
 def summary(flag_clusters: np.ndarray, codes: np.ndarray, unseen: np.ndarray, known: np.ndarray) -> dict:

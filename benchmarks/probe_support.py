@@ -66,13 +66,21 @@ def flagged(annotated: ad.AnnData, values, detection: np.ndarray, labels: list[s
         if len(genes) >= consensus.MIN_MARKERS:
             ratios = np.minimum(1.0, detection[label[c], genes] / np.maximum(rates[c, genes], 1e-6))
             support[c] = summarise(ratios, how)
+    return verdict_from_support(table, support, sizes, label)[codes]
+
+
+def verdict_from_support(table, support: np.ndarray, sizes: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Each cluster flagged by the shipped rule with this marker support: relative to the query's typical
+    cluster, the novelty score against its threshold, and the state rule applied again."""
+    from cellpix.core import consensus
+
     relative = support / consensus.weighted_quantile(support, sizes, consensus.SUPPORT_QUANTILE)
     ratio = np.asarray(table["distance_ratio"], dtype=float)
     score = np.where(np.isfinite(relative), ratio / np.maximum(relative, 1e-3), ratio)
     past = (score > consensus.UNKNOWN_SCORE) & (sizes >= consensus.MIN_CLUSTER_CELLS)
     state = past & (np.asarray(table["marker_presence"], dtype=float) >= consensus.STATE_MIN_PRESENCE) \
         & consensus.closest_of_label(label, score, sizes)
-    return (past & ~state)[codes]
+    return past & ~state
 
 
 def accuracies(obs: pd.DataFrame, truth: np.ndarray, known: np.ndarray) -> dict[str, float]:

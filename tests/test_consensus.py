@@ -712,3 +712,17 @@ def test_stimulated_cells_beside_their_controls_are_not_flagged_when_batches_are
         assert novel[here & known].mean() <= 0.1
         assert novel[here & unseen].mean() >= 0.5
         assert novel[here & unseen].mean() >= 3 * novel[here & known].mean()
+    # the novelty map marks a cluster once, naming its batches, not each batch's piece over the other's
+    from cellpix.core.consensus import is_flagged_answer
+    from cellpix.steps.annotate.plots import flagged_marks, piece_batches
+
+    batches = piece_batches(annotated.uns)
+    assert set(batches.values()) == {"ctrl", "stim"}
+    marks = flagged_marks(annotated.obs, batches)
+    numbers = [text.split(" ")[0] for text, _, _ in marks]
+    flagged = annotated.obs["cellpix_label"].astype(str).map(is_flagged_answer).to_numpy(dtype=bool)
+    assert len(numbers) == len(set(numbers)) and all(":" not in n for n in numbers)
+    assert sorted(np.concatenate([rows for _, _, rows in marks]).tolist()) == np.flatnonzero(flagged).tolist()
+    shared = [text for text, _, _ in marks if text.endswith("(ctrl, stim)")]
+    print(f"seed {seed}: marks {[text for text, _, _ in marks]}")
+    assert shared, "a cluster flagged in both conditions is marked once, with both"

@@ -1,4 +1,5 @@
-"""Figures people look at: UMAP of predictions, novelty map, per-type confidence, confusion matrix."""
+"""Figures people look at: a UMAP of the query's own expression coloured by the calls, the novelty map, the
+confidence per type, the confusion matrix."""
 
 from __future__ import annotations
 
@@ -136,7 +137,7 @@ def plot_annotation(adata: ad.AnnData, folder: str | Path, prefix: str = "cellpi
         rows, xy = embedding(adata)
         obs = adata.obs.iloc[rows]
         paths += [_umap_figure(obs, xy, folder / f"{prefix}_umap.png"),
-                  _novelty_figure(obs, xy, folder / f"{prefix}_novelty.png")]
+                  _novelty_figure(obs, xy, folder / f"{prefix}_novelty.png", piece_batches(adata.uns))]
     branching = adata.uns.get("cellpix", {}).get("branching_base_types")
     paths.append(_confidence_figure(adata.obs, folder / f"{prefix}_confidence.png",
                                     None if branching is None else [str(b) for b in branching]))
@@ -166,7 +167,16 @@ def _umap_figure(obs: pd.DataFrame, xy: np.ndarray, path: Path) -> Path:
     return path
 
 
-def _novelty_figure(obs: pd.DataFrame, xy: np.ndarray, path: Path) -> Path:
+def piece_batches(uns: dict) -> dict[str, str]:
+    """Each cluster piece's batch (``cellpix_cluster`` name → batch) when the query's batches were judged apart;
+    empty otherwise."""
+    table = uns.get("cellpix", {}).get("clusters") or {}
+    if "batch" not in table:
+        return {}
+    return {str(name): str(batch) for name, batch in zip(table["cluster"], table["batch"], strict=True)}
+
+
+def _novelty_figure(obs: pd.DataFrame, xy: np.ndarray, path: Path, batches: dict[str, str] | None = None) -> Path:
     novel = obs["cellpix_is_novel"].to_numpy(dtype=bool)
     fig, ax = plt.subplots(figsize=(8, 6))
     size = _point_size(len(xy))
@@ -175,7 +185,7 @@ def _novelty_figure(obs: pd.DataFrame, xy: np.ndarray, path: Path) -> Path:
     ax.scatter(xy[novel, 0], xy[novel, 1], s=3 * size, color=WARM[0], edgecolors="black", linewidths=0.3,
                rasterized=True, label=f"flagged novel ({novel.sum()})")
     if "cellpix_cluster" in obs and "cellpix_label" in obs:
-        _label_flagged_clusters(ax, obs, xy)
+        _label_flagged_clusters(ax, obs, xy, batches or {})
     ax.set_title("cells flagged as unlike the reference (cellpix_is_novel)")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -184,17 +194,39 @@ def _novelty_figure(obs: pd.DataFrame, xy: np.ndarray, path: Path) -> Path:
     return path
 
 
-def _label_flagged_clusters(ax, obs: pd.DataFrame, xy: np.ndarray) -> None:
-    """Mark each unknown or new-subtype cluster with its number beside its centre (a few points off, no box, so no
-    flagged cell is hidden) and name it in the legend: "cluster 5: CD14+ (new subtype)"."""
-    for cluster, cells in obs.groupby("cellpix_cluster", observed=True):
+def _label_flagged_clusters(ax, obs: pd.DataFrame, xy: np.ndarray, batches: dict[str, str]) -> None:
+    """Mark each unknown or new-subtype cluster with its number beside its flagged cells (a few points off, no box,
+    so no flagged cell is hidden) and name it in the legend (:func:`flagged_marks`)."""
+    for text, legend, rows in flagged_marks(obs, batches):
+        ax.annotate(text, np.median(xy[rows], axis=0), xytext=(7, 7), textcoords="offset points", fontsize=9,
+                    fontweight="bold")
+        ax.plot([], [], " ", label=legend)
+
+
+def flagged_marks(obs: pd.DataFrame, batches: dict[str, str]) -> list[tuple[str, str, np.ndarray]]:
+    """(mark, legend entry, rows of ``obs``) of each cluster with a flagged answer: "5", "cluster 5: CD14+ (new
+    subtype)". With batches judged apart (``batches``: piece → batch), a cluster's pieces share one place in the
+    query's UMAP, and marked one by one their names were printed over each other ("ctrl:8" on "stim:8"): each
+    cluster is marked once, naming the batches where it is flagged ("8 (ctrl, stim)", "cluster 8 (ctrl, stim):
+    unknown", or each batch's answer when they differ)."""
+    found: dict[str, list[tuple[str, str, np.ndarray]]] = {}
+    for piece, cells in obs.groupby("cellpix_cluster", observed=True):
         label = str(cells["cellpix_label"].iloc[0])
         if not is_flagged_answer(label):
             continue
-        centre = np.median(xy[obs.index.get_indexer(cells.index)], axis=0)
-        ax.annotate(str(cluster), centre, xytext=(7, 7), textcoords="offset points", fontsize=9,
-                    fontweight="bold")
-        ax.plot([], [], " ", label=f"cluster {cluster}: {label}")
+        batch = batches.get(str(piece), "")
+        cluster = str(piece)[len(batch) + 1:] if batch and str(piece).startswith(batch + ":") else str(piece)
+        found.setdefault(cluster, []).append((batch, label, obs.index.get_indexer(cells.index)))
+    marks = []
+    for cluster, pieces in found.items():
+        rows = np.concatenate([r for _, _, r in pieces])
+        names = [b for b, _, _ in pieces if b]
+        text = f"{cluster} ({', '.join(names)})" if names else cluster
+        labels = {label for _, label, _ in pieces}
+        legend = f"cluster {text}: {labels.pop()}" if len(labels) == 1 else \
+            f"cluster {cluster}: " + "; ".join(f"{b} {label}" for b, label, _ in pieces)
+        marks.append((text, legend, rows))
+    return marks
 
 
 def decisive_confidence(obs: pd.DataFrame, branching: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
