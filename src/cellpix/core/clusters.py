@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from cellpix.core.neighbours import NeighbourIndex, connectivities
 from cellpix.core.pca import ScaledRows, column_moments, principal_axes
+from cellpix.data.runtime import import_hiding
 
 MAX_CLUSTER_CELLS = 20000
 N_TOP_GENES = 2000
@@ -152,8 +153,7 @@ def leiden(graph: sp.csr_matrix, resolution: float, seed: int = 0) -> np.ndarray
     so the clusters are the same without importing scanpy (about 2 s of a 2-core machine's start-up)."""
     import random
 
-    import igraph
-
+    igraph = import_hiding("igraph", "matplotlib")
     sources, targets = graph.nonzero()
     network = igraph.Graph(directed=False)
     network.add_vertices(graph.shape[0])
