@@ -65,8 +65,6 @@ def test_galaxy_restates_no_default(tool):
 
 # CLI option → (options dataclass, field) where the names differ; every other option is looked up by its name.
 FIELD_OF = {
-    ("integrate", "method"): "correction",
-    ("explain", "target"): "output",
     ("train", "channels"): "in_chans",
 }
 

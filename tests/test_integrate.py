@@ -50,16 +50,16 @@ def test_reference_qc_and_panel_on_real_counts(zheng_raw):
     symbols = set(out.var["gene_symbol"])
     assert {"LYZ", "CD79A", "NKG7", "GNLY"} <= symbols  # lineage markers survive the HVG selection
     assert out.uns["log1p"] == {"base": None}  # scanpy reads the values as natural-log log1p
-    options = QCOptions(n_top_genes=2000, batch_key="lineage", correction="none")
+    options = QCOptions(n_top_genes=2000, batch_key="lineage", method="none")
     batch_aware = prepare_reference(zheng_raw, options)
     assert set(batch_aware.var_names) != set(out.var_names)  # batch-aware HVG ranks genes differently
-    assert QCOptions().correction == "auto" and options.correction == "none"  # the API's default is the CLI's
+    assert QCOptions().method == "auto" and options.method == "none"  # the API's default is the CLI's
 
 
 def test_auto_correction_leaves_the_callers_options_as_given(kang):
     options = QCOptions(n_top_genes=500, min_genes=100, batch_key="condition")
     out = prepare_reference(kang, options)
-    assert options.correction == "auto"
+    assert options.method == "auto"
     assert out.uns["cellpix_integrate"]["correction"] == "combat"  # auto with a batch column, as the CLI does
 
 

@@ -20,7 +20,7 @@ def test_cli_choices_and_stated_defaults_are_the_apis():
     from cellpix.core.clusters import DEFAULT_RESOLUTION
     from cellpix.core.predict import PRECISIONS
     from cellpix.steps.annotate.options import CHUNK_SIZE, NOVELTY_RULES
-    from cellpix.steps.explain.options import BACKGROUNDS, OUTPUTS
+    from cellpix.steps.explain.options import BACKGROUNDS, TARGETS
     from cellpix.steps.integrate.options import HVG_FLAVORS
     from cellpix.steps.train.config import DEFAULT_LR, KEEPS, LOSSES, OPTIMIZERS, PRESETS, TrainConfig
 
@@ -40,7 +40,7 @@ def test_cli_choices_and_stated_defaults_are_the_apis():
     assert choices("integrate", "hvg_flavor") == HVG_FLAVORS
     assert choices("train", "keep") == KEEPS
     assert choices("explain", "background") == BACKGROUNDS
-    assert choices("explain", "target") == OUTPUTS
+    assert choices("explain", "target") == TARGETS
     assert f"default {CHUNK_SIZE:,}" in option("annotate", "chunk_size").help
     assert f"default {DEFAULT_RESOLUTION:g}" in option("annotate", "cluster_resolution").help
     assert f"default {TrainConfig.mask_fraction:g}" in option("train", "mask_fraction").help

@@ -50,7 +50,7 @@ _MODULES = {  # module → the names it defines that this API hands out
     "cellpix.steps.annotate.results": ("annotation_summary", "annotation_table"),
     "cellpix.steps.annotate.shards": ("merge_h5ad", "split_h5ad"),
     "cellpix.steps.annotate.whole_query": ("consensus_file",),
-    "cellpix.steps.explain.options": ("BACKGROUNDS", "ExplainOptions", "OUTPUTS"),
+    "cellpix.steps.explain.options": ("BACKGROUNDS", "ExplainOptions", "TARGETS"),
     "cellpix.steps.explain.step": ("explain_file",),
     "cellpix.steps.imaging.step": ("image_step",),
     "cellpix.steps.integrate.query": ("describe_mixing", "integrate_query", "load_reference_panel"),

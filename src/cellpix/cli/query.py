@@ -12,8 +12,8 @@ from cellpix.api.files import (
     CELLS_PER_SHARD,
     CHUNK_SIZE,
     NOVELTY_RULES,
-    OUTPUTS,
     PRECISIONS,
+    TARGETS,
     AnnotateOptions,
     ExplainOptions,
 )
@@ -197,7 +197,7 @@ _EXPLAIN = ExplainOptions()  # the defaults the options below show: each defined
 @click.option("--background-size", type=ranged(ExplainOptions, "background_size"), default=_EXPLAIN.background_size,
               show_default=True,
               help="Cells in the SHAP background sample.")
-@click.option("--target", type=click.Choice(OUTPUTS), default=_EXPLAIN.output, show_default=True,
+@click.option("--target", type=click.Choice(TARGETS), default=_EXPLAIN.target, show_default=True,
               help="What SHAP explains: the class's logit minus its head's mean logit (what sets the class apart), "
                    "or the raw logit.")
 @click.option("--cells-per-class", type=ranged(ExplainOptions, "cells_per_class"), default=_EXPLAIN.cells_per_class,
@@ -228,7 +228,7 @@ def explain_command(data: Path, model: Path, table: Path, plots: Path | None, ou
 
     device = resolve_device(device)
     options = ExplainOptions(label_key=label_key, levels=tuple(x.strip() for x in levels.split(",") if x.strip()),
-                             background=background, background_size=background_size, output=target,
+                             background=background, background_size=background_size, target=target,
                              cells_per_class=cells_per_class, nsamples=nsamples, top_n=top_n, seed=seed,
                              device=device, progress=not quiet, gene_column=gene_column, layer=layer,
                              use_raw=use_raw, min_gene_coverage=min_gene_coverage)

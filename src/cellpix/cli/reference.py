@@ -110,7 +110,7 @@ def integrate(data: Path, output: Path, reference: Path | None, method: str, bat
         from cellpix.api.files import prepare_reference, query_gene_table, write_reference_report
 
         options = QCOptions(min_genes=min_genes, min_cells=min_cells, max_mito_fraction=max_mito_fraction,
-                            n_top_genes=n_top_genes, batch_key=batch_key, hvg_flavor=hvg_flavor, correction=method,
+                            n_top_genes=n_top_genes, batch_key=batch_key, hvg_flavor=hvg_flavor, method=method,
                             keep_genes=tuple(g.strip() for g in keep_genes.split(",") if g.strip()))
         tables = []
         for path in genes_from:  # only the genes are needed: X stays on disk

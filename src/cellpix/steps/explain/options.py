@@ -13,7 +13,7 @@ from cellpix.data.genes import DEFAULT_MIN_COVERAGE
 
 LEVELS = ("base", "subtype")
 BACKGROUNDS = ("mean", "zeros", "data")
-OUTPUTS = ("centred-logit", "logit")
+TARGETS = ("centred-logit", "logit")
 
 
 @dataclass(kw_only=True)
@@ -34,8 +34,8 @@ class ExplainOptions(CheckedOptions):
         whatever a cell expresses most: housekeeping genes); "data", the sample itself.
     background_size : int
         Cells in the background sample (``--background-size``).
-    output : str
-        What SHAP explains, one of :data:`OUTPUTS` (``--target``): the class's logit less its head's mean logit
+    target : str
+        What SHAP explains, one of :data:`TARGETS` (``--target``): the class's logit less its head's mean logit
         (what sets the class apart), or the raw logit.
     cells_per_class : int
         Cells explained per class (``--cells-per-class``): the cost is fixed by it, not by the data's size.
@@ -68,7 +68,7 @@ class ExplainOptions(CheckedOptions):
     levels: tuple[str, ...] = LEVELS
     background: str = "mean"
     background_size: int = bounded(64, 1, integer=True)
-    output: str = "centred-logit"
+    target: str = "centred-logit"
     cells_per_class: int = bounded(40, 1, integer=True)
     nsamples: int = bounded(32, 1, integer=True)
     max_cells: int = bounded(20000, 1, integer=True)
@@ -83,4 +83,4 @@ class ExplainOptions(CheckedOptions):
     min_gene_coverage: float = bounded(DEFAULT_MIN_COVERAGE, 0, 1)
 
     CHOICES: ClassVar[Choices] = {"levels": ("level", LEVELS), "background": ("background", BACKGROUNDS),
-                                  "output": ("output", OUTPUTS)}
+                                  "target": ("target", TARGETS)}

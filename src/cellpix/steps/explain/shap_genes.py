@@ -13,7 +13,7 @@ centring removes it and leaves what makes the class this class rather than
 another (on Zheng it moved CD3D up for T cells, 26th → 21st with 30 cells
 per class and 20th → 18th with 60, and ACTB down). Logits rather than probabilities, because
 softmax saturation hides the genes that separate confident classes;
-``output="logit"`` keeps the raw logit.
+``target="logit"`` keeps the raw logit.
 
 The SHAP reference is by default the *mean image* of a label-stratified
 sample of cells (``background="mean"``): a gene earns credit for being
@@ -51,7 +51,7 @@ from cellpix.errors import CellpixError, import_extra
 from cellpix.steps.explain.options import (  # re-exported: the step's public names
     BACKGROUNDS,  # noqa: F401
     LEVELS,  # noqa: F401
-    OUTPUTS,  # noqa: F401
+    TARGETS,  # noqa: F401
     ExplainOptions,
 )
 
@@ -233,7 +233,7 @@ def explain(reader: PanelReader, trained: TrainedModel, labels: np.ndarray | Non
         chosen = rng.permutation(cells)[: options.cells_per_class]
         images = render(rows[np.sort(chosen)])
         attributions = gene_attributions(trained, head, column, images, background, options.nsamples, options.seed,
-                                         centred=options.output == "centred-logit")
+                                         centred=options.target == "centred-logit")
         above = trained.renderer.inverse(images, channel_reduce="mean").cpu().numpy() > baseline
         tables.append(rank_genes(level, name, attributions, above, detection, genes, symbols))
     if not tables:
@@ -246,7 +246,7 @@ def explain(reader: PanelReader, trained: TrainedModel, labels: np.ndarray | Non
         "background_size": int(background.shape[0]),
         "cells_per_class": options.cells_per_class,
         "nsamples": options.nsamples,
-        "explained_output": options.output,
+        "explained_output": options.target,
         "explainer": "shap.GradientExplainer",
         "seed": options.seed,
         "model_checksum_sha256": trained.checksum,

@@ -34,7 +34,7 @@ class QCOptions(CheckedOptions):
         when the reference has them, else seurat dispersion. On the Zheng sorted PBMC the Pearson panel lifted
         subtype macro-F1 from 0.801 to 0.840 for a logistic regression on the panel alone (fold 0; 0.847 on every
         gene), and from 0.688 to 0.722 for cellpix over 5 folds.
-    correction : str
+    method : str
         Integration method applied across the reference's own batches (``batch_key``; ``--method``). "auto":
         ComBat when there is a batch key, else none.
     keep_genes : tuple of str
@@ -49,7 +49,7 @@ class QCOptions(CheckedOptions):
     n_top_genes: int = bounded(5000, 10, integer=True)
     batch_key: str | None = None
     hvg_flavor: str = "auto"
-    correction: str = "auto"
+    method: str = "auto"
     keep_genes: tuple[str, ...] = ()
 
     CHOICES: ClassVar[Choices] = {"hvg_flavor": ("HVG flavour", HVG_FLAVORS)}

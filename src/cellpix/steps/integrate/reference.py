@@ -122,11 +122,11 @@ def prepare_reference(adata: ad.AnnData, options: QCOptions | None = None, layer
     if out.n_vars > options.n_top_genes:
         report["hvg_flavor"] = resolve_hvg_flavor(options.hvg_flavor, has_counts=counts is not None)
         out = out[:, select_variable_genes(out, counts, options) | kept].copy()
-    if options.correction == "auto":  # across the reference's own batches only when it has some (the caller's
-        options = replace(options, correction="combat" if options.batch_key else "none")  # options stay as given)
-    if options.correction != "none":
+    if options.method == "auto":  # across the reference's own batches only when it has some (the caller's
+        options = replace(options, method="combat" if options.batch_key else "none")  # options stay as given)
+    if options.method != "none":
         out = correct_reference_batches(out, options)
-        report["correction"] = options.correction
+        report["correction"] = options.method
     report.update({"n_cells_out": int(out.n_obs), "n_genes_out": int(out.n_vars), "warnings": warnings})
     out.uns["cellpix_integrate"] = {"mode": "reference", **_jsonable(report)}
     out.uns["log1p"] = {"base": None}  # scanpy's record that X is log1p (natural log) values
@@ -200,9 +200,9 @@ def correct_reference_batches(adata: ad.AnnData, options: QCOptions) -> ad.AnnDa
     from cellpix.steps.integrate.query import integration_method
 
     if not options.batch_key:
-        raise InputDataError(f"--method {options.correction} in reference mode corrects across the reference's "
+        raise InputDataError(f"--method {options.method} in reference mode corrects across the reference's "
                              "batches: pass --batch-key")
-    method = integration_method(options.correction)
+    method = integration_method(options.method)
     dense = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
     task = IntegrationTask(dense.astype(np.float32), adata.obs[options.batch_key].astype(str).to_numpy(), (),
                            adata.var_names.astype(str).tolist())
