@@ -4,6 +4,9 @@
 
 reference.h5ad / query.h5ad are raw counts of disjoint, stratified Zheng cells on 1,200 genes;
 the other files come from running the cellpix CLI on them, exactly as the Galaxy tools do.
+query_batches.h5ad is a query with two batches: 30 control and 30 interferon-stimulated cells of Kang 2018
+(another donor pool and 10x run), raw counts on the genes of the reference's panel it has, matched by symbol.
+``make_test_data.py query_batches`` rebuilds that file alone, leaving the others (and their tests' figures) as they are.
 """
 
 from __future__ import annotations
@@ -64,8 +67,23 @@ def main() -> None:
         "--batch-size", "32", "--val-fraction", "0.2", "-o", str(OUT / "model.cellpix"), "--quiet")
     for folder in (OUT / "model.cellpix.ckpt", OUT / "model.cellpix.report"):
         shutil.rmtree(folder, ignore_errors=True)
+    query_batches()
     for path in sorted(OUT.iterdir()):
         print(f"{path.name:28s} {path.stat().st_size / 1024:8.1f} KiB")
+
+
+def query_batches() -> None:
+    """Kang 2018 control and stimulated cells on the reference panel's genes, with their ``condition``."""
+    kang = ad.read_h5ad(SHARED / "kang2018_pbmc_ifnb.h5ad")
+    panel = ad.read_h5ad(OUT / "reference_integrated.h5ad", backed="r")
+    symbols = set(panel.var["gene_symbol"].astype(str))
+    panel.file.close()
+    rows = stratified(kang.obs["condition"].astype(str).to_numpy(), 30, np.random.default_rng(0), set())
+    genes = [g for g in kang.var_names.astype(str) if g in symbols]
+    subset = kang[rows][:, genes].copy()
+    subset.obs = subset.obs[["condition"]]
+    subset.uns = {}
+    subset.write_h5ad(OUT / "query_batches.h5ad", compression="gzip")
 
 
 def run(*args: str) -> None:
@@ -73,4 +91,4 @@ def run(*args: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    query_batches() if sys.argv[1:] == ["query_batches"] else main()

@@ -57,6 +57,8 @@ def test_layout_file_round_trip_renders_identically(tmp_path, zheng_ref, zheng_l
     block = zheng_ref.X[:64]
     assert torch.equal(ImageRenderer(again).render_csr(block), ImageRenderer(zheng_layout).render_csr(block))
     assert again.symbols == zheng_layout.symbols
+    # where the manifold's cells came from travels with the file (conftest fits it stratified by cell type)
+    assert again.fit_info["stratified_by"] == "cell_type" and again.fit_info["n_cells_fit"] == 600
 
 
 def test_correlated_markers_sit_closer_than_random_pairs(zheng_layout):
@@ -138,6 +140,7 @@ def test_the_cpu_preset_layout_is_the_panel_order_made_without_a_manifold(zheng_
 
     layout = cx.fit_layout(zheng_ref)
     assert layout.method == "ordered" and layout.fit_info["n_cells_fit"] == 0
+    assert "stratified_by" not in cx.fit_layout(zheng_ref, groupby="cell_type").fit_info  # no cells, no strata
     assert layout.fit_info["fit_seconds"] < 1.0
     assert layout.genes == list(zheng_ref.var_names)
     np.testing.assert_array_equal(layout.pixel_index, np.arange(zheng_ref.n_vars))

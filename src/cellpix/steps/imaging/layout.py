@@ -90,7 +90,7 @@ def fit_layout(adata: ad.AnnData, *, preset: str = DEFAULT_LAYOUT_PRESET, groupb
     preset
         One of :data:`cellpix.core.layout.LAYOUT_PRESETS`, the only place the layout's defaults are stated.
     groupby
-        obs column to stratify the cells a manifold is fitted on.
+        obs column to stratify the cells a manifold is fitted on; recorded as ``fit_info["stratified_by"]``.
     symbol_column
         var column of gene symbols, kept in the layout for plots and explanations.
     random_state
@@ -151,7 +151,8 @@ def _fit(adata: ad.AnnData, method: str, discretization: str, max_cells: int | N
         method=method,
         discretization=discretization,
         params={"random_state": random_state, **method_params},
-        fit_info={"n_cells_fit": n_cells_fit, "n_cells_total": int(adata.n_obs), "fit_seconds": round(seconds, 2)},
+        fit_info={"n_cells_fit": n_cells_fit, "n_cells_total": int(adata.n_obs), "fit_seconds": round(seconds, 2),
+                  **({"stratified_by": groupby} if groupby and n_cells_fit else {})},  # the sample's strata
         pseudo_count=pseudo_count,
     )
 
