@@ -15,7 +15,6 @@ import click
 from cellpix import plugins
 from cellpix.cli import models, query, reference, views  # noqa: F401  (each registers its commands)
 from cellpix.cli.group import cli
-from cellpix.data import runtime
 from cellpix.errors import CellpixError
 
 __all__ = ["cli", "main"]
@@ -38,7 +37,9 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    runtime.claim_process()
+    from cellpix.api.files import claim_process
+
+    claim_process()
     signal.signal(signal.SIGTERM, _on_sigterm)
     _register_plugin_commands()
     try:
