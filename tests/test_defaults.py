@@ -63,19 +63,13 @@ def test_galaxy_restates_no_default(tool):
     assert checked >= 1
 
 
-# CLI option → (options dataclass, field) where the names differ; every other option is looked up by its name.
-FIELD_OF = {
-    ("train", "channels"): "in_chans",
-}
-
-
 def has_default(command: str, option: click.Option) -> bool:
     """Whether the CLI or, where the CLI leaves it unset, the API gives ``option`` a value of its own."""
     if option.required:
         return False
     if option.default is not None:
         return True
-    return api_defaults(command).get(FIELD_OF.get((command, option.name), option.name)) is not None
+    return api_defaults(command).get(option.name) is not None
 
 
 def api_defaults(command: str) -> dict[str, object]:
@@ -120,7 +114,7 @@ def test_cli_defaults_are_the_apis_field_by_field(command):
                 or param.default is None \
                 or param.name in ("output", "device", "threads"):
             continue
-        field = FIELD_OF.get((command, param.name), param.name)
+        field = param.name
         assert field in defaults, f"--{param.name} states a default no options dataclass of {command} has"
         api = defaults[field]
         api = ",".join(api) if isinstance(api, tuple) else api
@@ -269,7 +263,7 @@ def test_every_range_the_cli_checks_is_its_options_field_bounds(command):
         if not isinstance(param, click.Option) or not isinstance(param.type, (click.IntRange, click.FloatRange)) \
                 or param.name == "threads":  # the process's cores, not an option of the step
             continue
-        name = FIELD_OF.get((command, param.name), param.name)
+        name = param.name
         bounds = next((bounds_of(cls, name) for cls in classes if bounds_of(cls, name) is not None), None)
         assert bounds is not None, f"--{param.name} has a range that no options field of {command} bounds"
         low = None if bounds.low == -math.inf else bounds.low
@@ -317,3 +311,23 @@ def test_the_api_refuses_a_choice_its_options_do_not_offer_in_one_line(name, fie
     setattr(options, field, value)
     with pytest.raises(CellpixError, match=re.escape(message)):
         options.check()
+
+
+# Options of the command line that are no field of its step's options: the files it reads and writes, the process
+# (cores, progress bar), and the arguments the step's functions take beside their options.
+CLI_ONLY = {"threads", "quiet", "output", "table", "plots", "summary", "report_dir", "output_h5ad", "models", "model",
+            "reference", "genes_from", "layout_path", "label_key", "hierarchy", "hierarchy_from_obs", "preset",
+            "checkpoint_dir", "resume"}
+
+
+@pytest.mark.parametrize("command", sorted(RANGED_COMMANDS))
+def test_every_option_of_a_step_is_named_as_its_field(command):
+    """A user reading the API's options finds the command line's option under the same name (``--in-chans`` is
+    ``TrainConfig.in_chans``, ``--consensus/--no-consensus`` is ``AnnotateOptions.consensus``): an option that is
+    neither a field of its step's options nor one of the command line's own is a name that drifted."""
+    import dataclasses
+
+    fields = {field.name for cls in option_classes(RANGED_COMMANDS[command]) for field in dataclasses.fields(cls)}
+    drifted = [f"--{param.name}" for param in cli.commands[command].params
+               if isinstance(param, click.Option) and param.name not in fields | CLI_ONLY]
+    assert drifted == []

@@ -50,8 +50,9 @@ from cellpix.cli.options import (
               help="calibrated: per-cell thresholds set on the reference's held-out cells, plus the out-of-reference "
                    "distance; percentile: the published per-query rule (subtype score only).")
 @cluster_options
-@click.option("--no-consensus", is_flag=True,
-              help="Per-cell calls only: no clusters, no consensus label, no unknown-cluster flags.")
+@click.option("--consensus/--no-consensus", default=None,
+              help="The cluster consensus and unknown-cluster flags (on by default). --no-consensus: per-cell "
+                   "calls only: no clusters, no consensus label, no unknown-cluster flags.")
 @click.option("--chunk-size", type=ranged(AnnotateOptions, "chunk_size"), default=None,
               help=f"Cells read and predicted at a time (default {CHUNK_SIZE:,}: peak memory stays near 1 GB).")
 @device_option("auto", "Where a network with a convolutional trunk runs: auto (a CUDA GPU when there is one, else "
@@ -69,7 +70,7 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path | None, table: 
              summary: Path | None, gene_column: str | None, layer: str | None, use_raw: bool | None,
              min_gene_coverage: float,
              restrict_to: str | None, novelty_rule: str, over_clustering: str | None,
-             cluster_resolution: float | None, batch_key: str | None, no_consensus: bool, chunk_size: int | None,
+             cluster_resolution: float | None, batch_key: str | None, consensus: bool | None, chunk_size: int | None,
              device: str, precision: str, force: bool, quiet: bool) -> None:
     """Annotate QUERY (h5ad) with base types, subtypes, probabilities and novelty flags.
 
@@ -79,7 +80,7 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path | None, table: 
     _check_annotate_outputs(output, table, summary, plots)
     shaping = {"--over-clustering": over_clustering, "--cluster-resolution": cluster_resolution,
                "--batch-key": batch_key}
-    if no_consensus and any(value is not None for value in shaping.values()):
+    if consensus is False and any(value is not None for value in shaping.values()):
         given = [name for name, value in shaping.items() if value is not None]
         raise click.UsageError(f"{', '.join(given)} {'shape' if len(given) > 1 else 'shapes'} the cluster "
                                "consensus, which --no-consensus turns off (a sharded run gives them to cellpix "
@@ -88,12 +89,13 @@ def annotate(query: Path, models: tuple[Path, ...], output: Path | None, table: 
     # process (about 150 MB of peak RSS on 10,000 cells) before the stream starts.
     from cellpix.api.files import annotate_file, load_models
 
-    unset = {"cluster_resolution": cluster_resolution, "chunk_size": chunk_size}  # None: the API's default
+    unset = {"cluster_resolution": cluster_resolution, "chunk_size": chunk_size,  # None: the API's default
+             "consensus": consensus}
     options = AnnotateOptions(gene_column=gene_column, layer=layer, use_raw=use_raw,
                               min_gene_coverage=min_gene_coverage,
                               restrict_to=[s.strip() for s in restrict_to.split(",")] if restrict_to else None,
                               novelty_rule=novelty_rule, device=device, precision=precision, progress=not quiet,
-                              force=force, consensus=not no_consensus, over_clustering=over_clustering,
+                              force=force, over_clustering=over_clustering,
                               batch_key=batch_key,
                               **{name: value for name, value in unset.items() if value is not None})
     result = annotate_file(query, output, load_models(list(models), device), options)

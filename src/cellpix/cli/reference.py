@@ -228,7 +228,8 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
 @click.option("--backbone", default=None,
               help="Trunk: any timm model name or a plugin backbone (see `cellpix backbones`); naming one turns "
                    "the trunk on.")
-@click.option("--channels", type=click.Choice(["1", "3"]), default=None, help="Image channels.")
+@click.option("--in-chans", "--channels", "in_chans", type=click.Choice(["1", "3"]), default=None,
+              help="Image channels (timm's name; --channels is the same option).")
 @click.option("--drop-path", type=ranged(TrainConfig, "drop_path"), default=None,
               help="The trunk's stochastic depth, for timm backbones (the paper preset: 0.2).")
 @click.option("--pretrained", default=None, help="Local checkpoint file, or 'hub' to download (needs network).")
@@ -276,7 +277,7 @@ def image(reference: Path, outdir: Path, preset: str, method: str | None, perple
 def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: str | None,
                   hierarchy_from_obs: str | None, output: Path, preset: str, wide: bool | None,
                   deep: bool | None, backbone: str | None,
-                  channels: str | None, drop_path: float | None, pretrained: str | None, epochs: int | None,
+                  in_chans: str | None, drop_path: float | None, pretrained: str | None, epochs: int | None,
                   keep: str | None, batch_size: int | None,
                   optimizer: str | None, lr: float | None, loss: str | None, class_weights: bool | None,
                   readout_weight_decay: float | None, mask_fraction: float | None,
@@ -293,7 +294,7 @@ def train_command(reference: Path, layout_path: str, label_key: str, hierarchy: 
     adata = read_h5ad(reference)
     tree = hierarchy_for_training(adata.obs, label_key, hierarchy, hierarchy_from_obs, reference.stem)
     config = TrainConfig.from_preset(
-        preset, wide=wide, deep=deep, backbone=backbone, in_chans=int(channels) if channels else None,
+        preset, wide=wide, deep=deep, backbone=backbone, in_chans=int(in_chans) if in_chans else None,
         drop_path=drop_path, pretrained=pretrained, epochs=epochs, keep=keep, batch_size=batch_size,
         optimizer=optimizer, lr=lr, loss=loss,
         class_weights=class_weights, readout_weight_decay=readout_weight_decay, mask_fraction=mask_fraction,

@@ -58,7 +58,7 @@ class TrainConfig(CheckedOptions):
     deep : bool
         The convolutional trunk path (``--deep``; the trunk and paper presets).
     in_chans : int
-        Image channels, 1 or 3 (``--channels``).
+        Image channels, 1 or 3 (``--in-chans``).
     pixels : int or None
         Required layout size (the paper preset needs a 224-px layout); None: any.
     hidden : int
@@ -184,7 +184,7 @@ class TrainConfig(CheckedOptions):
     def __post_init__(self) -> None:
         self.check()
         if self.in_chans not in (1, 3):
-            raise CellpixError("--channels must be 1 or 3")
+            raise CellpixError("--in-chans must be 1 or 3")
         if not (self.wide or self.deep):
             raise CellpixError("a model needs the per-pixel read-out (--wide), the trunk (--deep) or both")
         if self.lr is None:
