@@ -75,7 +75,8 @@ def one_run(reference: ad.AnnData, layout, loss: str, seed: int, epochs: int | N
     housekeeping = sorted(set(base.loc[base["gene_symbol"].str.match(HOUSEKEEPING), "gene_symbol"]))
     return {"loss": loss, "seed": seed, "epochs": training["epochs_run"], "alpha_final": training["alpha_final"],
             "val_base_f1": validation["val_base_f1"], "val_subtype_accuracy": validation["val_subtype_accuracy"],
-            "lineages_with_marker_in_top10": sum(hits.values()), "housekeeping_in_top10": ",".join(housekeeping),
+            "lineages_with_marker_in_top10": sum(hits.values()),
+            "housekeeping_in_top10": ",".join(housekeeping) or "none",
             **{f"rank_{gene}": rank for gene, rank in ranks.items()},
             "train_s": round(train_s, 1), "explain_s": round(explain_s, 1)}
 
