@@ -144,7 +144,7 @@ sys.argv = ['cellpix'] + sys.argv[1:]
 try:
     main()
 finally:
-    print('imported:', 'igraph' in sys.modules, 'matplotlib.pyplot' in sys.modules)
+    print('imported:', 'igraph' in sys.modules, 'matplotlib.pyplot' in sys.modules, 'torch' in sys.modules)
 """
 
 
@@ -155,11 +155,11 @@ def test_the_command_clusters_without_importing_pyplot_and_still_draws(tmp_path)
     args = [sys.executable, "-c", IMPORTED, "annotate", query, "-m", "pbmc-zheng2017", "--quiet"]
     bare = subprocess.run([*args, "-o", str(tmp_path / "bare.h5ad")], capture_output=True, text=True)
     assert bare.returncode == 0, bare.stderr[-3000:]
-    assert "imported: True False" in bare.stdout  # clustered with igraph, pyplot never loaded
+    assert "imported: True False False" in bare.stdout  # clustered with igraph; neither pyplot nor torch loaded
     drawn = subprocess.run([*args, "-o", str(tmp_path / "drawn.h5ad"), "--plots", str(tmp_path / "plots")],
                            capture_output=True, text=True)
     assert drawn.returncode == 0, drawn.stderr[-3000:]
-    assert "imported: True True" in drawn.stdout
+    assert "imported: True True False" in drawn.stdout
     pictures = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert "cellpix_novelty.png" in pictures and all((tmp_path / "plots" / p).stat().st_size > 10_000
                                                      for p in pictures), pictures
@@ -174,3 +174,16 @@ def test_a_python_session_imports_igraph_as_igraph_makes_it():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "pyplot True" in result.stdout
+
+
+def test_run_refuses_an_unknown_hierarchy_before_loading_the_pipeline(tmp_path):
+    """A misspelt hierarchy is refused in one line before `cellpix run` imports the pipeline (torch among it: it
+    took 6 s on 2 cores to say so), and nothing is written."""
+    data = str(DATA / "zheng_reference.h5ad")
+    result = subprocess.run([sys.executable, "-c", IMPORTED, "run", data, data, "--labels", "cell_type",
+                             "--hierarchy", "pbmc", "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: unknown hierarchy 'pbmc'. Known hierarchies: "), lines
+    assert "imported: False False False" in result.stdout
+    assert not (tmp_path / "out").exists()

@@ -58,13 +58,16 @@ def run(reference: Path, query: Path, label_key: str, hierarchy: str, outdir: Pa
         mapping: Path | None, epochs: int | None, use_raw: bool | None, batch_key: str | None) -> None:
     """All steps: integrate, image and train on REFERENCE, then annotate (and evaluate) QUERY."""
     from cellpix.api.files import TrainConfig, read_h5ad, read_mapping, resolve_hierarchy
-    from cellpix.pipeline import run_pipeline
 
     if mapping is not None and not truth:
         raise CellpixError("--mapping maps the --truth column's labels; give --truth too")
-    result = run_pipeline(read_h5ad(reference), read_h5ad(query), label_key, resolve_hierarchy(hierarchy), outdir,
+    # what the user named is checked before the pipeline's imports (torch among them: seconds), and before reading
+    tree, truth_mapping = resolve_hierarchy(hierarchy), read_mapping(mapping) if mapping else None
+    from cellpix.pipeline import run_pipeline
+
+    result = run_pipeline(read_h5ad(reference), read_h5ad(query), label_key, tree, outdir,
                           config=TrainConfig.from_preset("cpu", epochs=epochs), use_raw=use_raw, truth_key=truth,
-                          truth_mapping=read_mapping(mapping) if mapping else None, batch_key=batch_key)
+                          truth_mapping=truth_mapping, batch_key=batch_key)
     click.echo(json.dumps(result.metrics, indent=2, default=float))
 
 
