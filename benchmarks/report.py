@@ -288,6 +288,21 @@ def unseen_section(path: Path) -> list[str]:
             "(`state_shift`: the query's closest CD14+ cluster, with the CD14+ markers), not flagged: with nothing "
             "held out its known cells flagged fall from 19.7 % (17.4 % by cluster) before that rule to 2.4 % "
             "(0.1 %), and its unseen cells flagged from 100 % to 80 % (the 9 unseen cells inside that cluster).",
+            "",
+            "**Why Kang stimulated flags 19.7 % of its known cells with NK cells held out** (2026-12-07, from the "
+            "cluster table `python -m benchmarks.unseen --holdouts 'CD56+ NK'` prints). The known cells flagged by "
+            "cluster are one cluster's: 124 cells, 110 of them silver CD14+ monocytes, flagged as a new CD14+ "
+            "subtype (novelty score 2.47, distance ratio 1.21, base-marker presence 0.75). The model trained without "
+            "NK cells clusters the query differently, and a 99-cell cluster of 30 CD14+ and 66 unlabelled cells lies "
+            "closer to the reference's CD14+ cells (distance ratio 1.07): that cluster, not the stimulated "
+            "monocytes', is the label's closest, so the state rule reads it and not them. Presence alone would "
+            "separate these monocytes from the FCGR3A+ monocytes (0.75 against 0.42) but not from a subtype the "
+            "reference lacks (`python -m benchmarks.probe_state_presence`: Zheng without one T-cell subtype, 70 % "
+            "of the other cells trained, seed 0): the cluster holding most of the held-out cells detects the "
+            "T-cell markers at presence 0.86 (cytotoxic CD8, 176 of its 185 cells), 0.97 (CD4 memory, 181 of 261) "
+            "and 1.00 (CD8 naive, 204 of 257), as high as or higher than a stimulated known type's. A state rule "
+            "that spared every cluster detecting its base type's markers would spare new subtypes too, so the rule "
+            "keeps to the label's closest cluster.",
             "", table(runs[[c for c in keep if c in runs]]), ""]
 
 
