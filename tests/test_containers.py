@@ -144,6 +144,9 @@ def test_galaxy_and_nextflow_name_these_images_at_the_package_version():
         env = yaml.safe_load((module.parent / "environment.yml").read_text())
         extra = STEP_EXTRAS.get(step)
         assert env["dependencies"][-1]["pip"] == [f"cellpix{f'[{extra}]' if extra else ''}=={__version__}"]
+    # the seurat method's image (conf/seurat.config) carries the same version
+    assert re.findall(r"container = '([^']+)'", (ROOT / "conf" / "seurat.config").read_text()) == \
+        [f"ghcr.io/cellpix/cellpix-integrate-r:{__version__}"]
 
 
 def test_smoke_script_covers_every_step_with_the_galaxy_test_data():

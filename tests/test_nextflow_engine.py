@@ -22,6 +22,7 @@ import anndata as ad
 import pytest
 import yaml
 
+from cellpix import __version__
 from tests.conftest import ROOT, require
 
 ENGINE = ROOT.parent / "shared" / "tools" / "nextflow" / "bin" / "nextflow"
@@ -171,6 +172,20 @@ def test_stub_run_makes_every_output(tmp_path):
     assert {r["process"] for r in trace(tmp_path)} == PROCESSES
     assert set(yaml.safe_load((tmp_path / "results" / "pipeline_info" / "software_versions.yml").read_text())) \
         == PROCESSES
+
+
+@pytest.mark.parametrize("method", ["seurat", "combat"])
+def test_the_seurat_method_integrates_the_query_in_the_image_with_r(tmp_path, method):
+    """Seurat anchors need R, which only cellpix-integrate-r has: with ``--integration_method seurat`` the query's
+    integration runs there (the trace's container column), every other task keeps its own image."""
+    proc = nextflow(tmp_path, "run", str(ROOT), "-profile", "test", "--outdir", "results", "-stub-run",
+                    "--integrate_query", "--integration_method", method)
+    assert proc.returncode == 0, output(proc)
+    images = {(r["process"], r["container"]) for r in trace(tmp_path)}
+    with_r = {process for process, image in images if "cellpix-integrate-r:" in image}
+    assert with_r == ({"CELLPIX_INTEGRATE_QUERY"} if method == "seurat" else set()), images
+    assert ("CELLPIX_INTEGRATE", f"ghcr.io/cellpix/cellpix-integrate:{__version__}") in images
+    assert {process for process, _ in images} == PROCESSES
 
 
 def test_lint_finds_no_errors(tmp_path):
